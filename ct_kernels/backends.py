@@ -1,0 +1,119 @@
+"""Backend resolution: which implementation runs an op, and clear errors when one is missing.
+
+Kernel contract shared by every fused backend module (``ct_kernels.triton_ops`` and
+``ct_kernels._native``); the autograd Function in ``supcon.py`` is written against it once:
+
+``supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)``
+    -> ``(loss_rows, npos, saved)``
+    u: (M, D) contiguous rows as they enter the similarity (normalised already when requested),
+       float32 / bfloat16 / float16 / float64; rows whose label == ignore_index are all zero.
+    labels: (M,) int64 contiguous on u's device. kp / kn: hard-mining k, 0 meaning "all".
+    loss_rows: (M,) l_i for anchors with |P_i| > 0, exactly 0 elsewhere; float64 for float64
+       input, float32 otherwise. npos: (M,) int32, |P_i| after mining.
+    saved: tuple of O(M) tensors the backward needs (backend-defined, never M x M).
+``supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows)``
+    -> ``du`` (M, D) in u's dtype: d(sum_i grad_rows_i * l_i) / du with s_ij = inv_temp <u_i, u_j>.
+``patch_labels(mask, ph, pw, num_classes, ignore_index)`` -> ``(labels, purity, bad)``
+    labels (B, H/ph, W/pw) int64, purity float32, bad: int32 tensor of one element counting
+    pixels outside [0, num_classes) that are not ignore_index (read by the caller afterwards).
+"""
+from __future__ import annotations
+
+import os
+import types
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "native")
+
+
+def check_backend_name(backend: str) -> None:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _load_triton() -> types.ModuleType | None:
+    try:
+        from . import triton_ops
+    except ImportError:
+        return None
+    return triton_ops if getattr(triton_ops, "AVAILABLE", False) else None
+
+
+def _load_native() -> types.ModuleType | None:
+    from . import _native
+    return _native if _native.available() else None
+
+
+def triton_unavailable_reason() -> str:
+    try:
+        from . import triton_ops
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        return f"importing ct_kernels.triton_ops failed ({exc})"
+    return getattr(triton_ops, "UNAVAILABLE_REASON", "")
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """Triton kernels run on CUDA tensors, and on CPU tensors only under TRITON_INTERPRET=1."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def resolve(backend: str, device: torch.device, op: str) -> tuple[str, types.ModuleType | None]:
+    """Name and kernel module of the backend that runs ``op`` on ``device``.
+
+    ``torch`` has no kernel module (None): the caller uses the dense reference. An explicitly
+    requested backend that cannot run raises RuntimeError saying how to get it; only ``auto``
+    chooses, and it never hides an explicit request.
+    """
+    check_backend_name(backend)
+    if backend == "auto":
+        backend = os.environ.get("CT_KERNELS_BACKEND", "auto")
+        check_backend_name(backend)
+    if backend == "auto":
+        return _auto(device, op)
+    if backend == "torch":
+        return "torch", None
+    if backend == "triton":
+        mod = _load_triton()
+        if mod is None:
+            raise RuntimeError(
+                f"backend='triton' was requested for {op} but Triton kernels are not available: "
+                f"{triton_unavailable_reason()}. Install triton (pip install triton) or use "
+                "backend='torch'/'native'.")
+        if not triton_runs_on(device):
+            raise RuntimeError(
+                f"backend='triton' was requested for {op} on a {device.type} tensor: Triton runs on "
+                "CUDA tensors (on CPU only under TRITON_INTERPRET=1, for tests). Use backend='native' "
+                "or 'torch' for CPU tensors.")
+        return "triton", mod
+    mod = _load_native()
+    if mod is None:
+        from . import _native
+        raise RuntimeError(
+            f"backend='native' was requested for {op} but the compiled extension ct_kernels._C is not "
+            f"available: {_native.unavailable_reason()}. Build it with `pip install -e .` (or `make "
+            "build`) in the ct_kernels checkout, or use backend='torch'/'triton'.")
+    if not mod.supports(op, device):
+        raise RuntimeError(
+            f"backend='native' has no {device.type} kernel for {op} in this build: "
+            f"{mod.missing_reason(op, device)}")
+    return "native", mod
+
+
+def _auto(device: torch.device, op: str) -> tuple[str, types.ModuleType | None]:
+    native = _load_native()
+    native_ok = native is not None and native.supports(op, device)
+    if device.type == "cuda":
+        triton_mod = _load_triton()
+        triton_ok = triton_mod is not None and getattr(triton_mod, "supports", lambda o: True)(op)
+        # The CUDA preference comes from benchmarks/RESULTS.md (issue: benchmarks).
+        if triton_ok:
+            return "triton", triton_mod
+        if native_ok:
+            return "native", native
+        return "torch", None
+    if native_ok:
+        return "native", native
+    return "torch", None

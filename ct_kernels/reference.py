@@ -1,0 +1,98 @@
+"""Dense PyTorch reference (``backend="torch"``): the oracle every kernel is tested against.
+
+It builds the full M x M similarity matrix, so it is O(M^2) in memory; it is meant for
+checking, for CPU use on small batches, and for float64 ``gradcheck``. Autograd differentiates
+it directly: nothing here is hand-written backward.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _stable_rank_select(keys: torch.Tensor, member: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Keep, per row, the ``k`` members with the smallest (or largest) key.
+
+    Ties go to the lower column index: a stable sort keeps equal keys in column order.
+    ``torch.topk`` does not promise that, so it is not used here.
+    """
+    fill = float("-inf") if largest else float("inf")
+    order = torch.sort(keys.masked_fill(~member, fill), dim=1, descending=largest, stable=True).indices
+    member_sorted = member.gather(1, order)
+    rank_sorted = member_sorted.to(torch.int64).cumsum(1) - 1
+    keep_sorted = member_sorted & (rank_sorted < k)
+    return torch.zeros_like(member).scatter(1, order, keep_sorted)
+
+
+def pair_masks(s: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+               hard_positives: int | None, hard_negatives: int | None):
+    """Positive and negative masks (M x M, bool) after hard mining; a constant for autograd."""
+    with torch.no_grad():
+        m = labels.shape[0]
+        eye = torch.eye(m, dtype=torch.bool, device=labels.device)
+        pair_ok = valid[:, None] & valid[None, :] & ~eye
+        same = labels[:, None] == labels[None, :]
+        pos = pair_ok & same
+        neg = pair_ok & ~same
+        if hard_positives is not None:
+            pos = _stable_rank_select(s.detach(), pos, hard_positives, largest=False)
+        if hard_negatives is not None:
+            neg = _stable_rank_select(s.detach(), neg, hard_negatives, largest=True)
+    return pos, neg
+
+
+def _masked_logsumexp(s: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """log sum_{j in member_i} exp(s_ij), -inf for an empty row, with finite gradients.
+
+    An empty row would give logsumexp(-inf, ...) whose backward is NaN even when the caller
+    later masks the row out; such rows are computed on a dummy entry and masked by the caller.
+    """
+    empty = ~member.any(1)
+    dummy = torch.zeros_like(member)
+    dummy[:, 0] = True
+    safe_member = torch.where(empty[:, None], dummy, member)
+    lse = torch.logsumexp(s.masked_fill(~safe_member, float("-inf")), dim=1)
+    return torch.where(empty, torch.full_like(lse, float("-inf")), lse)
+
+
+def supcon_rows_reference(u: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
+                          temperature: float, variant: str = "supcon",
+                          hard_positives: int | None = None, hard_negatives: int | None = None):
+    """Per-row losses l_i (0 for rows without positives) and |P_i| after mining.
+
+    ``u`` are the rows as they enter the similarity (already normalised if requested);
+    computation is in ``u``'s dtype for float32/float64 and in float32 for half types.
+    """
+    work = u if u.dtype in (torch.float32, torch.float64) else u.float()
+    s = (work @ work.T) / temperature
+    pos, neg = pair_masks(s, labels, valid, hard_positives, hard_negatives)
+    npos = pos.sum(1)
+    has_pos = npos > 0
+    pos_count = npos.clamp(min=1).to(s.dtype)
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    if variant == "supcon":
+        lse_all = _masked_logsumexp(s, pos | neg)
+        pos_mean = torch.where(pos, s, zero).sum(1) / pos_count
+        rows = torch.where(has_pos, lse_all - pos_mean, zero)
+    elif variant == "infonce":
+        lse_neg = _masked_logsumexp(s, neg)
+        per_pair = torch.logaddexp(s, lse_neg[:, None]) - s
+        rows = torch.where(has_pos, torch.where(pos, per_pair, zero).sum(1) / pos_count, zero)
+    else:
+        raise ValueError(f"variant must be 'supcon' or 'infonce', got {variant!r}")
+    return rows, npos
+
+
+def patch_labels_reference(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_index: int):
+    """Majority label and purity per patch by counting one-hot pixels (torch backend)."""
+    b, h, w = mask.shape
+    gh, gw = h // ph, w // pw
+    m = mask.to(torch.int64)
+    keep = m != ignore_index
+    cls = torch.where(keep, m, torch.zeros_like(m))
+    onehot = torch.nn.functional.one_hot(cls, num_classes) & keep[..., None]
+    counts = onehot.view(b, gh, ph, gw, pw, num_classes).sum(dim=(2, 4))  # (B, gh, gw, C)
+    # max over classes returns the first maximal index: ties go to the smallest class id.
+    best, label = counts.max(dim=-1)
+    label = torch.where(best > 0, label, torch.full_like(label, ignore_index))
+    purity = best.to(torch.float32) / float(ph * pw)
+    return label, purity
