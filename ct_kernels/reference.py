@@ -47,6 +47,8 @@ def _masked_logsumexp(s: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
     later masks the row out; such rows are computed on a dummy entry and masked by the caller.
     """
     empty = ~member.any(1)
+    if member.shape[1] == 0:  # an empty batch
+        return torch.full(member.shape[:1], float("-inf"), dtype=s.dtype, device=s.device)
     dummy = torch.zeros_like(member)
     dummy[:, 0] = True
     safe_member = torch.where(empty[:, None], dummy, member)

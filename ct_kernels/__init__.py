@@ -1,0 +1,33 @@
+"""ct_kernels: fused supervised patch-level contrastive losses for vision transformers.
+
+Public API (see DESIGN.md): ``patch_labels``, ``supcon_loss``, ``ContrastivePatchLoss``,
+``ProjectionHead``, and ``available_backends`` / ``backend_for`` to see what runs where.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import backends as _backends
+from .module import ContrastivePatchLoss, ProjectionHead
+from .patch import patch_labels
+from .supcon import supcon_loss
+
+__version__ = "0.1.0"
+
+
+def backend_for(device="cpu", backend: str = "auto", op: str = "supcon_loss") -> str:
+    """Name of the backend that ``backend`` resolves to for tensors on ``device``."""
+    return _backends.resolve(backend, torch.device(device), op)[0]
+
+
+def available_backends() -> dict[str, str]:
+    """Each backend and whether it can run here ('ok', or why not)."""
+    out = {"torch": "ok"}
+    out["triton"] = "ok" if _backends._load_triton() is not None else _backends.triton_unavailable_reason()
+    from . import _native
+    out["native"] = "ok" if _native.available() else _native.unavailable_reason()
+    return out
+
+
+__all__ = ["patch_labels", "supcon_loss", "ContrastivePatchLoss", "ProjectionHead", "backend_for",
+           "available_backends"]

@@ -1,0 +1,175 @@
+"""``ContrastivePatchLoss``: the drop-in module for ViT / hierarchical segmentation training, and
+the paper's ``ProjectionHead``."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import backends
+from .patch import as_patch_size, check_mask, check_num_classes, min_count, patch_labels_unchecked
+from .supcon import check_loss_options, supcon_loss
+
+_ROW_IGNORE = -1  # label carried by left-out patches into supcon_loss
+
+
+class ProjectionHead(nn.Module):
+    """Linear, GELU, Linear (the paper's projection head), applied to the last dimension.
+
+    A 4-D input is read as a channels-first feature map (B, D, h, w) and projected per pixel.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None):
+        super().__init__()
+        hidden_dim = hidden_dim or in_dim
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.net(x)
+
+
+def _grid_candidates(n: int, h_img: int, w_img: int) -> list[tuple[int, int]]:
+    return [(h, n // h) for h in range(1, n + 1) if n % h == 0 and h_img % h == 0 and w_img % (n // h) == 0]
+
+
+def infer_grid(n: int, h_img: int, w_img: int) -> tuple[int, int]:
+    """The (h, w) token grid of ``n`` patches over an (H, W) mask when h/w == H/W leaves one answer."""
+    cands = _grid_candidates(n, h_img, w_img)
+    same_aspect = [(h, w) for h, w in cands if h * w_img == w * h_img]
+    if len(same_aspect) == 1:
+        return same_aspect[0]
+    if not cands:
+        raise ValueError(f"features hold {n} patch tokens, which match no grid (h, w) dividing the mask's "
+                         f"({h_img}, {w_img}); check num_prefix_tokens and the mask size")
+    raise ValueError(f"cannot infer the patch grid of {n} tokens over a ({h_img}, {w_img}) mask: candidates "
+                     f"{cands}; pass grid=(h, w)")
+
+
+class ContrastivePatchLoss(nn.Module):
+    """Supervised patch-level contrastive loss on ViT tokens or feature maps.
+
+    Each patch is labelled by the majority class of the mask under it (``patch_labels``); patches
+    whose majority covers less than ``min_purity`` of the patch, or that have no valid pixel, carry
+    the ignore label. All B*h*w rows go to the fused loss: no compaction, no host synchronisation.
+    """
+
+    def __init__(self, num_classes: int, temperature: float = 0.1, ignore_index: int = 255,
+                 min_purity: float = 1.0, variant: str = "supcon", hard_positives: int | None = None,
+                 hard_negatives: int | None = None, num_prefix_tokens: int = 0, backend: str = "auto",
+                 process_group=None):
+        super().__init__()
+        check_num_classes(num_classes)
+        check_loss_options(temperature, variant, hard_positives, hard_negatives, "mean", backend)
+        if isinstance(min_purity, bool) or not isinstance(min_purity, (int, float)) or not 0.0 <= min_purity <= 1.0:
+            raise ValueError(f"min_purity must be a number in [0, 1], got {min_purity!r}")
+        if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+            raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+        self.num_classes = num_classes
+        self.temperature = float(temperature)
+        self.ignore_index = int(ignore_index)
+        self.min_purity = float(min_purity)
+        self.variant = variant
+        self.hard_positives = hard_positives
+        self.hard_negatives = hard_negatives
+        self.num_prefix_tokens = num_prefix_tokens
+        self.backend = backend
+        self.process_group = process_group
+        # Stage reductions (patch sizes) known from a timm model; empty means "infer from shapes".
+        self.reductions: list[tuple[int, int]] = []
+        # Set by forward, for logging: the backend that ran and the number of patches that took
+        # part, the latter a device tensor (reading it is the caller's choice of synchronisation).
+        self.last_backend: str | None = None
+        self.last_num_patches: torch.Tensor | None = None
+
+    @classmethod
+    def from_timm(cls, model: nn.Module, num_classes: int, **kwargs) -> "ContrastivePatchLoss":
+        """Build the loss for a timm model: patch size and prefix tokens of a ViT, or the stage
+        reductions (``feature_info``) of a hierarchical / ``features_only`` model."""
+        reductions: list[tuple[int, int]] = []
+        if hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed"):
+            kwargs.setdefault("num_prefix_tokens", int(model.num_prefix_tokens))
+            reductions = [as_patch_size(tuple(int(p) for p in model.patch_embed.patch_size))]
+        else:
+            info = getattr(model, "feature_info", None)
+            if info is None:
+                raise TypeError("from_timm needs a timm model with patch_embed/num_prefix_tokens (ViT) or "
+                                f"feature_info (hierarchical), got {type(model).__name__}")
+            steps = info.reduction() if hasattr(info, "reduction") else [f["reduction"] for f in info]
+            reductions = [as_patch_size(int(r)) for r in steps]
+        crit = cls(num_classes, **kwargs)
+        crit.reductions = reductions
+        return crit
+
+    # -- shapes ---------------------------------------------------------------------------------
+    def _stage_rows(self, feat: torch.Tensor, h_img: int, w_img: int, grid) -> tuple[torch.Tensor, int, int]:
+        """(rows (B*h*w, D), h, w) of one stage, rows in (batch, row, column) order."""
+        if not isinstance(feat, torch.Tensor):
+            raise TypeError(f"features must be a tensor or a list/tuple of tensors, got {type(feat).__name__}")
+        if feat.dim() == 4:
+            b, d, h, w = feat.shape
+            if grid is not None and tuple(grid) != (h, w):
+                raise ValueError(f"grid={tuple(grid)} does not match the feature map's (h, w)=({h}, {w})")
+            rows = feat.permute(0, 2, 3, 1).reshape(b * h * w, d)
+        elif feat.dim() == 3:
+            b, n_tok, d = feat.shape
+            n = n_tok - self.num_prefix_tokens
+            if n <= 0:
+                raise ValueError(f"features have {n_tok} tokens, not more than num_prefix_tokens="
+                                 f"{self.num_prefix_tokens}")
+            if grid is not None:
+                h, w = grid
+                if h * w != n:
+                    raise ValueError(f"grid={tuple(grid)} gives {h * w} patches but features hold {n} "
+                                     f"(after {self.num_prefix_tokens} prefix tokens)")
+            else:
+                known = [(h_img // rh, w_img // rw) for rh, rw in self.reductions
+                         if (h_img // rh) * (w_img // rw) == n]
+                h, w = known[0] if known else infer_grid(n, h_img, w_img)
+            rows = feat[:, self.num_prefix_tokens:, :].reshape(b * n, d)
+        else:
+            raise ValueError(f"features must be (B, N, D) tokens or a (B, D, h, w) map, got shape {tuple(feat.shape)}")
+        if h <= 0 or w <= 0 or h_img % h or w_img % w:
+            raise ValueError(f"the patch grid ({h}, {w}) does not divide the mask's ({h_img}, {w_img})")
+        return rows, h, w
+
+    def _row_labels(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        ph, pw = mask.shape[1] // h, mask.shape[2] // w
+        labels, purity, bad = patch_labels_unchecked(mask, ph, pw, self.num_classes, self.ignore_index, self.backend)
+        msg = (f"mask holds values outside [0, num_classes={self.num_classes}) that are not "
+               f"ignore_index={self.ignore_index}")
+        if bad.is_cuda:
+            torch._assert_async(bad[0] == 0, msg)  # no host sync in the training step
+        elif int(bad[0]) != 0:
+            raise ValueError(msg)
+        # Integer comparison (count >= ceil(min_purity * area)) so every backend keeps the same patches.
+        count = torch.round(purity * float(ph * pw)).to(torch.int64)
+        keep = (labels != self.ignore_index) & (count >= min_count(self.min_purity, ph, pw))
+        return torch.where(keep, labels, torch.full_like(labels, _ROW_IGNORE)).reshape(-1)
+
+    # -- forward --------------------------------------------------------------------------------
+    def forward(self, features, mask: torch.Tensor, grid=None) -> torch.Tensor:
+        stages = list(features) if isinstance(features, (list, tuple)) else [features]
+        if not stages:
+            raise ValueError("features must hold at least one stage")
+        check_mask(mask, 1, 1)
+        grids = grid if (grid is not None and len(stages) > 1) else [grid] * len(stages)
+        if len(grids) != len(stages):
+            raise ValueError(f"grid must give one (h, w) per stage ({len(stages)}), got {len(grids)}")
+        b, h_img, w_img = mask.shape
+        losses, n_patches = [], []
+        for feat, g in zip(stages, grids):
+            if isinstance(feat, torch.Tensor) and feat.shape[0] != b:
+                raise ValueError(f"features have batch size {feat.shape[0]} but mask has {b}")
+            if isinstance(feat, torch.Tensor) and feat.device != mask.device:
+                raise ValueError(f"features are on {feat.device} but mask is on {mask.device}")
+            rows, h, w = self._stage_rows(feat, h_img, w_img, g)
+            row_labels = self._row_labels(mask, h, w)
+            losses.append(supcon_loss(rows, row_labels, self.temperature, variant=self.variant,
+                                      hard_positives=self.hard_positives, hard_negatives=self.hard_negatives,
+                                      ignore_index=_ROW_IGNORE, backend=self.backend,
+                                      process_group=self.process_group))
+            n_patches.append((row_labels != _ROW_IGNORE).sum())
+        self.last_backend = backends.resolve(self.backend, mask.device, "supcon_loss")[0]
+        self.last_num_patches = torch.stack(n_patches).sum()
+        return torch.stack(losses).mean() if len(losses) > 1 else losses[0]

@@ -1,0 +1,89 @@
+"""``patch_labels``: the majority class of the mask under each patch, and its purity."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import backends
+from .reference import patch_labels_reference
+
+MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def as_patch_size(patch_size) -> tuple[int, int]:
+    if isinstance(patch_size, bool):
+        raise TypeError("patch_size must be an int or a pair (ph, pw), got bool")
+    if isinstance(patch_size, int):
+        ph = pw = patch_size
+    elif isinstance(patch_size, (tuple, list)) and len(patch_size) == 2 and all(
+            isinstance(p, int) and not isinstance(p, bool) for p in patch_size):
+        ph, pw = patch_size
+    else:
+        raise TypeError(f"patch_size must be an int or a pair of ints (ph, pw), got {patch_size!r}")
+    if ph <= 0 or pw <= 0:
+        raise ValueError(f"patch_size must be positive, got {(ph, pw)}")
+    return ph, pw
+
+
+def check_mask(mask: torch.Tensor, ph: int, pw: int) -> None:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be 3-D (B, H, W), got shape {tuple(mask.shape)}")
+    if mask.dtype not in MASK_DTYPES:
+        raise TypeError(f"mask must be an integer or bool tensor, got {mask.dtype}")
+    _, h, w = mask.shape
+    if h % ph or w % pw:
+        raise ValueError(f"mask height and width ({h}, {w}) must be divisible by patch_size ({ph}, {pw})")
+
+
+def check_num_classes(num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+
+
+def min_count(min_purity: float, ph: int, pw: int) -> int:
+    """Pixels the majority class needs for a patch to pass ``min_purity``: ceil(min_purity * area).
+
+    Rounded through a decimal string first so that e.g. 0.7 * 10 does not become 7.000000000000001
+    and demand 8 pixels; every backend then compares integer counts.
+    """
+    return int(math.ceil(float(f"{min_purity * ph * pw:.9g}")))
+
+
+def _bad_label_error(num_classes: int, ignore_index: int) -> ValueError:
+    return ValueError(f"mask holds values outside [0, num_classes={num_classes}) that are not "
+                      f"ignore_index={ignore_index}")
+
+
+def patch_labels_unchecked(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_index: int,
+                           backend: str = "auto"):
+    """Labels, purity and the out-of-range pixel count as a device tensor (no host read)."""
+    _, kernels = backends.resolve(backend, mask.device, "patch_labels")
+    if kernels is None:
+        m = mask.to(torch.int64)
+        bad = ((m != ignore_index) & ((m < 0) | (m >= num_classes))).sum().to(torch.int32).reshape(1)
+        m = torch.where(bad > 0, torch.full_like(m, ignore_index), m)  # keep one_hot in range
+        labels, purity = patch_labels_reference(m, ph, pw, num_classes, ignore_index)
+        return labels, purity, bad
+    return kernels.patch_labels(mask.contiguous(), ph, pw, num_classes, ignore_index)
+
+
+def patch_labels(mask: torch.Tensor, patch_size, num_classes: int, ignore_index: int = 255, *,
+                 backend: str = "auto"):
+    """Majority label of each patch (ties to the smallest class id) and its purity.
+
+    Returns ``labels`` (B, H/ph, W/pw) int64, ``ignore_index`` where every pixel is ignored, and
+    ``purity`` float32 = majority count / (ph * pw), ignored pixels counting as impure. A mask value
+    outside [0, num_classes) other than ``ignore_index`` raises ValueError (read after the kernel,
+    from a count it writes; on CUDA this is one host synchronisation).
+    """
+    ph, pw = as_patch_size(patch_size)
+    check_mask(mask, ph, pw)
+    check_num_classes(num_classes)
+    backends.check_backend_name(backend)
+    labels, purity, bad = patch_labels_unchecked(mask, ph, pw, num_classes, ignore_index, backend)
+    if int(bad.item()) != 0:
+        raise _bad_label_error(num_classes, ignore_index)
+    return labels, purity

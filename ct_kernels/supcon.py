@@ -1,0 +1,123 @@
+"""``supcon_loss``: argument checks, backend dispatch, and the autograd Function that every fused
+backend shares (the kernels follow the contract in ``backends.py``)."""
+from __future__ import annotations
+
+import torch
+
+from . import backends
+from .precision import fp32_matmul_allows_tf32
+from .reference import supcon_rows_reference
+
+VARIANTS = ("supcon", "infonce")
+REDUCTIONS = ("mean", "sum", "none")
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_NORM_EPS = 1e-12  # as torch.nn.functional.normalize
+
+
+def _check_k(name: str, k) -> int:
+    """Hard-mining k: None means every candidate (kernel code 0); otherwise an int >= 1."""
+    if k is None:
+        return 0
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"{name} must be None or a positive int, got {type(k).__name__}")
+    if k <= 0:
+        raise ValueError(f"{name} must be None or a positive int, got {k}")
+    return k
+
+
+def check_loss_options(temperature, variant: str, hard_positives, hard_negatives, reduction: str = "mean",
+                       backend: str = "auto") -> tuple[int, int]:
+    """Validate the options shared by supcon_loss and ContrastivePatchLoss; returns (kp, kn)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    backends.check_backend_name(backend)
+    return _check_k("hard_positives", hard_positives), _check_k("hard_negatives", hard_negatives)
+
+
+def _check_inputs(z: torch.Tensor, labels: torch.Tensor) -> None:
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"z must be a torch.Tensor, got {type(z).__name__}")
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if z.dim() != 2:
+        raise ValueError(f"z must be 2-D (M, D), got shape {tuple(z.shape)}")
+    if z.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"z must be float32, float64, bfloat16 or float16, got {z.dtype}")
+    if z.shape[1] == 0:
+        raise ValueError("z must have at least one feature column (D >= 1)")
+    if labels.dim() != 1 or labels.shape[0] != z.shape[0]:
+        raise ValueError(f"labels must be 1-D with z.shape[0]={z.shape[0]} entries, got shape {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if labels.device != z.device:
+        raise ValueError(f"labels must be on z's device ({z.device}), got {labels.device}")
+
+
+class _FusedSupCon(torch.autograd.Function):
+    """Row losses from a fused backend; the mining selection is a constant for autograd."""
+
+    @staticmethod
+    def forward(ctx, u, labels, kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+        loss_rows, npos, saved = kernels.supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
+        ctx.save_for_backward(u, labels, *saved)
+        ctx.args = (kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
+        ctx.mark_non_differentiable(npos)
+        return loss_rows, npos
+
+    @staticmethod
+    def backward(ctx, grad_rows, _grad_npos):
+        u, labels, *saved = ctx.saved_tensors
+        kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32 = ctx.args
+        du = kernels.supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
+                                     tuple(saved), grad_rows.contiguous())
+        return du, None, None, None, None, None, None, None, None
+
+
+def _reduce(rows: torch.Tensor, npos: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return rows
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    n_anchors = (npos > 0).sum()
+    # `where`, not a division guarded by a host-side check: no sync, and a batch without
+    # positives gives an exact 0.0 that stays connected to z (zero gradient, never NaN).
+    return torch.where(n_anchors > 0, total / n_anchors.clamp(min=1).to(total.dtype), total * 0)
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, variant: str = "supcon",
+                hard_positives: int | None = None, hard_negatives: int | None = None, ignore_index: int = -1,
+                normalize: bool = True, reduction: str = "mean", backend: str = "auto",
+                process_group=None) -> torch.Tensor:
+    """Supervised contrastive (SupCon) or per-positive InfoNCE loss over the rows of ``z``.
+
+    See DESIGN.md ("The loss, exactly") for the formula. Rows whose label equals
+    ``ignore_index`` take no part. The result is float32 for half inputs, else z's dtype.
+    """
+    kp, kn = check_loss_options(temperature, variant, hard_positives, hard_negatives, reduction, backend)
+    _check_inputs(z, labels)
+    if process_group is not None:
+        raise NotImplementedError("process_group (multi-GPU global negatives) is not implemented yet")
+    name, kernels = backends.resolve(backend, z.device, "supcon_loss")
+
+    labels = labels.to(torch.int64)
+    valid = labels != ignore_index
+    # Zero ignored rows before normalising: an Inf/NaN there can then reach neither the
+    # similarity of valid rows nor, through 0 * NaN, the gradient.
+    z = torch.where(valid[:, None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+    u = torch.nn.functional.normalize(z, dim=1, eps=_NORM_EPS) if normalize else z
+
+    if kernels is None:
+        rows, npos = supcon_rows_reference(u, labels, valid, float(temperature), variant,
+                                           kp or None, kn or None)
+    else:
+        allow_tf32 = u.dtype == torch.float32 and u.is_cuda and fp32_matmul_allows_tf32()
+        rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(), kernels, int(ignore_index),
+                                        1.0 / float(temperature), variant, kp, kn, allow_tf32)
+    return _reduce(rows, npos, reduction)

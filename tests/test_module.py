@@ -1,0 +1,148 @@
+"""ContrastivePatchLoss on real timm models, against supcon_loss on hand-picked patches."""
+import pytest
+import torch
+
+import ct_kernels as ct
+
+timm = pytest.importorskip("timm")
+
+
+def _mask(b, h, w, seed, classes=3, ignore=255):
+    g = torch.Generator().manual_seed(seed)
+    # blocky classes so that many patches are pure, plus ignored pixels
+    coarse = torch.randint(0, classes, (b, h // 8, w // 8), generator=g)
+    m = coarse.repeat_interleave(8, 1).repeat_interleave(8, 2)
+    noise = torch.rand(b, h, w, generator=g)
+    noise[:, h // 2:, :] = 0.5  # the lower half stays pure
+    m[noise < 0.05] = (m[noise < 0.05] + 1) % classes
+    m[noise > 0.97] = ignore
+    m[0, :8, :8] = ignore  # an all-ignored patch
+    return m
+
+
+def _hand_picked(mask, ph, pw, classes, min_purity, ignore=255):
+    """Row labels by a loop over patches: majority label, kept if count >= ceil(min_purity*area)."""
+    b, h, w = mask.shape
+    out = []
+    for n in range(b):
+        for r in range(h // ph):
+            for c in range(w // pw):
+                px = mask[n, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw].reshape(-1)
+                px = px[px != ignore]
+                if px.numel() == 0:
+                    out.append(-1)
+                    continue
+                counts = torch.bincount(px, minlength=classes)
+                top = int(counts.max())
+                need = -(-int(round(min_purity * 100)) * ph * pw // 100)
+                out.append(int(counts.argmax()) if top >= need else -1)
+    return torch.tensor(out)
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                             num_classes=0).eval()
+
+
+@pytest.mark.parametrize("min_purity", [1.0, 0.75, 0.0])
+def test_vit_tokens_equal_supcon_on_picked_patches(vit, min_purity):
+    x = torch.randn(2, 3, 32, 32)
+    mask = _mask(2, 32, 32, seed=1)
+    tokens = vit.forward_features(x)  # (B, 1 + 16, 192)
+    crit = ct.ContrastivePatchLoss.from_timm(vit, 3, min_purity=min_purity, backend="torch")
+    assert crit.num_prefix_tokens == vit.num_prefix_tokens == 1
+    loss = crit(tokens, mask)
+    rows = tokens[:, 1:, :].reshape(-1, tokens.shape[-1])
+    y = _hand_picked(mask, 8, 8, 3, min_purity)
+    keep = y >= 0
+    ref = ct.supcon_loss(rows[keep], y[keep], 0.1, backend="torch")
+    torch.testing.assert_close(loss, ref)
+    assert int(crit.last_num_patches) == int(keep.sum())
+    assert crit.last_backend == "torch"
+
+
+def test_feature_map_and_tokens_agree():
+    g = torch.Generator().manual_seed(2)
+    fmap = torch.randn(2, 16, 4, 6, generator=g, dtype=torch.float64)
+    tokens = fmap.permute(0, 2, 3, 1).reshape(2, 24, 16)
+    mask = _mask(2, 32, 48, seed=3)
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch")
+    torch.testing.assert_close(crit(fmap, mask), crit(tokens, mask))
+
+
+def test_hierarchical_from_timm_and_stage_mean():
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, features_only=True, out_indices=(2, 3))
+    crit = ct.ContrastivePatchLoss.from_timm(model, 3, min_purity=0.5, backend="torch")
+    assert crit.reductions == [(8, 8), (16, 16)]
+    x = torch.randn(2, 3, 64, 64)
+    mask = _mask(2, 64, 64, seed=4)
+    feats = model(x)
+    both = crit(feats, mask)
+    singles = [crit(f, mask) for f in feats]
+    torch.testing.assert_close(both, (singles[0] + singles[1]) / 2)
+    # tokens of a stage, flattened: the grid comes from the model's reductions
+    tok = feats[1].flatten(2).transpose(1, 2)
+    torch.testing.assert_close(crit(tok, mask), singles[1])
+
+
+def test_grid_inference_and_ambiguity():
+    mask = torch.zeros(1, 30, 30, dtype=torch.int64)
+    crit = ct.ContrastivePatchLoss(2, backend="torch")
+    with pytest.raises(ValueError, match="grid="):
+        crit(torch.randn(1, 6, 4), mask)          # (2,3), (3,2), (1,6)... : ambiguous
+    with pytest.raises(ValueError, match="match no grid"):
+        crit(torch.randn(1, 7, 4), mask)
+    out = crit(torch.randn(1, 6, 4), mask, grid=(2, 3))
+    assert out.item() > 0
+    with pytest.raises(ValueError, match="grid"):
+        crit(torch.randn(1, 6, 4), mask, grid=(3, 3))
+    wide = torch.zeros(1, 16, 32, dtype=torch.int64)
+    assert crit(torch.randn(1, 8, 4), wide).item() > 0   # (2, 4) is the one grid of the mask's aspect
+
+
+def test_bad_inputs_name_the_argument():
+    crit = ct.ContrastivePatchLoss(3, backend="torch")
+    feats = torch.randn(2, 16, 8)
+    with pytest.raises(ValueError, match="mask"):
+        crit(feats, torch.zeros(2, 16, dtype=torch.int64))
+    with pytest.raises(TypeError, match="mask"):
+        crit(feats, torch.zeros(2, 16, 16))
+    with pytest.raises(ValueError, match="batch size"):
+        crit(feats, torch.zeros(3, 16, 16, dtype=torch.int64))
+    bad = torch.zeros(2, 16, 16, dtype=torch.int64)
+    bad[0, 0, 0] = 3
+    with pytest.raises(ValueError, match="num_classes"):
+        crit(feats, bad)
+    neg = torch.zeros(2, 16, 16, dtype=torch.int64)
+    neg[1, 5, 5] = -4
+    with pytest.raises(ValueError, match="num_classes"):
+        crit(feats, neg)
+    for kwargs, err, match in [
+        (dict(temperature=0.0), ValueError, "temperature"),
+        (dict(temperature=-1.0), ValueError, "temperature"),
+        (dict(hard_positives=0), ValueError, "hard_positives"),
+        (dict(hard_negatives=-3), ValueError, "hard_negatives"),
+        (dict(hard_negatives=2.5), TypeError, "hard_negatives"),
+        (dict(variant="triplet"), ValueError, "variant"),
+        (dict(backend="cudnn"), ValueError, "backend"),
+        (dict(min_purity=1.5), ValueError, "min_purity"),
+        (dict(num_prefix_tokens=-1), ValueError, "num_prefix_tokens"),
+    ]:
+        with pytest.raises(err, match=match):
+            ct.ContrastivePatchLoss(3, **kwargs)
+    with pytest.raises(ValueError, match="num_classes"):
+        ct.ContrastivePatchLoss(0)
+
+
+def test_projection_head_shapes():
+    head = ct.ProjectionHead(16, 8)
+    assert head(torch.randn(2, 5, 16)).shape == (2, 5, 8)
+    assert head(torch.randn(2, 16, 3, 4)).shape == (2, 8, 3, 4)
+
+
+def test_from_timm_rejects_other_models():
+    with pytest.raises(TypeError, match="from_timm"):
+        ct.ContrastivePatchLoss.from_timm(torch.nn.Linear(3, 3), 3)

@@ -1,0 +1,51 @@
+"""Bad input to supcon_loss raises before any kernel runs, naming the argument."""
+import pytest
+import torch
+
+import ct_kernels as ct
+
+
+@pytest.mark.parametrize("z,y,kw,err,match", [
+    (torch.randn(4), torch.zeros(4, dtype=torch.int64), {}, ValueError, "z must be 2-D"),
+    (torch.randn(4, 3).int(), torch.zeros(4, dtype=torch.int64), {}, TypeError, "z must be float"),
+    (torch.randn(4, 0), torch.zeros(4, dtype=torch.int64), {}, ValueError, "D >= 1"),
+    (torch.randn(4, 3), torch.zeros(5, dtype=torch.int64), {}, ValueError, "labels must be 1-D"),
+    (torch.randn(4, 3), torch.zeros(4), {}, TypeError, "labels must be an integer"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(temperature=0.0), ValueError, "temperature"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(temperature=float("nan")), ValueError, "temperature"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(variant="x"), ValueError, "variant"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(reduction="avg"), ValueError, "reduction"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(hard_positives=0), ValueError, "hard_positives"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(hard_negatives=True), TypeError, "hard_negatives"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(backend="gpu"), ValueError, "backend"),
+    ("z", torch.zeros(4, dtype=torch.int64), {}, TypeError, "z must be a torch.Tensor"),
+])
+def test_bad_input(z, y, kw, err, match):
+    with pytest.raises(err, match=match):
+        ct.supcon_loss(z, y, **kw)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mismatched_devices():
+    with pytest.raises(ValueError, match="labels must be on z's device"):
+        ct.supcon_loss(torch.randn(4, 3, device="cuda"), torch.zeros(4, dtype=torch.int64))
+
+
+def test_mismatched_devices_meta():
+    # a second device without a GPU: meta tensors are enough to reach the device check
+    with pytest.raises(ValueError, match="labels must be on z's device"):
+        ct.supcon_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64, device="meta"))
+
+
+def test_triton_on_cpu_without_interpreter_is_an_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(RuntimeError, match="triton"):
+        ct.supcon_loss(torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), backend="triton")
+
+
+def test_env_override(monkeypatch):
+    monkeypatch.setenv("CT_KERNELS_BACKEND", "torch")
+    assert ct.backend_for("cpu") == "torch"
+    monkeypatch.setenv("CT_KERNELS_BACKEND", "bogus")
+    with pytest.raises(ValueError, match="backend"):
+        ct.backend_for("cpu")
