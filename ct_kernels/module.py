@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import backends
+from .confidence import confidence_supcon, patch_confidence
 from .patch import as_patch_size, check_mask, check_num_classes, min_count, patch_labels_unchecked
 from .supcon import check_loss_options, supcon_loss
 
@@ -52,12 +53,18 @@ class ContrastivePatchLoss(nn.Module):
     Each patch is labelled by the majority class of the mask under it (``patch_labels``); patches
     whose majority covers less than ``min_purity`` of the patch, or that have no valid pixel, carry
     the ignore label. All B*h*w rows go to the fused loss: no compaction, no host synchronisation.
+
+    ``mining="similarity"`` (default) is the kernels' hard mining (``hard_positives`` /
+    ``hard_negatives``). ``mining="confidence"`` is the paper's selection by the segmentation head's
+    confidence (``ct_kernels.confidence``): ``forward`` then needs ``logits``, and selecting per
+    class reads counts on the host.
     """
 
     def __init__(self, num_classes: int, temperature: float = 0.1, ignore_index: int = 255,
                  min_purity: float = 1.0, variant: str = "supcon", hard_positives: int | None = None,
                  hard_negatives: int | None = None, num_prefix_tokens: int = 0, backend: str = "auto",
-                 process_group=None):
+                 process_group=None, *, mining: str = "similarity", confidence_fraction: float = 0.4,
+                 max_per_class: int = 128, min_per_class: int = 10):
         super().__init__()
         check_num_classes(num_classes)
         check_loss_options(temperature, variant, hard_positives, hard_negatives, "mean", backend)
@@ -65,6 +72,18 @@ class ContrastivePatchLoss(nn.Module):
             raise ValueError(f"min_purity must be a number in [0, 1], got {min_purity!r}")
         if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+        if mining not in ("similarity", "confidence"):
+            raise ValueError(f"mining must be 'similarity' or 'confidence', got {mining!r}")
+        if mining == "confidence":
+            if not 0.0 < confidence_fraction <= 1.0:
+                raise ValueError(f"confidence_fraction must be in (0, 1], got {confidence_fraction!r}")
+            for name, v in (("max_per_class", max_per_class), ("min_per_class", min_per_class)):
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self.mining = mining
+        self.confidence_fraction = confidence_fraction
+        self.max_per_class = max_per_class
+        self.min_per_class = min_per_class
         self.num_classes = num_classes
         self.temperature = float(temperature)
         self.ignore_index = int(ignore_index)
@@ -148,7 +167,22 @@ class ContrastivePatchLoss(nn.Module):
         return torch.where(keep, labels, torch.full_like(labels, _ROW_IGNORE)).reshape(-1)
 
     # -- forward --------------------------------------------------------------------------------
-    def forward(self, features, mask: torch.Tensor, grid=None) -> torch.Tensor:
+    def _stage_loss(self, rows, row_labels, mask, h, w, logits):
+        def loss_fn(z, y, reduction="mean"):
+            return supcon_loss(z, y, self.temperature, variant=self.variant,
+                               hard_positives=self.hard_positives, hard_negatives=self.hard_negatives,
+                               ignore_index=_ROW_IGNORE, reduction=reduction, backend=self.backend,
+                               process_group=self.process_group)
+        if self.mining == "similarity":
+            return loss_fn(rows, row_labels)
+        ph, pw = mask.shape[1] // h, mask.shape[2] // w
+        conf = patch_confidence(logits, tuple(mask.shape[1:]), ph, pw)
+        return confidence_supcon(rows, row_labels, conf, self.num_classes, loss_fn, self.confidence_fraction,
+                                 self.max_per_class, self.min_per_class)
+
+    def forward(self, features, mask: torch.Tensor, grid=None, logits: torch.Tensor | None = None) -> torch.Tensor:
+        if self.mining == "confidence" and logits is None:
+            raise ValueError("mining='confidence' needs logits=(B, C, H', W') from the segmentation head")
         stages = list(features) if isinstance(features, (list, tuple)) else [features]
         if not stages:
             raise ValueError("features must hold at least one stage")
@@ -165,10 +199,7 @@ class ContrastivePatchLoss(nn.Module):
                 raise ValueError(f"features are on {feat.device} but mask is on {mask.device}")
             rows, h, w = self._stage_rows(feat, h_img, w_img, g)
             row_labels = self._row_labels(mask, h, w)
-            losses.append(supcon_loss(rows, row_labels, self.temperature, variant=self.variant,
-                                      hard_positives=self.hard_positives, hard_negatives=self.hard_negatives,
-                                      ignore_index=_ROW_IGNORE, backend=self.backend,
-                                      process_group=self.process_group))
+            losses.append(self._stage_loss(rows, row_labels, mask, h, w, logits))
             n_patches.append((row_labels != _ROW_IGNORE).sum())
         self.last_backend = backends.resolve(self.backend, mask.device, "supcon_loss")[0]
         self.last_num_patches = torch.stack(n_patches).sum()

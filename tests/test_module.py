@@ -146,3 +146,25 @@ def test_projection_head_shapes():
 def test_from_timm_rejects_other_models():
     with pytest.raises(TypeError, match="from_timm"):
         ct.ContrastivePatchLoss.from_timm(torch.nn.Linear(3, 3), 3)
+
+
+def test_confidence_mining_module_matches_function():
+    from ct_kernels.confidence import confidence_supcon, patch_confidence
+    g = torch.Generator().manual_seed(5)
+    fmap = torch.randn(2, 8, 8, 8, generator=g, dtype=torch.float64)
+    mask = _mask(2, 32, 32, seed=6)
+    logits = torch.randn(2, 3, 16, 16, generator=g)
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch", mining="confidence",
+                                   confidence_fraction=0.5, min_per_class=2, max_per_class=6)
+    with pytest.raises(ValueError, match="logits"):
+        crit(fmap, mask)
+    got = crit(fmap, mask, logits=logits)
+    rows = fmap.permute(0, 2, 3, 1).reshape(-1, 8)
+    y = _hand_picked(mask, 4, 4, 3, 0.5)
+    conf = patch_confidence(logits, (32, 32), 4, 4)
+    ref = confidence_supcon(rows, y, conf, 3, lambda z, t, reduction: ct.supcon_loss(
+        z, t, 0.1, backend="torch", reduction=reduction), 0.5, 6, 2)
+    torch.testing.assert_close(got, ref)
+    assert got.item() > 0
+    with pytest.raises(ValueError, match="mining"):
+        ct.ContrastivePatchLoss(3, mining="random")
