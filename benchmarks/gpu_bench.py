@@ -1,0 +1,315 @@
+"""GPU benchmark: ct_kernels against the peers, forward+backward time and peak extra memory.
+
+    python benchmarks/gpu_bench.py --mode headline     # < 5 minutes on an H100/H200
+    python benchmarks/gpu_bench.py --mode full         # N 4096..131072, D 64/128/256
+
+Peers (installed from wheels on a machine without network, see benchmarks/README.md):
+naive PyTorch SupCon (DESIGN.md's formula, dense), pytorch-metric-learning ``SupConLoss``, a
+row-chunked PyTorch SupCon with activation checkpointing, Inf-CL ``cal_flash_loss`` (one positive
+per row: a different, easier loss, labelled so), and ct_kernels' triton and native backends.
+Each measurement appends one JSON object to benchmarks/results/<card>-<date>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ct_kernels as ct  # noqa: E402
+from ct_kernels.precision import fp32_matmul_allows_tf32  # noqa: E402
+
+TEMP = 0.1
+NUM_CLASSES = 6  # segmentation-like labels: many positives per row
+
+
+# ----------------------------------------------------------------------------- implementations
+def naive_supcon(z, y):
+    """DESIGN.md's loss with the full N x N matrix (what the research code does)."""
+    u = F.normalize(z, dim=1)
+    s = (u @ u.T).float() / TEMP
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    pos = (y[:, None] == y[None, :]) & ~eye
+    lse = torch.logsumexp(s.masked_fill(eye, float("-inf")), dim=1)
+    npos = pos.sum(1)
+    rows = lse - (s * pos).sum(1) / npos.clamp(min=1)
+    has = npos > 0
+    return (rows * has).sum() / has.sum().clamp(min=1)
+
+
+def chunked_supcon(z, y, chunk=4096):
+    """Row chunks, each recomputed in backward (activation checkpointing): O(chunk x N) memory."""
+    u = F.normalize(z, dim=1)
+    n = z.shape[0]
+
+    def block(ub, yb, start, u_all, y_all):
+        s = (ub @ u_all.T).float() / TEMP
+        cols = torch.arange(n, device=z.device)
+        self_mask = cols[None, :] == (start + torch.arange(ub.shape[0], device=z.device))[:, None]
+        pos = (yb[:, None] == y_all[None, :]) & ~self_mask
+        lse = torch.logsumexp(s.masked_fill(self_mask, float("-inf")), dim=1)
+        npos = pos.sum(1)
+        rows = lse - (s * pos).sum(1) / npos.clamp(min=1)
+        return (rows * (npos > 0)).sum(), (npos > 0).sum()
+
+    total, count = 0.0, 0
+    for start in range(0, n, chunk):
+        s_, c_ = checkpoint(block, u[start:start + chunk], y[start:start + chunk], start, u, y,
+                            use_reentrant=False)
+        total = total + s_
+        count = count + c_
+    return total / count.clamp(min=1)
+
+
+def make_impls(have_pml, have_infcl):
+    impls = {"naive": naive_supcon, "chunked_ckpt": chunked_supcon}
+    if have_pml:
+        from pytorch_metric_learning.losses import SupConLoss
+        pml = SupConLoss(temperature=TEMP)
+        impls["pml_supcon"] = lambda z, y: pml(z, y)
+    if have_infcl:
+        from inf_cl import cal_flash_loss
+
+        def infcl(z, y):
+            u = F.normalize(z, dim=1)
+            labels = torch.arange(z.shape[0], device=z.device)  # one positive per row (the diagonal)
+            return cal_flash_loss(u, u, labels, scale=1.0 / TEMP)
+        impls["infcl_1pos"] = infcl
+    avail = ct.available_backends()
+    for b in ("triton", "native"):
+        if avail[b] == "ok":
+            try:
+                ct.backend_for("cuda", b)
+                impls[f"ct_{b}"] = (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, backend=bb))(b)
+            except RuntimeError as exc:
+                print(f"ct_{b}: {exc}")
+        else:
+            print(f"ct_{b}: not available ({avail[b]})")
+    return impls
+
+
+# ----------------------------------------------------------------------------- measurement
+def measure(fn, inputs, mode, min_reps=3, max_reps=30, budget_s=1.5):
+    """Median ms over repeats (CUDA events), rotating inputs; peak extra allocator MiB."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+
+    def step(i):
+        z, y = inputs[i % len(inputs)]
+        if mode == "fwd":
+            with torch.no_grad():
+                fn(z, y)
+        else:
+            z.grad = None
+            fn(z, y).backward()
+
+    step(0)
+    step(1)  # warm-up: compilation, autotuning, allocator
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    times = []
+    t_start = time.perf_counter()
+    for i in range(max_reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        step(i)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+        if i + 1 >= min_reps and time.perf_counter() - t_start > budget_s:
+            break
+    times.sort()
+    return times[len(times) // 2], peak
+
+
+def est_dense_gib(n, bytes_per=4, copies=6):
+    return n * n * bytes_per * copies / 2**30
+
+
+class Recorder:
+    def __init__(self, path):
+        self.path = path
+        self.device = torch.cuda.get_device_name()
+        try:
+            import triton
+            self.triton = triton.__version__
+        except ImportError:
+            self.triton = None
+        self.rows = json.loads(path.read_text()) if path.exists() else []
+
+    def add(self, **kw):
+        rec = dict(device=self.device, torch=torch.__version__, triton=self.triton,
+                   time=_dt.datetime.now().isoformat(timespec="seconds"), **kw)
+        self.rows.append(rec)
+        self.path.write_text(json.dumps(self.rows, indent=1))
+        ms = rec.get("ms")
+        print(f"{rec['op']:>12} {rec['impl']:>14} n={rec.get('n', '-'):>7} d={rec.get('d', '-'):>4} "
+              f"{rec.get('dtype', ''):>9} {rec.get('precision', ''):>5} {rec.get('mode', ''):>7} "
+              + (f"{ms:9.3f} ms {rec['peak_mib']:10.1f} MiB" if ms is not None else rec.get("status", "")),
+              flush=True)
+
+
+def set_tf32(on: bool):
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = on
+    assert fp32_matmul_allows_tf32() == on
+
+
+def run_loss_grid(rec, impls, ns, ds, precisions, mode="fwd+bwd", op="supcon", extra=None, budget_skip=True):
+    card_gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+    for prec in precisions:
+        dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+        set_tf32(prec == "tf32")
+        for d in ds:
+            for n in ns:
+                g = torch.Generator(device="cuda").manual_seed(n + d)
+                inputs = []
+                for _ in range(2):
+                    z = torch.randn(n, d, device="cuda", generator=g).to(dtype).requires_grad_()
+                    y = torch.randint(0, NUM_CLASSES, (n,), device="cuda", generator=g)
+                    inputs.append((z, y))
+                for name, fn in impls.items():
+                    meta = dict(op=op, impl=name, n=n, d=d, dtype=str(dtype).replace("torch.", ""),
+                                precision=prec, mode=mode, **(extra or {}))
+                    if name == "chunked_ckpt" and n > 65536 and budget_skip:
+                        rec.add(**meta, ms=None, peak_mib=None, status="skipped: over the headline time budget")
+                        continue
+                    dense = name in ("naive", "pml_supcon", "pml_batchhard")
+                    if dense and est_dense_gib(n) > 0.9 * card_gib:
+                        rec.add(**meta, ms=None, peak_mib=None, status="skipped: dense N x N estimate exceeds memory")
+                        continue
+                    try:
+                        ms, peak = measure(fn, inputs, "fwd" if mode == "fwd" else "fwd+bwd")
+                        rec.add(**meta, ms=ms, peak_mib=peak)
+                    except torch.OutOfMemoryError:
+                        rec.add(**meta, ms=None, peak_mib=None, status="out of memory")
+                    except Exception as exc:  # a peer that does not support a dtype, say
+                        rec.add(**meta, ms=None, peak_mib=None, status=f"error: {type(exc).__name__}: {exc}"[:300])
+                    torch.cuda.empty_cache()
+                del inputs
+                torch.cuda.empty_cache()
+    set_tf32(False)
+
+
+def bench_patch_labels(rec):
+    """16 x 1024 x 1024 masks, patch 16, 6 classes: ct vs one_hot + avg_pool vs one copy of the mask.
+    Timed with CUDA graphs so that launch overhead is not what is measured."""
+    for dtype in (torch.uint8, torch.int64):
+        mask = torch.randint(0, NUM_CLASSES, (16, 1024, 1024), device="cuda").to(dtype)
+        mask[:, :32, :32] = 255
+
+        def onehot_pool(m=mask):
+            keep = m != 255
+            oh = F.one_hot(torch.where(keep, m, 0).long(), NUM_CLASSES) * keep[..., None]
+            pooled = F.avg_pool2d(oh.permute(0, 3, 1, 2).float(), 16)
+            return pooled.max(1)
+
+        out = torch.empty_like(mask)
+        impls = {"mask_copy": lambda: out.copy_(mask), "onehot_avgpool": onehot_pool}
+        for b in ("triton", "native"):
+            try:
+                ct.backend_for("cuda", b, "patch_labels")
+                from ct_kernels.patch import patch_labels_unchecked
+                impls[f"ct_{b}"] = (lambda bb: lambda: patch_labels_unchecked(mask, 16, 16, NUM_CLASSES, 255, bb))(b)
+            except RuntimeError:
+                pass
+        for name, fn in impls.items():
+            try:
+                fn()
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    fn()
+                graph.replay()
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(20):
+                    a, b2 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    for _ in range(10):
+                        graph.replay()
+                    b2.record()
+                    b2.synchronize()
+                    times.append(a.elapsed_time(b2) / 10)
+                times.sort()
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+                rec.add(op="patch_labels", impl=name, n=mask.numel(), d=16, dtype=str(dtype).replace("torch.", ""),
+                        precision="-", mode="fwd", ms=times[len(times) // 2], peak_mib=peak)
+            except Exception as exc:
+                rec.add(op="patch_labels", impl=name, n=mask.numel(), d=16, dtype=str(dtype).replace("torch.", ""),
+                        precision="-", mode="fwd", ms=None, peak_mib=None,
+                        status=f"error: {type(exc).__name__}: {exc}"[:300])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["headline", "full", "smoke"], default="headline")
+    ap.add_argument("--out", default=None, help="records file (default benchmarks/results/<card>-<date>.json)")
+    ap.add_argument("--only", default=None, help="comma list of sections: supcon,variants,mining,patch")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_bench.py needs a CUDA GPU; CPU benchmarks: make bench")
+    card = torch.cuda.get_device_name().replace(" ", "_")
+    out = Path(args.out) if args.out else (Path(__file__).parent / "results" /
+                                           f"{card}-{_dt.date.today().isoformat()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rec = Recorder(out)
+    try:
+        import pytorch_metric_learning  # noqa: F401
+        have_pml = True
+    except ImportError:
+        have_pml = False
+        print("pytorch-metric-learning missing: its rows are left out")
+    try:
+        import inf_cl  # noqa: F401
+        have_infcl = True
+    except ImportError:
+        have_infcl = False
+        print("inf-cl missing: its rows are left out")
+    impls = make_impls(have_pml, have_infcl)
+    sections = set((args.only or "supcon,variants,mining,patch").split(","))
+    t0 = time.time()
+    if args.mode == "smoke":
+        ns, ds, precs = [4096], [128], ["bf16", "fp32"]
+    elif args.mode == "headline":
+        ns, ds, precs = [8192, 32768, 131072], [128], ["bf16", "fp32", "tf32"]
+    else:
+        ns, ds, precs = [4096, 8192, 16384, 32768, 65536, 131072], [64, 128, 256], ["bf16", "fp32", "tf32"]
+    if "supcon" in sections:
+        run_loss_grid(rec, impls, ns, ds, precs)
+    ct_impls = {k: v for k, v in impls.items() if k.startswith("ct_")}
+    if "variants" in sections:
+        for name, b in [(k, k[3:]) for k in ct_impls]:
+            variant_impls = {name: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, variant="infonce", backend=bb))(b)}
+            run_loss_grid(rec, variant_impls, [32768], [128], ["bf16"], op="infonce")
+    if "mining" in sections:
+        mined = {k: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, hard_positives=64, hard_negatives=64,
+                                                            backend=bb))(k[3:]) for k in ct_impls}
+        if have_pml:
+            from pytorch_metric_learning.losses import SupConLoss
+            from pytorch_metric_learning.miners import BatchHardMiner
+            miner, loss = BatchHardMiner(), SupConLoss(temperature=TEMP)
+            mined["pml_batchhard"] = lambda z, y: loss(z, y, miner(z, y))
+        run_loss_grid(rec, mined, [8192, 32768], [128], ["bf16"], op="supcon_mined64")
+    if "patch" in sections:
+        bench_patch_labels(rec)
+    print(f"records in {out}; {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
