@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The one prepared device run: build the extension, GPU tests, sanitizer, headline benchmark.
+# Usage on the GPU machine, from the repo root: OUT=/some/dir bash benchmarks/gpu_check.sh [bench-mode]
+# Peers that the machine lacks travel as wheels in .whl/ (see benchmarks/README.md).
+set -u
+OUT=${OUT:-/tmp/ct_gpu_out}
+MODE=${1:-headline}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"; } | tee "$OUT/env.txt"
+
+start=$(date +%s)
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+python3 -c "import ct_kernels as ct; print(ct.available_backends())" | tee -a "$OUT/env.txt"
+
+timeout 200 python3 -m pytest tests -q -ra -p no:cacheprovider --durations=15 > "$OUT/tests.log" 2>&1
+echo "tests rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+tail -30 "$OUT/tests.log"
+
+if [ -f benchmarks/sanitize_native.py ] && command -v compute-sanitizer >/dev/null; then
+  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_native.py > "$OUT/sanitizer.log" 2>&1
+  echo "sanitizer rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+  tail -5 "$OUT/sanitizer.log"
+fi
+
+timeout 240 python3 benchmarks/gpu_bench.py --mode "$MODE" --out "$OUT/records.json" > "$OUT/bench.log" 2>&1
+echo "bench rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+cat "$OUT/bench.log" | cut -c1-160 | tail -80
