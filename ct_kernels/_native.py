@@ -2,7 +2,13 @@
 
 The package imports and runs (torch backend) without it; asking for ``backend="native"`` then
 raises an error naming what is missing. Ops are registered with ``TORCH_LIBRARY(ct_kernels, ...)``
-and reached as ``torch.ops.ct_kernels.*``.
+and reached as ``torch.ops.ct_kernels.*``; this module adds fake (meta) kernels so that
+``torch.compile`` traces them, and the wrappers with the kernel-contract signatures of
+``ct_kernels.backends``.
+
+``saved`` of :func:`supcon_forward` is ``(npos, stats, thr_val, thr_col)`` (all O(M)):
+``stats`` (M, 2) [log-sum-exp, infonce weight], ``thr_val``/``thr_col`` (M, 2) the per-row
+hard-mining thresholds [positive side, negative side] (value and column); see csrc/common.h.
 """
 from __future__ import annotations
 
@@ -14,6 +20,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the build
     _LOAD_ERROR = str(exc)
 
+# Largest num_classes the native patch_labels accepts (per-patch histograms live on chip).
+MAX_CLASSES = 1024
+
 
 def available() -> bool:
     return _LOAD_ERROR is None
@@ -23,7 +32,13 @@ def unavailable_reason() -> str:
     return _LOAD_ERROR or ""
 
 
-_OPS = {"patch_labels": "patch_labels"}
+# public op name (as passed to backends.resolve) -> the registered operators it needs
+_OPS = {
+    "patch_labels": ("patch_labels",),
+    "supcon_loss": ("supcon_forward", "supcon_backward"),
+    "supcon_forward": ("supcon_forward",),
+    "supcon_backward": ("supcon_backward",),
+}
 
 
 def _has_kernel(op_name: str, device: torch.device) -> bool:
@@ -35,18 +50,73 @@ def _has_kernel(op_name: str, device: torch.device) -> bool:
 
 
 def supports(op: str, device: torch.device) -> bool:
-    name = _OPS.get(op)
-    return name is not None and _has_kernel(name, device)
+    names = _OPS.get(op)
+    device = torch.device(device)
+    return available() and names is not None and all(_has_kernel(n, device) for n in names)
 
 
 def missing_reason(op: str, device: torch.device) -> str:
+    device = torch.device(device)
+    if not available():
+        return f"the extension ct_kernels._C could not be loaded ({unavailable_reason()})"
     if op not in _OPS:
-        return f"{op} is not implemented in the native extension yet"
+        return f"{op} is not implemented in the native extension"
     if device.type == "cuda":
         return ("the extension was built without CUDA kernels; rebuild on a machine with nvcc and a "
-                "GPU, or set CT_KERNELS_BUILD_CUDA=1")
+                "GPU, or with CT_KERNELS_BUILD_CUDA=1 (pip install --no-build-isolation -e .)")
     return f"no {device.type} kernel is registered for {op}"
 
 
+# ---------------------------------------------------------------------------------------------
+# fake kernels (shapes/dtypes only) so torch.compile can trace the ops without graph breaks
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+if available():
+    @torch.library.register_fake("ct_kernels::patch_labels")
+    def _patch_labels_fake(mask, ph, pw, num_classes, ignore_index):
+        b, h, w = mask.shape
+        labels = mask.new_empty((b, h // ph, w // pw), dtype=torch.int64)
+        purity = mask.new_empty((b, h // ph, w // pw), dtype=torch.float32)
+        bad = mask.new_empty((1,), dtype=torch.int32)
+        return labels, purity, bad
+
+    @torch.library.register_fake("ct_kernels::supcon_forward")
+    def _supcon_forward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+        m = u.shape[0]
+        acc = _acc_dtype(u.dtype)
+        return (u.new_empty((m,), dtype=acc), u.new_empty((m,), dtype=torch.int32),
+                u.new_empty((m, 2), dtype=acc), u.new_empty((m, 2), dtype=acc),
+                u.new_empty((m, 2), dtype=torch.int64))
+
+    @torch.library.register_fake("ct_kernels::supcon_backward")
+    def _supcon_backward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
+                              npos, stats, thr_val, thr_col, grad_rows):
+        return torch.empty_like(u)
+
+
+# ---------------------------------------------------------------------------------------------
+# wrappers with the kernel-contract signatures (ct_kernels.backends)
+
 def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_index: int):
-    return torch.ops.ct_kernels.patch_labels(mask, ph, pw, num_classes, ignore_index)
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"num_classes={num_classes} is above the native backend's limit of "
+                         f"{MAX_CLASSES}; use backend='torch' or 'triton'")
+    return torch.ops.ct_kernels.patch_labels(mask, int(ph), int(pw), int(num_classes), int(ignore_index))
+
+
+def supcon_forward(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float,
+                   variant: str, kp: int, kn: int, allow_tf32: bool):
+    loss_rows, npos, stats, thr_val, thr_col = torch.ops.ct_kernels.supcon_forward(
+        u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32))
+    return loss_rows, npos, (npos, stats, thr_val, thr_col)
+
+
+def supcon_backward(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float,
+                    variant: str, kp: int, kn: int, allow_tf32: bool, saved, grad_rows: torch.Tensor):
+    npos, stats, thr_val, thr_col = saved
+    return torch.ops.ct_kernels.supcon_backward(
+        u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32),
+        npos, stats, thr_val, thr_col, grad_rows)
