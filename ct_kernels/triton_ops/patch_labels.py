@@ -1,0 +1,86 @@
+"""Patch-majority labels in one kernel and one read of the mask.
+
+A program loads PB neighbouring patches of one patch row as a [PH, PB, PW] block (rows of the
+mask are contiguous along the last axis), counts each class on chip, keeps the first class
+with the largest count (ties -> smallest class id) and writes label and purity once. Pixels
+that are neither ignore_index nor in [0, num_classes) are counted into the `bad` word with one
+atomic add per program that saw any: the caller reads it afterwards, no second pass.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .tuning import interpreting, next_pow2
+
+MAX_CLASSES = 1024  # the class loop is linear in num_classes; beyond this use backend='torch'
+
+
+@triton.jit
+def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
+                        H, W, GH, GW, num_classes, ignore_index,
+                        PH: tl.constexpr, PW: tl.constexpr, PHP: tl.constexpr, PWP: tl.constexpr,
+                        PB: tl.constexpr):
+    pid = tl.program_id(0)
+    n_xb = tl.cdiv(GW, PB)
+    xb = pid % n_xb
+    rest = pid // n_xb
+    gy = rest % GH
+    b = rest // GH
+    r = tl.arange(0, PHP)[:, None, None]
+    gx = xb * PB + tl.arange(0, PB)[None, :, None]
+    c = tl.arange(0, PWP)[None, None, :]
+    inb = (r < PH) & (c < PW) & (gx < GW)
+    y = gy * PH + r
+    x = gx * PW + c
+    v = tl.load(mask_ptr + (b * H + y).to(tl.int64) * W + x, mask=inb, other=0).to(tl.int64)
+    counted = inb & (v != ignore_index)
+    in_range = (v >= 0) & (v < num_classes)
+    n_bad = tl.sum(tl.sum(tl.sum((counted & ~in_range).to(tl.int32), 2), 1), 0)
+    cls = tl.where(counted & in_range, v, -1).to(tl.int32)  # -1 matches no class
+    best_n = tl.zeros([PB], tl.int32)
+    best_c = tl.zeros([PB], tl.int32)
+    for k in range(0, num_classes):
+        n = tl.sum(tl.sum((cls == k).to(tl.int32), 2), 0)  # [PB]
+        better = n > best_n  # strict: an equal count later never beats a smaller class id
+        best_c = tl.where(better, k, best_c)
+        best_n = tl.where(better, n, best_n)
+    label = tl.where(best_n > 0, best_c.to(tl.int64), ignore_index)
+    purity = best_n.to(tl.float32) / (PH * PW)
+    gxs = xb * PB + tl.arange(0, PB)
+    out = (b * GH + gy) * GW + gxs
+    tl.store(labels_ptr + out, label, mask=gxs < GW)
+    tl.store(purity_ptr + out, purity, mask=gxs < GW)
+    tl.atomic_add(bad_ptr, n_bad, mask=n_bad > 0)
+
+
+def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_index: int):
+    """-> (labels (B, H/ph, W/pw) int64, purity float32, bad int32 (1,)): see backends.py."""
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be (B, H, W), got shape {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        mask = mask.view(torch.uint8)  # same bytes, 0/1
+    if mask.dtype not in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        raise TypeError(f"mask must be an integer or bool tensor, got {mask.dtype}")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes={num_classes}: the triton patch_labels kernel supports 1..{MAX_CLASSES}")
+    b, h, w = mask.shape
+    ph, pw = int(ph), int(pw)
+    if ph < 1 or pw < 1 or h % ph or w % pw:
+        raise ValueError(f"patch size ({ph}, {pw}) must divide the mask size ({h}, {w})")
+    mask = mask.contiguous()
+    gh, gw = h // ph, w // pw
+    labels = torch.empty((b, gh, gw), dtype=torch.int64, device=mask.device)
+    purity = torch.empty((b, gh, gw), dtype=torch.float32, device=mask.device)
+    bad = torch.zeros(1, dtype=torch.int32, device=mask.device)
+    if labels.numel() == 0:
+        return labels, purity, bad
+    php, pwp = next_pow2(ph), next_pow2(pw)
+    # ~2K pixels per program on GPUs; small blocks under the interpreter
+    target = 256 if interpreting() else 2048
+    pb = max(1, min(next_pow2(gw), target // (php * pwp)))
+    grid = (b * gh * triton.cdiv(gw, pb),)
+    patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, int(num_classes), int(ignore_index),
+                              PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, num_warps=4)
+    return labels, purity, bad

@@ -1,0 +1,133 @@
+"""Host wrappers of the fused SupCon / InfoNCE kernels (the KERNEL CONTRACT of backends.py).
+
+saved = (a, q, npos, thr_pos, col_pos, thr_neg, col_neg), all of length M (the thresholds are
+1-element placeholders when that side is not mined): see supcon_kernels for what they hold.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from . import tuning
+from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel
+
+MAX_HARD_K = 256  # on-chip top-k buffer limit per mined side
+VARIANTS = ("supcon", "infonce")
+
+
+def _check_args(u: torch.Tensor, labels: torch.Tensor, variant: str, kp: int, kn: int) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    for name, k in (("hard_positives", kp), ("hard_negatives", kn)):
+        if not 0 <= int(k) <= MAX_HARD_K:
+            raise ValueError(f"{name}={k}: the triton backend mines at most {MAX_HARD_K} per row "
+                             "(use backend='torch' for more)")
+    if u.dim() != 2 or labels.shape != (u.shape[0],):
+        raise ValueError(f"expected u (M, D) and labels (M,), got {tuple(u.shape)} and {tuple(labels.shape)}")
+    if u.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise TypeError(f"unsupported dtype {u.dtype}")
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _buffer_width(k: int, block: int) -> int:
+    return max(tuning.next_pow2(k), block) if k > 0 else 16
+
+
+class _Call:
+    """Everything one forward or backward launch needs, derived the same way both times."""
+
+    def __init__(self, u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+        _check_args(u, labels, variant, kp, kn)
+        self.u = u if u.is_contiguous() else u.contiguous()
+        self.labels = labels.to(torch.int64).contiguous()
+        self.m, self.d = u.shape
+        self.ignore_index = int(ignore_index)
+        self.infonce = variant == "infonce"
+        self.kp, self.kn = int(kp), int(kn)
+        self.acc = _acc_dtype(u.dtype)
+        self.tl_acc = triton.language.float64 if self.acc == torch.float64 else triton.language.float32
+        self.prec = "tf32" if (allow_tf32 and u.dtype == torch.float32) else "ieee"
+        self.temp = torch.full((1,), float(inv_temp), dtype=self.acc, device=u.device)
+        mine_width = tuning.next_pow2(max(self.kp, self.kn, 1))
+        self.key = (self.d, u.dtype, tuning.next_pow2(self.m), variant, self.kp > 0, self.kn > 0,
+                    mine_width, self.prec, u.device)
+        self.mine_width = mine_width
+
+    def consts(self, cfg: tuning.Config) -> dict:
+        return dict(INFONCE=self.infonce, MINE_P=self.kp > 0, MINE_N=self.kn > 0, BLOCK=cfg.block,
+                    BD=cfg.bd, PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages)
+
+    def config(self) -> tuning.Config:
+        def trial(cfg):
+            loss, npos, saved = self.forward(cfg)
+            self.backward(cfg, saved, torch.ones_like(loss))
+        return tuning.pick(self.key, self.d, self.u.dtype, self.mine_width, trial)
+
+    def forward(self, cfg: tuning.Config):
+        m, dev = self.m, self.u.device
+        placeholder_t = torch.empty(1, dtype=self.acc, device=dev)
+        placeholder_c = torch.empty(1, dtype=torch.int32, device=dev)
+        thrp = colp = thrn = coln = None
+        if self.kp > 0:
+            thrp, colp = torch.empty(m, dtype=self.acc, device=dev), torch.empty(m, dtype=torch.int32, device=dev)
+        if self.kn > 0:
+            thrn, coln = torch.empty(m, dtype=self.acc, device=dev), torch.empty(m, dtype=torch.int32, device=dev)
+        thrp = placeholder_t if thrp is None else thrp
+        colp = placeholder_c if colp is None else colp
+        thrn = placeholder_t if thrn is None else thrn
+        coln = placeholder_c if coln is None else coln
+        grid = (triton.cdiv(m, cfg.block),)
+        c = self.consts(cfg)
+        if self.kp > 0 or self.kn > 0:
+            kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
+            supcon_mine_kernel[grid](
+                self.u, self.labels, self.temp, thrp, colp, thrn, coln, self.kp, self.kn,
+                m, self.d, self.u.stride(0), self.ignore_index,
+                MINE_P=c["MINE_P"], MINE_N=c["MINE_N"], KBP=kbp, LOG_KBP=kbp.bit_length() - 1,
+                KBN=kbn, LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block,
+                LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, PREC=self.prec, ACC=self.tl_acc,
+                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        loss = torch.empty(m, dtype=self.acc, device=dev)
+        npos = torch.empty(m, dtype=torch.int32, device=dev)
+        a = torch.empty(m, dtype=self.acc, device=dev)
+        q = torch.zeros(m, dtype=self.acc, device=dev) if self.infonce else placeholder_t
+        supcon_fwd_kernel[grid](self.u, self.labels, self.temp, thrp, colp, thrn, coln,
+                                loss, npos, a, q, m, self.d, self.u.stride(0), self.ignore_index, **c)
+        return loss, npos, (a, q, npos, thrp, colp, thrn, coln)
+
+    def backward(self, cfg: tuning.Config, saved, grad_rows: torch.Tensor) -> torch.Tensor:
+        a, q, npos, thrp, colp, thrn, coln = saved
+        du = torch.empty_like(self.u)
+        grad = grad_rows.to(device=self.u.device, dtype=self.acc).contiguous()
+        grid = (triton.cdiv(self.m, cfg.block), triton.cdiv(self.d, cfg.bdo))
+        supcon_bwd_kernel[grid](self.u, self.labels, self.temp, thrp, colp, thrn, coln,
+                                a, q, npos, grad, du, self.m, self.d, self.u.stride(0),
+                                self.ignore_index, BDO=cfg.bdo, **self.consts(cfg))
+        return du
+
+
+def _empty_result(u: torch.Tensor):
+    acc = _acc_dtype(u.dtype)
+    z = torch.zeros(0, dtype=acc, device=u.device)
+    n = torch.zeros(0, dtype=torch.int32, device=u.device)
+    return z, n, (z, z, n, z, n, z, n)
+
+
+def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+    """-> (loss_rows (M,), npos (M,) int32, saved): see backends.py."""
+    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
+    if call.m == 0:
+        return _empty_result(u)
+    return call.forward(call.config())
+
+
+def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows):
+    """-> du (M, D) in u's dtype: d(sum_i grad_rows_i * l_i) / du."""
+    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
+    if call.m == 0:
+        return torch.zeros_like(u)
+    return call.backward(call.config(), saved, grad_rows)

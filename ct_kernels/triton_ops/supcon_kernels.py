@@ -1,0 +1,281 @@
+"""Fused SupCon / InfoNCE kernels: row blocks stream column blocks, tiles of s stay on chip.
+
+Every pass computes a tile of s with the same helper, block shape and D-loop order, so s_ij is
+bitwise the same in the mining pass, the loss pass and the backward recompute: that is what
+makes the stored per-row thresholds (value, column) an exact O(1) membership test.
+
+Per-row statistics (length M, what the backward needs):
+  supcon : a = lse over A_i,                      q unused
+  infonce: a = lseN = log sum_{n in N_i} exp(s),  q = (1/|P_i|) sum_p sigmoid(lseN - s_ip)
+Gradient of l_i with respect to s_ij (g_i = upstream weight, 0 for rows without positives):
+  supcon : g_i * ([j in A_i] exp(s_ij - a_i) - [j in P_i] / |P_i|)
+  infonce: g_i * ([j in N_i] exp(s_ij - a_i) q_i - [j in P_i] sigmoid(a_i - s_ij) / |P_i|)
+"""
+import triton
+import triton.language as tl
+
+from ._topk import BIG_COL, kth_pair, topk_merge
+
+
+@triton.jit
+def _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp,
+              BLOCK: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """s = inv_temp * U[rows] U[cols]^T for one BLOCK x BLOCK tile (padded rows give 0)."""
+    acc = tl.zeros([BLOCK, BLOCK], ACC)
+    r_off = rows.to(tl.int64)[:, None] * stride
+    c_off = cols.to(tl.int64)[:, None] * stride
+    for d0 in range(0, D, BD):
+        offs_d = d0 + tl.arange(0, BD)
+        d_ok = offs_d[None, :] < D
+        a = tl.load(u_ptr + r_off + offs_d[None, :], mask=(rows[:, None] < M) & d_ok, other=0.0)
+        b = tl.load(u_ptr + c_off + offs_d[None, :], mask=(cols[:, None] < M) & d_ok, other=0.0)
+        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
+    return acc * inv_temp
+
+
+@triton.jit
+def _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c):
+    """Candidate positives / negatives before mining: self and ignored rows excluded."""
+    pair = ok_r[:, None] & ok_c[None, :] & (rows[:, None] != cols[None, :])
+    same = lab_r[:, None] == lab_c[None, :]
+    return pair & same, pair & (~same)
+
+
+@triton.jit
+def _keep_low(s, idx, thr, col):
+    """Mined positive: below the row's threshold, or tied with it at a column not after it.
+    ``idx == col`` keeps the threshold element itself whatever rounding did (belt and braces)."""
+    return (s < thr) | ((s == thr) & (idx <= col)) | (idx == col)
+
+
+@triton.jit
+def _keep_high(s, idx, thr, col):
+    """Mined negative: above the row's threshold, or tied at a column not after it."""
+    return (s > thr) | ((s == thr) & (idx <= col)) | (idx == col)
+
+
+@triton.jit
+def _online_lse(m, l, s, member):
+    """One step of a streaming log-sum-exp over the members of each row (online max: inputs
+    with normalize=False are unbounded, so a fixed shift is not safe)."""
+    sm = tl.where(member, s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(sm, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(sm - m_safe[:, None]), 1)
+    return m_new, l
+
+
+@triton.jit
+def _sigmoid(t):
+    e = tl.exp(-tl.abs(t))
+    return tl.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+@triton.jit
+def _softplus(t):
+    return tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
+
+
+@triton.jit
+def _load_rows(lab_ptr, idx, M, ignore_index):
+    lab = tl.load(lab_ptr + idx, mask=idx < M, other=ignore_index)
+    return lab, (idx < M) & (lab != ignore_index)
+
+
+@triton.jit(do_not_specialize=["M"])
+def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
+                       kp, kn, M, D, stride, ignore_index,
+                       MINE_P: tl.constexpr, MINE_N: tl.constexpr,
+                       KBP: tl.constexpr, LOG_KBP: tl.constexpr, KBN: tl.constexpr, LOG_KBN: tl.constexpr,
+                       BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, BD: tl.constexpr,
+                       PREC: tl.constexpr, ACC: tl.constexpr):
+    """Per row: the kp-th smallest positive (value, column) and the kn-th largest negative.
+
+    Top-k buffers of (key, column) live on chip, negatives keyed by -s so both sides keep the
+    smallest keys; ties go to the lower column. A tile is merged only if it can change the k-th
+    pair of some row in the block. Rows with fewer than k candidates keep an empty slot
+    (+inf, BIG_COL) as their threshold, which selects all of them.
+    """
+    pid = tl.program_id(0)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
+    inv_temp = tl.load(temp_ptr)
+    bkp = tl.full([BLOCK, KBP], float("inf"), ACC)
+    bcp = tl.full([BLOCK, KBP], BIG_COL, tl.int32)
+    kth_p = tl.full([BLOCK], float("inf"), ACC)
+    bkn = tl.full([BLOCK, KBN], float("inf"), ACC)
+    bcn = tl.full([BLOCK, KBN], BIG_COL, tl.int32)
+    kth_n = tl.full([BLOCK], float("inf"), ACC)
+    for c0 in range(0, M, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
+        s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
+        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+        col2 = tl.broadcast_to(cols[None, :], [BLOCK, BLOCK])
+        if MINE_P:
+            key = tl.where(pos, s, float("inf"))
+            if tl.sum((pos & (key <= kth_p[:, None])).to(tl.int32)) > 0:
+                bkp, bcp = topk_merge(bkp, bcp, key, tl.where(pos, col2, BIG_COL),
+                                      BLOCK, LOG_BLOCK, KBP, LOG_KBP)
+                kth_p, _cp = kth_pair(bkp, bcp, kp, KBP)
+        if MINE_N:
+            key = tl.where(neg, -s, float("inf"))
+            if tl.sum((neg & (key <= kth_n[:, None])).to(tl.int32)) > 0:
+                bkn, bcn = topk_merge(bkn, bcn, key, tl.where(neg, col2, BIG_COL),
+                                      BLOCK, LOG_BLOCK, KBN, LOG_KBN)
+                kth_n, _cn = kth_pair(bkn, bcn, kn, KBN)
+    live = rows < M
+    if MINE_P:
+        tp, cp = kth_pair(bkp, bcp, kp, KBP)
+        tl.store(thrp_ptr + rows, tp, mask=live)
+        tl.store(colp_ptr + rows, cp, mask=live)
+    if MINE_N:
+        tn, cn = kth_pair(bkn, bcn, kn, KBN)
+        tl.store(thrn_ptr + rows, -tn, mask=live)
+        tl.store(coln_ptr + rows, cn, mask=live)
+
+
+@triton.jit
+def _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+                 MINE_P: tl.constexpr, MINE_N: tl.constexpr):
+    """Apply the anchor rows' thresholds to a [rows, cols] tile."""
+    live = rows < M
+    if MINE_P:
+        thr = tl.load(thrp_ptr + rows, mask=live, other=0.0)
+        col = tl.load(colp_ptr + rows, mask=live, other=0)
+        pos = pos & _keep_low(s, cols[None, :], thr[:, None], col[:, None])
+    if MINE_N:
+        thr = tl.load(thrn_ptr + rows, mask=live, other=0.0)
+        col = tl.load(coln_ptr + rows, mask=live, other=0)
+        neg = neg & _keep_high(s, cols[None, :], thr[:, None], col[:, None])
+    return pos, neg
+
+
+@triton.jit(do_not_specialize=["M"])
+def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
+                      loss_ptr, npos_ptr, a_ptr, q_ptr,
+                      M, D, stride, ignore_index,
+                      INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
+                      BLOCK: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """Loss rows and per-row statistics. supcon: one pass (lse over A, positive sum and count).
+    infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it."""
+    pid = tl.program_id(0)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
+    inv_temp = tl.load(temp_ptr)
+    m = tl.full([BLOCK], float("-inf"), ACC)
+    l = tl.zeros([BLOCK], ACC)
+    psum = tl.zeros([BLOCK], ACC)
+    npos = tl.zeros([BLOCK], tl.int32)
+    for c0 in range(0, M, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
+        s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
+        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+        pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+                                MINE_P, MINE_N)
+        if INFONCE:
+            m, l = _online_lse(m, l, s, neg)
+        else:
+            m, l = _online_lse(m, l, s, pos | neg)
+            psum += tl.sum(tl.where(pos, s, 0.0), 1)
+            npos += tl.sum(pos.to(tl.int32), 1)
+    lse = tl.where(l > 0, m + tl.log(tl.where(l > 0, l, 1.0)), float("-inf"))  # -inf: empty set
+    if INFONCE:
+        sp_sum = tl.zeros([BLOCK], ACC)
+        sg_sum = tl.zeros([BLOCK], ACC)
+        for c0 in range(0, M, BLOCK):
+            cols = c0 + tl.arange(0, BLOCK)
+            lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
+            s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
+            pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+            pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+                                    MINE_P, MINE_N)
+            # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
+            t = lse[:, None] - s
+            sp_sum += tl.sum(tl.where(pos, _softplus(t), 0.0), 1)
+            sg_sum += tl.sum(tl.where(pos, _sigmoid(t), 0.0), 1)
+            npos += tl.sum(pos.to(tl.int32), 1)
+        has = npos > 0
+        cnt = tl.maximum(npos, 1).to(ACC)
+        loss = tl.where(has, sp_sum / cnt, 0.0)
+        tl.store(q_ptr + rows, tl.where(has, sg_sum / cnt, 0.0), mask=rows < M)
+    else:
+        has = npos > 0
+        cnt = tl.maximum(npos, 1).to(ACC)
+        loss = tl.where(has, lse - psum / cnt, 0.0)
+    live = rows < M
+    tl.store(loss_ptr + rows, loss, mask=live)
+    tl.store(npos_ptr + rows, npos, mask=live)
+    tl.store(a_ptr + rows, tl.where(has, lse, 0.0), mask=live)
+
+
+@triton.jit
+def _dl_ds(s, pos, neg, a, q, inv_np, g, INFONCE: tl.constexpr):
+    """g * dl/ds for a tile (see the module docstring); `where` keeps inf out of masked lanes."""
+    if INFONCE:
+        d = tl.where(neg, tl.exp(s - a) * q, 0.0) - tl.where(pos, _sigmoid(a - s) * inv_np, 0.0)
+    else:
+        d = tl.where(pos | neg, tl.exp(s - a), 0.0) - tl.where(pos, inv_np, 0.0)
+    return g * d
+
+
+@triton.jit
+def _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, idx, M, ACC: tl.constexpr):
+    live = idx < M
+    npos = tl.load(npos_ptr + idx, mask=live, other=0)
+    has = npos > 0
+    # rows without positives get g = 0 and a = +inf, so exp(s - a) is 0, never inf * 0
+    a = tl.where(has, tl.load(a_ptr + idx, mask=live, other=0.0), float("inf"))
+    q = tl.load(q_ptr + idx, mask=live, other=0.0)
+    g = tl.where(has, tl.load(grad_ptr + idx, mask=live, other=0.0), 0.0)
+    inv_np = 1.0 / tl.maximum(npos, 1).to(ACC)
+    return a, q, inv_np, g
+
+
+@triton.jit(do_not_specialize=["M"])
+def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
+                      a_ptr, q_ptr, npos_ptr, grad_ptr, du_ptr,
+                      M, D, stride, ignore_index,
+                      INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
+                      BLOCK: tl.constexpr, BD: tl.constexpr, BDO: tl.constexpr,
+                      PREC: tl.constexpr, ACC: tl.constexpr):
+    """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block and one BDO-wide chunk of D.
+
+    Row-stationary and symmetric: G_ji is formed from row j's saved statistics, so nothing
+    is accumulated across programs (no atomics, deterministic). With mining, the transposed
+    tile is recomputed in row j's own orientation so that row j's thresholds are tested on the
+    very bits the forward saw.
+    """
+    pid_m = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    rows = pid_m * BLOCK + tl.arange(0, BLOCK)
+    lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
+    inv_temp = tl.load(temp_ptr)
+    a_r, q_r, inv_np_r, g_r = _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, rows, M, ACC)
+    offs_do = pid_d * BDO + tl.arange(0, BDO)
+    acc = tl.zeros([BLOCK, BDO], ACC)
+    for c0 in range(0, M, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
+        a_c, q_c, inv_np_c, g_c = _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, cols, M, ACC)
+        s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
+        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)  # symmetric in (i, j)
+        pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+                                    MINE_P, MINE_N)
+        w = _dl_ds(s, pos_r, neg_r, a_r[:, None], q_r[:, None], inv_np_r[:, None], g_r[:, None], INFONCE)
+        if MINE_P or MINE_N:
+            st = _sim_tile(u_ptr, stride, cols, rows, M, D, inv_temp, BLOCK, BD, PREC, ACC)
+            pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
+                                        thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M, MINE_P, MINE_N)
+            wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], q_c[:, None], inv_np_c[:, None], g_c[:, None],
+                        INFONCE)
+            w += tl.trans(wt)
+        else:
+            w += _dl_ds(s, pos, neg, a_c[None, :], q_c[None, :], inv_np_c[None, :], g_c[None, :], INFONCE)
+        uc = tl.load(u_ptr + cols.to(tl.int64)[:, None] * stride + offs_do[None, :],
+                     mask=(cols[:, None] < M) & (offs_do[None, :] < D), other=0.0)
+        acc = tl.dot(w.to(uc.dtype), uc, acc, input_precision=PREC)
+    du = acc * inv_temp
+    tl.store(du_ptr + rows.to(tl.int64)[:, None] * stride + offs_do[None, :], du.to(du_ptr.dtype.element_ty),
+             mask=(rows[:, None] < M) & (offs_do[None, :] < D))

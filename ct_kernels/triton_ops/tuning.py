@@ -1,0 +1,89 @@
+"""Block configurations: a fixed one under the interpreter, a small measured set on GPUs.
+
+One configuration serves every pass of a call (mining, loss, backward): the tile shape and the
+D-loop order decide the bits of s, and the mining thresholds are only exact if all passes
+compute the same bits. The choice is cached per (D, dtype, N rounded up to a power of two,
+variant, mining buffers, tf32), never per exact N, and timed forward + backward together.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, NamedTuple
+
+import torch
+
+
+class Config(NamedTuple):
+    block: int   # rows per program = columns per streamed tile (one size: see above)
+    bd: int      # D chunk of the similarity dot
+    bdo: int     # D chunk of dU written per backward program
+    num_warps: int
+    num_stages: int
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+# Small blocks exercise multi-block paths at test sizes and keep the interpreter fast.
+INTERPRETER_CONFIG = Config(block=16, bd=32, bdo=32, num_warps=1, num_stages=1)
+
+
+def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int) -> list[Config]:
+    d2 = max(16, next_pow2(d))
+    cands = [
+        Config(64, min(d2, 64), min(d2, 64), 4, 3),
+        Config(64, min(d2, 128), min(d2, 128), 4, 2),
+        Config(64, min(d2, 64), min(d2, 128), 8, 2),
+        Config(128, min(d2, 64), min(d2, 64), 8, 2),
+    ]
+    if dtype == torch.float64 or mine_width > 64:
+        # big on-chip top-k buffers / fp64 tiles: stay at 64-row blocks with 8 warps
+        bd = min(d2, 32 if dtype == torch.float64 else 64)
+        cands = [Config(64, bd, min(d2, 64), 8, 2), Config(32, bd, min(d2, 64), 4, 2)]
+    out = []
+    for c in cands:
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def default_gpu_config(d: int, dtype: torch.dtype, mine_width: int) -> Config:
+    return gpu_candidates(d, dtype, mine_width)[0]
+
+
+_CACHE: dict[tuple, Config] = {}
+
+
+def pick(key: tuple, d: int, dtype: torch.dtype, mine_width: int,
+         run_fwd_bwd: Callable[[Config], None]) -> Config:
+    """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once."""
+    if interpreting():
+        return INTERPRETER_CONFIG
+    cfg = _CACHE.get(key)
+    if cfg is not None:
+        return cfg
+    cands = gpu_candidates(d, dtype, mine_width)
+    if (os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1
+            or torch.cuda.is_current_stream_capturing()):
+        cfg = cands[0]
+    else:
+        import triton.testing
+        best, best_ms, last_err = None, float("inf"), None
+        for c in cands:
+            try:
+                ms = triton.testing.do_bench(lambda: run_fwd_bwd(c), warmup=5, rep=20)
+            except Exception as exc:  # out of registers / shared memory for this shape
+                last_err = exc
+                continue
+            if ms < best_ms:
+                best, best_ms = c, ms
+        if best is None:
+            raise RuntimeError(f"no Triton configuration ran for {key}") from last_err
+        cfg = best
+    _CACHE[key] = cfg
+    return cfg
