@@ -1,0 +1,209 @@
+"""Native C++ CPU supcon kernels against the dense float64 reference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ct_kernels import _native
+from ct_kernels.reference import supcon_rows_reference
+
+pytestmark = pytest.mark.skipif(not _native.available() or not _native.supports("supcon_loss", torch.device("cpu")),
+                                reason="ct_kernels._C (CPU supcon) not built")
+
+IGN = -1
+
+
+def _case(m, d, ncls, seed, dtype=torch.float64, p_ignore=0.1, normalize=True):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, ncls, (m,), generator=g)
+    y[torch.rand(m, generator=g) < p_ignore] = IGN
+    u = torch.nn.functional.normalize(z, dim=1) if normalize else z
+    u[y == IGN] = 0
+    grad = torch.randn(m, generator=g, dtype=torch.float64)
+    return u.to(dtype), y, grad
+
+
+def _reference(u64, y, temp, variant, kp, kn, grad):
+    u = u64.detach().clone().requires_grad_(True)
+    rows, npos = supcon_rows_reference(u, y, y != IGN, temp, variant, kp or None, kn or None)
+    (rows * grad).sum().backward()
+    return rows.detach(), npos, u.grad
+
+
+def _native_run(u, y, temp, variant, kp, kn, grad):
+    rows, npos, saved = _native.supcon_forward(u, y, IGN, 1.0 / temp, variant, kp, kn, False)
+    du = _native.supcon_backward(u, y, IGN, 1.0 / temp, variant, kp, kn, False, saved, grad.to(rows.dtype))
+    return rows, npos, du, saved
+
+
+def _rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+CASES = [  # (m, d, ncls, p_ignore)
+    (1, 3, 2, 0.0),
+    (2, 3, 1, 0.0),
+    (37, 5, 3, 0.1),
+    (61, 7, 1, 0.2),     # one class: no negatives
+    (29, 4, 1000, 0.0),  # (almost) no positives
+    (300, 9, 4, 0.15),   # more than one row block (256)
+    (531, 16, 7, 0.05),
+]
+MINING = [(0, 0), (1, 0), (0, 1), (3, 7), (2, 10_000), (10_000, 10_000)]
+
+
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+@pytest.mark.parametrize("kp,kn", MINING)
+@pytest.mark.parametrize("m,d,ncls,p_ignore", CASES)
+def test_matches_reference_float64(variant, kp, kn, m, d, ncls, p_ignore):
+    u, y, grad = _case(m, d, ncls, seed=m * 31 + kp + 7 * kn, p_ignore=p_ignore)
+    temp = 0.3
+    rr, rn, rdu = _reference(u, y, temp, variant, kp, kn, grad)
+    rows, npos, du, saved = _native_run(u, y, temp, variant, kp, kn, grad)
+    assert rows.dtype == torch.float64 and npos.dtype == torch.int32 and du.dtype == torch.float64
+    assert all(t.shape[0] == m for t in saved) and all(t.numel() <= 2 * m for t in saved)
+    assert torch.equal(npos.long(), rn)
+    torch.testing.assert_close(rows, rr, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(du, rdu, rtol=1e-9, atol=1e-11)
+    assert torch.all(rows[y == IGN] == 0) and torch.all(du[y == IGN] == 0)
+
+
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+@pytest.mark.parametrize("kp,kn", [(0, 0), (4, 9)])
+def test_float32_normwise(variant, kp, kn):
+    u, y, grad = _case(700, 32, 6, seed=5, p_ignore=0.1)
+    temp = 0.1
+    rr, rn, rdu = _reference(u, y, temp, variant, kp, kn, grad)
+    rows, npos, du, _ = _native_run(u.float(), y, temp, variant, kp, kn, grad)
+    assert rows.dtype == torch.float32 and du.dtype == torch.float32
+    assert torch.equal(npos.long(), rn)
+    assert _rel(rows, rr) <= 1e-5
+    assert _rel(du, rdu) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs_accumulate_in_float32(dtype):
+    u, y, grad = _case(123, 16, 4, seed=11)
+    uh = u.to(dtype)
+    rr, rn, rdu = _reference(uh.double(), y, 0.2, "supcon", 0, 0, grad)  # exact on the rounded input
+    rows, npos, du, _ = _native_run(uh, y, 0.2, "supcon", 0, 0, grad)
+    assert rows.dtype == torch.float32 and du.dtype == dtype
+    assert torch.equal(npos.long(), rn)
+    assert _rel(rows, rr) <= 1e-5
+    assert _rel(du, rdu) <= 1e-2  # du is rounded to the input dtype
+
+
+def test_unnormalized_and_no_valid_rows():
+    u, y, grad = _case(50, 6, 3, seed=2, normalize=False)
+    rr, rn, rdu = _reference(u, y, 0.7, "supcon", 0, 0, grad)
+    rows, npos, du, _ = _native_run(u, y, 0.7, "supcon", 0, 0, grad)
+    torch.testing.assert_close(rows, rr)
+    torch.testing.assert_close(du, rdu)
+    y_all = torch.full((50,), IGN)
+    rows, npos, du, _ = _native_run(torch.zeros_like(u), y_all, 0.7, "infonce", 2, 2, grad)
+    assert torch.all(rows == 0) and torch.all(npos == 0) and torch.all(du == 0)
+
+
+def test_deterministic_and_thread_independent():
+    u, y, grad = _case(600, 24, 5, seed=9, dtype=torch.float32)
+    a = _native_run(u, y, 0.1, "supcon", 5, 17, grad)
+    b = _native_run(u, y, 0.1, "supcon", 5, 17, grad)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        c = _native_run(u, y, 0.1, "supcon", 5, 17, grad)
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(a[1], c[1])
+    torch.testing.assert_close(a[2], c[2], rtol=1e-6, atol=1e-7)
+
+
+class _Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, y, temp, variant, kp, kn):
+        rows, npos, saved = _native.supcon_forward(u, y, IGN, 1.0 / temp, variant, kp, kn, False)
+        ctx.save_for_backward(u, y, *saved)
+        ctx.args = (temp, variant, kp, kn)
+        return rows
+
+    @staticmethod
+    def backward(ctx, g):
+        u, y, *saved = ctx.saved_tensors
+        temp, variant, kp, kn = ctx.args
+        du = _native.supcon_backward(u, y, IGN, 1.0 / temp, variant, kp, kn, False, tuple(saved), g.contiguous())
+        return du, None, None, None, None, None
+
+
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+@pytest.mark.parametrize("kp,kn", [(0, 0), (2, 3)])
+def test_gradcheck(variant, kp, kn):
+    u, y, _ = _case(14, 4, 3, seed=kp + kn + (variant == "infonce"), p_ignore=0.1)
+    u = u.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: _Fn.apply(x, y, 0.5, variant, kp, kn), (u,), eps=1e-6, atol=1e-6)
+
+
+def test_backward_rejects_foreign_saved_tensors():
+    u, y, grad = _case(40, 5, 3, seed=1)
+    _, _, saved = _native.supcon_forward(u, y, IGN, 2.0, "supcon", 2, 0, False)
+    npos, stats, tv, tc = saved
+    with pytest.raises(RuntimeError, match="positive sets"):
+        _native.supcon_backward(u, y, IGN, 2.0, "supcon", 2, 0, False, (npos + 1, stats, tv, tc), grad)
+
+
+def test_fake_kernels():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        u = torch.empty(10, 4, dtype=torch.bfloat16)
+        y = torch.empty(10, dtype=torch.int64)
+        rows, npos, stats, tv, tc = torch.ops.ct_kernels.supcon_forward(u, y, -1, 10.0, "supcon", 0, 0, False)
+        assert rows.dtype == torch.float32 and npos.dtype == torch.int32 and stats.shape == (10, 2)
+        assert tv.shape == (10, 2) and tc.dtype == torch.int64
+        du = torch.ops.ct_kernels.supcon_backward(u, y, -1, 10.0, "supcon", 0, 0, False, npos, stats, tv, tc, rows)
+        assert du.shape == (10, 4) and du.dtype == torch.bfloat16
+
+
+def test_torch_compile_traces_native_ops():
+    u, y, grad = _case(40, 8, 3, seed=4, dtype=torch.float32)
+
+    def f(x):
+        return _Fn.apply(x, y, 0.2, "supcon", 0, 0)
+
+    x1 = u.clone().requires_grad_(True)
+    x2 = u.clone().requires_grad_(True)
+    eager = f(x1)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(x2)
+    torch.testing.assert_close(compiled, eager)
+    (eager * grad.float()).sum().backward()
+    (compiled * grad.float()).sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)
+
+
+_MEM_SCRIPT = r"""
+import resource, torch
+from ct_kernels import _native
+torch.manual_seed(0)
+M, D = 16384, 64
+u = torch.nn.functional.normalize(torch.randn(M, D), dim=1)
+y = torch.randint(0, 20, (M,))
+g = torch.ones(M)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rows, npos, saved = _native.supcon_forward(u, y, -1, 10.0, "supcon", 0, 0, False)
+du = _native.supcon_backward(u, y, -1, 10.0, "supcon", 0, 0, False, saved, g)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)
+"""
+
+
+@pytest.mark.slow
+def test_memory_is_linear_in_rows():
+    """M = 16384: one dense M x M float32 matrix is 1 GiB; fwd+bwd must stay far below that."""
+    out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    assert out.returncode == 0, out.stderr
+    peak_growth = int(out.stdout.strip().splitlines()[-1])
+    assert peak_growth < 192 * 2**20, f"peak RSS grew by {peak_growth / 2**20:.0f} MiB"
