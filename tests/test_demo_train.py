@@ -1,0 +1,146 @@
+"""python/train.py and python/demo.py: one training step of each configuration on tiny sizes
+(ViT and hierarchical backbones, with and without the contrastive term, both minings), the
+metrics, and the demo's table/verdict. Kept fast: the whole file runs in well under a minute."""
+import dataclasses
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "python"))
+
+pytest.importorskip("timm")
+
+import train as T  # noqa: E402
+from metrics import ConfusionMatrix, segmentation_metrics  # noqa: E402
+
+TINY_VIT = dict(backbone="vit_tiny_patch16_224", model_kwargs={"depth": 2, "embed_dim": 48, "num_heads": 2},
+                patch_size=8, crop=32, decoder_dim=16, proj_dim=16)
+TINY_CNN = dict(backbone="resnet18", model_kwargs={}, crop=32, decoder_dim=16, proj_dim=16, stages=[1, 2, 3],
+                con_stages=[0, 1])
+
+
+def _cfg(**kw):
+    base = dict(train_size=8, val_size=4, steps=1, batch_size=4, warmup=1, backend="torch", threads=0,
+                eval_batch=4, log_every=1, min_purity=0.5)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def data32():
+    return T.load_data(_cfg(crop=32))
+
+
+def _one_step(cfg, data):
+    res = T.train(cfg, data, progress=_NullBar())
+    h = res["history"]
+    assert len(h["ce"]) == 1 and np.isfinite(h["ce"][0])
+    m = res["metrics"]
+    assert len(m["iou"]) == 6 and 0.0 <= m["oa"] <= 1.0
+    return res
+
+
+class _NullBar:
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, *a, **k):
+        pass
+
+
+@pytest.mark.parametrize("arch", ["vit", "cnn"])
+def test_baseline_step(arch, data32):
+    kw = TINY_VIT if arch == "vit" else TINY_CNN
+    res = _one_step(_cfg(**kw), data32)
+    assert np.isnan(res["history"]["con"][0])
+    assert res["backend"] is None and res["rows_per_step"] == 0
+
+
+@pytest.mark.parametrize("arch", ["vit", "cnn"])
+@pytest.mark.parametrize("mining", ["similarity", "confidence"])
+def test_contrastive_step(arch, mining, data32):
+    kw = TINY_VIT if arch == "vit" else TINY_CNN
+    cfg = _cfg(contrastive_weight=0.5, mining=mining, hard_k=4 if mining == "similarity" else None,
+               min_per_class=2, dice_weight=0.5, **kw)
+    res = _one_step(cfg, data32)
+    assert np.isfinite(res["history"]["con"][0])
+    assert res["backend"] == "torch"
+    assert res["patches_per_step"] > 0
+    assert res["patches_per_step"] <= res["rows_per_step"]
+
+
+def test_contrastive_gradients_reach_backbone_and_heads(data32):
+    cfg = _cfg(contrastive_weight=1.0, **TINY_VIT)
+    torch.manual_seed(0)
+    net = T.Segmenter(cfg)
+    x, y = data32[0][:4], data32[1][:4]
+    out = net.losses(x, y)
+    net.zero_grad()
+    out["con"].backward()
+    assert net.heads[0].net[0].weight.grad.abs().sum() > 0
+    assert net.model.body.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert net.model.classifier.weight.grad is None or net.model.classifier.weight.grad.abs().sum() == 0
+
+
+def test_same_seed_same_init_with_and_without_contrastive():
+    torch.manual_seed(3)
+    a = T.Segmenter(_cfg(**TINY_VIT)).model.state_dict()
+    torch.manual_seed(3)
+    b = T.Segmenter(_cfg(contrastive_weight=0.1, **TINY_VIT)).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hierarchical_stage_reductions():
+    net = T.Segmenter(_cfg(**TINY_CNN))
+    assert net.model.reductions == [4, 8, 16]
+    logits, feats = net.model(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 6, 8, 8)
+    assert [f.shape[-1] for f in feats] == [8, 4, 2]
+
+
+def test_parse_kwargs_and_cli_config():
+    assert T.parse_kwargs("depth=4,embed_dim=96,act=gelu") == {"depth": 4, "embed_dim": 96, "act": "gelu"}
+    import argparse
+    p = argparse.ArgumentParser()
+    T.add_arguments(p)
+    cfg = T.config_from_args(p.parse_args(["--stages", "1,2", "--hard-k", "8", "--model-kwargs", ""]))
+    assert cfg.stages == [1, 2] and cfg.hard_k == 8 and cfg.model_kwargs == {}
+
+
+def test_metrics_by_hand():
+    cm = ConfusionMatrix(3, ignore_index=255)
+    target = torch.tensor([0, 0, 1, 1, 2, 255])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2])
+    cm.update(pred, target)
+    m = cm.compute()
+    # class 0: tp 1, fp 1, fn 1 -> 1/3 ; class 1: tp 2, fp 1, fn 0 -> 2/3 ; class 2: tp 0 fn 1 -> 0
+    np.testing.assert_allclose(m["iou"], [1 / 3, 2 / 3, 0.0])
+    np.testing.assert_allclose(m["f1"], [0.5, 0.8, 0.0])
+    assert m["miou"] == pytest.approx(1 / 3)
+    assert m["oa"] == pytest.approx(3 / 5)
+    m01 = cm.compute(classes=[0, 1])
+    assert m01["miou"] == pytest.approx(0.5)
+    # a class absent from truth and prediction is NaN and left out of the mean
+    m2 = segmentation_metrics(np.array([[2, 0, 0], [0, 1, 0], [0, 0, 0]]))
+    assert np.isnan(m2["iou"][2]) and m2["miou"] == pytest.approx(1.0)
+
+
+def test_demo_table_and_verdict():
+    import demo
+    def run(ious):
+        return {"metrics": {"iou": ious, "miou": float(np.mean(ious)), "miou5": float(np.mean(ious[:5])),
+                            "mf15": float(np.mean(ious[:5]))}}
+    base = [run([0.5] * 6), run([0.5] * 6)]
+    con = [run([0.6] * 6), run([0.55] * 6)]
+    table, summary = demo.results_table(base, con)
+    assert "mIoU (5)" in table and "car" in table
+    assert summary["miou5"]["diff_mean"] == pytest.approx(0.075)
+    assert "beats" in demo.verdict(summary, 2)
+    _, worse = demo.results_table(con, base)
+    assert "does NOT beat" in demo.verdict(worse, 2)
+    _, one = demo.results_table(con[:1], base[:1])
+    assert "does NOT beat" in demo.verdict(one, 1)
