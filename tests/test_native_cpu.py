@@ -123,6 +123,25 @@ def test_deterministic_and_thread_independent():
     torch.testing.assert_close(a[2], c[2], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+@pytest.mark.parametrize("kp,kn", [(1, 1), (4, 5), (17, 60), (0, 3)])
+def test_exact_ties_in_mining(dtype, variant, kp, kn):
+    """Entries in {-1, -0.5, 0, 0.5, 1}: similarities are exact in any summation order, so the
+    many exact ties are the same for kernel and reference (ties go to the lower column)."""
+    g = torch.Generator().manual_seed(kp * 100 + kn)
+    m = 300  # two row blocks
+    u = torch.randint(-2, 3, (m, 3), generator=g).double() / 2
+    y = torch.randint(0, 3, (m,), generator=g)
+    y[::11] = IGN
+    u[y == IGN] = 0
+    grad = torch.randn(m, generator=g, dtype=torch.float64)
+    rr, rn, rdu = _reference(u, y, 0.5, variant, kp, kn, grad)
+    rows, npos, du, _ = _native_run(u.to(dtype), y, 0.5, variant, kp, kn, grad)
+    assert torch.equal(npos.long(), rn)
+    assert _rel(rows, rr) <= 1e-6 and _rel(du, rdu) <= 1e-6
+
+
 class _Fn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, y, temp, variant, kp, kn):

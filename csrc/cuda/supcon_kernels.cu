@@ -1,0 +1,629 @@
+// Fused SupCon / per-positive InfoNCE on CUDA (first version: exact FMA tiles, fp32 / fp64).
+//
+// Every kernel is row-stationary: a CTA owns BM rows and streams all column tiles, so per-row
+// results have one writer (no atomics on results, deterministic). The tile of
+// s_ij = inv_temp * <u_i, u_j> is computed by one routine (s_tile) that accumulates
+// fma(u_ik, u_jk, acc) over k in increasing order: fma is exact in its two factors' order, so
+// s_ij and s_ji are the same bits in every pass and every tile position. That is what lets the
+// mining thresholds (value, column) found once decide membership identically in the loss pass
+// and, for both (i, j) and (j, i), in the backward.
+//
+// Mining thresholds: an MSD radix select (4-bit digits) per row and side on the order key
+// (value key, then column among exact ties, run only for rows that still have ties): each level
+// is one pass over the tiles with per-row histograms in shared memory, O(M) state in global.
+#include <cstdint>
+
+#include "supcon_kernels.h"
+
+namespace ct_kernels {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+struct Cfg;
+template <>
+struct Cfg<float> {
+  static constexpr int BM = 64, BN = 64, BK = 16;
+  static constexpr int NV = 8;  // 4-bit digits of the 32-bit value key
+};
+template <>
+struct Cfg<double> {
+  static constexpr int BM = 32, BN = 32, BK = 16;
+  static constexpr int NV = 16;  // 4-bit digits of the 64-bit value key
+};
+constexpr int NC = 8;  // 4-bit digits of the 32-bit column
+
+__device__ __forceinline__ float fma_(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fma_(double a, double b, double c) { return fma(a, b, c); }
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float exp_(float x) { return expf(x); }
+__device__ __forceinline__ double exp_(double x) { return exp(x); }
+__device__ __forceinline__ float log_(float x) { return logf(x); }
+__device__ __forceinline__ double log_(double x) { return log(x); }
+__device__ __forceinline__ float log1p_(float x) { return log1pf(x); }
+__device__ __forceinline__ double log1p_(double x) { return log1p(x); }
+
+template <typename T>
+__device__ __forceinline__ T inf_();
+template <>
+__device__ __forceinline__ float inf_<float>() {
+  return __int_as_float(0x7f800000);
+}
+template <>
+__device__ __forceinline__ double inf_<double>() {
+  return __longlong_as_double(0x7ff0000000000000LL);
+}
+
+template <typename T>
+__device__ __forceinline__ T softplus_(T x) {  // log(1 + exp(x))
+  return x > T(0) ? x + log1p_(exp_(-x)) : log1p_(exp_(x));
+}
+template <typename T>
+__device__ __forceinline__ T sigmoid_(T x) {
+  if (x >= T(0)) return T(1) / (T(1) + exp_(-x));
+  const T e = exp_(x);
+  return e / (T(1) + e);
+}
+
+// Order keys: ascending unsigned order == ascending value order (side 0, positives, kp
+// smallest) or descending value order (side 1, negatives, kn largest). s is never -0 here.
+__device__ __forceinline__ uint64_t order_key(float s, int side) {
+  const uint32_t bits = __float_as_uint(s);
+  uint32_t asc = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  return side ? static_cast<uint64_t>(~asc) : static_cast<uint64_t>(asc);
+}
+__device__ __forceinline__ uint64_t order_key(double s, int side) {
+  const uint64_t bits = static_cast<uint64_t>(__double_as_longlong(s));
+  const uint64_t sign = 0x8000000000000000ull;
+  uint64_t asc = (bits & sign) ? ~bits : (bits | sign);
+  return side ? ~asc : asc;
+}
+template <typename T>
+__device__ __forceinline__ T key_value(uint64_t key, int side);
+template <>
+__device__ __forceinline__ float key_value<float>(uint64_t key, int side) {
+  uint32_t asc = static_cast<uint32_t>(key);
+  if (side) asc = ~asc;
+  const uint32_t bits = (asc & 0x80000000u) ? (asc ^ 0x80000000u) : ~asc;
+  return __uint_as_float(bits);
+}
+template <>
+__device__ __forceinline__ double key_value<double>(uint64_t key, int side) {
+  uint64_t asc = side ? ~key : key;
+  const uint64_t sign = 0x8000000000000000ull;
+  const uint64_t bits = (asc & sign) ? (asc ^ sign) : ~asc;
+  return __longlong_as_double(static_cast<long long>(bits));
+}
+
+template <typename T>
+struct SMem {
+  T As[Cfg<T>::BK][Cfg<T>::BM];
+  T Bs[Cfg<T>::BK][Cfg<T>::BN];
+  T Ss[Cfg<T>::BM][Cfg<T>::BN + 1];
+};
+
+// sm.Ss[a][b] = s(r0 + a, c0 + b) (rows / columns past M hold values that are never used).
+// Starts with a barrier, so the caller may still be reading Ss from the previous tile.
+template <typename T>
+__device__ void s_tile(const T* __restrict__ U, int64_t M, int64_t D, int64_t r0, int64_t c0,
+                       T inv_temp, SMem<T>& sm) {
+  constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
+  constexpr int TM = BM / 16, TN = BN / 16;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  T acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
+  __syncthreads();
+  for (int64_t k0 = 0; k0 < D; k0 += BK) {
+    for (int e = tid; e < BM * BK; e += kThreads) {
+      const int r = e / BK, kk = e % BK;
+      const int64_t gr = r0 + r, gk = k0 + kk;
+      sm.As[kk][r] = (gr < M && gk < D) ? U[gr * D + gk] : T(0);
+    }
+    for (int e = tid; e < BN * BK; e += kThreads) {
+      const int c = e / BK, kk = e % BK;
+      const int64_t gc = c0 + c, gk = k0 + kk;
+      sm.Bs[kk][c] = (gc < M && gk < D) ? U[gc * D + gk] : T(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      T a[TM], b[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = sm.As[kk][ty * TM + i];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) b[j] = sm.Bs[kk][tx * TN + j];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fma_(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      T s = mul_rn(acc[i][j], inv_temp);
+      if (s == T(0)) s = T(0);  // -0 -> +0: one key per value
+      sm.Ss[ty * TM + i][tx * TN + j] = s;
+    }
+  __syncthreads();
+}
+
+template <typename T>
+struct Thr {
+  T pv, nv;
+  int64_t pc, nc;
+};
+template <typename T>
+__device__ __forceinline__ bool in_pos(const Thr<T>& t, T s, int64_t j) {
+  return s < t.pv || (s == t.pv && j <= t.pc);
+}
+template <typename T>
+__device__ __forceinline__ bool in_neg(const Thr<T>& t, T s, int64_t j) {
+  return s > t.nv || (s == t.nv && j <= t.nc);
+}
+template <typename T>
+__device__ __forceinline__ Thr<T> load_thr(const T* thr_val, const int64_t* thr_col, int64_t i) {
+  return Thr<T>{thr_val[2 * i], thr_val[2 * i + 1], thr_col[2 * i], thr_col[2 * i + 1]};
+}
+
+// ---------------------------------------------------------------------------------------------
+// mining selection.  flag: 0 value levels, 1 column levels, 2 no mining on this side (all),
+// 3 done by value (all ties at the threshold value are in: column = M), 4 done by column.
+
+__global__ void select_init_kernel(const int64_t* __restrict__ y, int64_t M, int64_t ignore,
+                                   int64_t kp, int64_t kn, SelectScratch st) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= 2 * M) return;
+  const int64_t i = idx / 2;
+  const int side = static_cast<int>(idx % 2);
+  const int64_t k = side ? kn : kp;
+  st.prefix_v[idx] = 0;
+  st.prefix_c[idx] = 0;
+  st.rem[idx] = k;
+  st.flag[idx] = (y[i] == ignore || k <= 0) ? 2 : 0;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    select_level_kernel(const T* __restrict__ U, const int64_t* __restrict__ y, int64_t M,
+                        int64_t D, int64_t ignore, T inv_temp, int level, SelectScratch st) {
+  constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, NV = Cfg<T>::NV;
+  constexpr int TPR = kThreads / BM;
+  __shared__ SMem<T> sm;
+  __shared__ int hist[BM][2][16];
+  __shared__ int any_active;
+  const int tid = threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
+  if (tid == 0) any_active = 0;
+  for (int e = tid; e < BM * 2 * 16; e += kThreads) (&hist[0][0][0])[e] = 0;
+  __syncthreads();
+  if (tid < 2 * BM) {
+    const int64_t i = r0 + tid / 2;
+    if (i < M) {
+      const int fl = st.flag[2 * i + tid % 2];
+      if (fl == 0 || fl == 1) atomicOr(&any_active, 1);
+    }
+  }
+  __syncthreads();
+  if (!any_active) return;  // uniform over the CTA
+
+  const int row = tid / TPR, sub = tid % TPR;
+  const int64_t i = r0 + row;
+  const bool row_ok = i < M && y[i] != ignore;
+  const int64_t yi = row_ok ? y[i] : 0;
+  int fl[2] = {2, 2};
+  uint64_t pv[2] = {0, 0};
+  uint32_t pc[2] = {0, 0};
+  if (row_ok) {
+    for (int side = 0; side < 2; ++side) {
+      fl[side] = st.flag[2 * i + side];
+      pv[side] = st.prefix_v[2 * i + side];
+      pc[side] = st.prefix_c[2 * i + side];
+    }
+  }
+  const bool work = row_ok && (fl[0] <= 1 || fl[1] <= 1);
+  for (int64_t c0 = 0; c0 < M; c0 += BN) {
+    s_tile<T>(U, M, D, r0, c0, inv_temp, sm);
+    if (work) {
+      for (int b = sub; b < BN; b += TPR) {
+        const int64_t j = c0 + b;
+        if (j >= M) break;
+        if (j == i) continue;
+        const int64_t yj = y[j];
+        if (yj == ignore) continue;
+        const int side = (yj == yi) ? 0 : 1;
+        const int f = fl[side];
+        if (f > 1) continue;
+        const uint64_t key = order_key(sm.Ss[row][b], side);
+        int digit;
+        if (f == 0) {
+          const int shift = 4 * (NV - 1 - level);
+          if (level > 0 && (key >> (shift + 4)) != pv[side]) continue;
+          digit = static_cast<int>((key >> shift) & 15u);
+        } else {
+          if (key != pv[side]) continue;
+          const int lc = level - NV;
+          const int shift = 4 * (NC - 1 - lc);
+          const uint32_t col = static_cast<uint32_t>(j);
+          if (lc > 0 && (col >> (shift + 4)) != pc[side]) continue;
+          digit = static_cast<int>((col >> shift) & 15u);
+        }
+        atomicAdd(&hist[row][side][digit], 1);
+      }
+    }
+  }
+  __syncthreads();
+  if (tid < 2 * BM) {
+    const int r = tid / 2, side = tid % 2;
+    const int64_t ii = r0 + r;
+    if (ii < M) {
+      const int64_t idx = 2 * ii + side;
+      const int f = st.flag[idx];
+      const int* h = hist[r][side];
+      int64_t rm = st.rem[idx];
+      bool done = false;
+      if (f == 0 && level == 0) {
+        int64_t total = 0;
+        for (int d = 0; d < 16; ++d) total += h[d];
+        if (total <= rm) {  // k covers every candidate: no mining on this side
+          st.flag[idx] = 2;
+          done = true;
+        }
+      }
+      if (!done && (f == 0 || f == 1)) {
+        int64_t cum = 0;
+        int d = 0;
+        for (; d < 15; ++d) {
+          if (cum + h[d] >= rm) break;
+          cum += h[d];
+        }
+        rm -= cum;
+        st.rem[idx] = rm;
+        if (f == 0) {
+          st.prefix_v[idx] = (st.prefix_v[idx] << 4) | static_cast<uint64_t>(d);
+          if (level == NV - 1) st.flag[idx] = (h[d] == rm) ? 3 : 1;
+        } else {
+          st.prefix_c[idx] = (st.prefix_c[idx] << 4) | static_cast<uint32_t>(d);
+          if (level == NV + NC - 1) st.flag[idx] = 4;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void select_finalize_kernel(int64_t M, SelectScratch st, T* thr_val,
+                                       int64_t* thr_col) {
+  const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (idx >= 2 * M) return;
+  const int side = static_cast<int>(idx % 2);
+  const int f = st.flag[idx];
+  if (f == 3 || f == 4) {
+    thr_val[idx] = key_value<T>(st.prefix_v[idx], side);
+    thr_col[idx] = f == 4 ? static_cast<int64_t>(st.prefix_c[idx]) : M;
+  } else {  // 2 (no mining); 0/1 cannot remain after the last level
+    thr_val[idx] = side ? -inf_<T>() : inf_<T>();
+    thr_col[idx] = M;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// loss passes. phase 0: supcon; 1: infonce negative log-sum-exp; 2: infonce positive terms.
+
+template <typename T>
+__device__ __forceinline__ void lse_add(T& m, T& sum, T s) {
+  if (s > m) {
+    sum = sum * exp_(m - s) + T(1);  // m = -inf, sum = 0 at start: 0 * 0 + 1
+    m = s;
+  } else {
+    sum += exp_(s - m);
+  }
+}
+template <typename T>
+__device__ __forceinline__ void lse_merge(T& m, T& sum, T m2, T sum2) {
+  const T mm = m > m2 ? m : m2;
+  if (mm == -inf_<T>()) return;
+  const T a = (m == -inf_<T>()) ? T(0) : sum * exp_(m - mm);
+  const T b = (m2 == -inf_<T>()) ? T(0) : sum2 * exp_(m2 - mm);
+  m = mm;
+  sum = a + b;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    loss_kernel(const T* __restrict__ U, const int64_t* __restrict__ y, int64_t M, int64_t D,
+                int64_t ignore, T inv_temp, int phase, const T* __restrict__ thr_val,
+                const int64_t* __restrict__ thr_col, T* __restrict__ stats, T* __restrict__ loss,
+                int32_t* __restrict__ npos) {
+  constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN;
+  constexpr int TPR = kThreads / BM;
+  __shared__ SMem<T> sm;
+  const int tid = threadIdx.x;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int row = tid / TPR, sub = tid % TPR;
+  const int64_t i = r0 + row;
+  const bool row_ok = i < M && y[i] != ignore;
+  const int64_t yi = row_ok ? y[i] : 0;
+  const T inf = inf_<T>();
+  Thr<T> t{inf, -inf, M, M};
+  T L = -inf;
+  if (row_ok) {
+    t = load_thr(thr_val, thr_col, i);
+    if (phase == 2) L = stats[2 * i];
+  }
+  T m = -inf, sum = T(0), a1 = T(0), a2 = T(0);
+  int64_t np = 0;
+  for (int64_t c0 = 0; c0 < M; c0 += BN) {
+    s_tile<T>(U, M, D, r0, c0, inv_temp, sm);
+    if (!row_ok) continue;
+    for (int b = sub; b < BN; b += TPR) {
+      const int64_t j = c0 + b;
+      if (j >= M) break;
+      if (j == i) continue;
+      const int64_t yj = y[j];
+      if (yj == ignore) continue;
+      const T s = sm.Ss[row][b];
+      if (yj == yi) {
+        if (!in_pos(t, s, j)) continue;
+        if (phase == 0) {
+          ++np;
+          a1 += s;
+          lse_add(m, sum, s);
+        } else if (phase == 2) {
+          ++np;
+          const T x = L - s;
+          a1 += softplus_(x);
+          a2 += sigmoid_(x);
+        }
+      } else {
+        if (!in_neg(t, s, j)) continue;
+        if (phase <= 1) lse_add(m, sum, s);
+      }
+    }
+  }
+  // combine the TPR partial results of each row (consecutive lanes), fixed butterfly order
+#pragma unroll
+  for (int off = TPR / 2; off > 0; off >>= 1) {
+    const T m2 = __shfl_xor_sync(0xffffffffu, m, off);
+    const T sum2 = __shfl_xor_sync(0xffffffffu, sum, off);
+    lse_merge(m, sum, m2, sum2);
+    a1 += __shfl_xor_sync(0xffffffffu, a1, off);
+    a2 += __shfl_xor_sync(0xffffffffu, a2, off);
+    np += __shfl_xor_sync(0xffffffffu, np, off);
+  }
+  if (sub != 0 || i >= M) return;
+  const T lse = (m == -inf) ? -inf : m + log_(sum);
+  if (!row_ok) {
+    loss[i] = T(0);
+    npos[i] = 0;
+    stats[2 * i] = -inf;
+    stats[2 * i + 1] = T(0);
+    return;
+  }
+  if (phase == 0) {
+    stats[2 * i] = lse;
+    stats[2 * i + 1] = T(0);
+    loss[i] = np > 0 ? lse - a1 / static_cast<T>(np) : T(0);
+    npos[i] = static_cast<int32_t>(np);
+  } else if (phase == 1) {
+    stats[2 * i] = lse;
+  } else {
+    loss[i] = np > 0 ? a1 / static_cast<T>(np) : T(0);
+    stats[2 * i + 1] = np > 0 ? a2 / static_cast<T>(np) : T(0);
+    npos[i] = static_cast<int32_t>(np);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// backward
+
+template <typename T>
+struct RowG {
+  Thr<T> t;
+  T lse, w, g, g_np;
+  int64_t y;
+  int active;  // valid and |P| > 0
+};
+
+template <typename T>
+__device__ __forceinline__ RowG<T> load_rowg(int64_t i, int64_t M, const int64_t* y,
+                                             int64_t ignore, const int32_t* npos, const T* stats,
+                                             const T* thr_val, const int64_t* thr_col,
+                                             const T* grad_rows) {
+  RowG<T> r;
+  const T inf = inf_<T>();
+  r.t = Thr<T>{inf, -inf, M, M};
+  r.lse = T(0);
+  r.w = T(0);
+  r.g = T(0);
+  r.g_np = T(0);
+  r.y = 0;
+  r.active = 0;
+  if (i < M) {
+    r.y = y[i];
+    const int32_t np = npos[i];
+    if (r.y != ignore && np > 0) {
+      r.active = 1;
+      r.t = load_thr(thr_val, thr_col, i);
+      r.lse = stats[2 * i];
+      r.w = stats[2 * i + 1];
+      r.g = grad_rows[i];
+      r.g_np = r.g / static_cast<T>(np);
+    }
+  }
+  return r;
+}
+
+// g_i * dl_i/ds_ij for an active anchor i (state r) and a valid column j != i with label yj.
+template <typename T>
+__device__ __forceinline__ T grad_entry(const RowG<T>& r, int variant, int64_t yj, int64_t j,
+                                        T s) {
+  if (yj == r.y) {
+    if (!in_pos(r.t, s, j)) return T(0);
+    if (variant == 0) return r.g * exp_(s - r.lse) - r.g_np;
+    return -r.g_np * sigmoid_(r.lse - s);
+  }
+  if (!in_neg(r.t, s, j)) return T(0);
+  if (variant == 0) return r.g * exp_(s - r.lse);
+  return r.g * r.w * exp_(s - r.lse);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const T* __restrict__ U, const int64_t* __restrict__ y, int64_t M, int64_t D,
+                    int64_t ignore, T inv_temp, int variant, const int32_t* __restrict__ npos,
+                    const T* __restrict__ stats, const T* __restrict__ thr_val,
+                    const int64_t* __restrict__ thr_col, const T* __restrict__ grad_rows,
+                    T* __restrict__ dU) {
+  constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
+  constexpr int TM = BM / 16, TN = BN / 16;
+  constexpr int TPR = kThreads / BM;
+  __shared__ SMem<T> sm;
+  __shared__ RowG<T> cols[BN];
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int row = tid / TPR, sub = tid % TPR;
+  const int64_t i = r0 + row;
+  const RowG<T> ri = load_rowg(i, M, y, ignore, npos, stats, thr_val, thr_col, grad_rows);
+  const bool vi = i < M && ri.y != ignore;
+  for (int64_t c0 = 0; c0 < M; c0 += BN) {
+    __syncthreads();  // previous tile's readers of cols / Ss are done
+    if (tid < BN)
+      cols[tid] = load_rowg(c0 + tid, M, y, ignore, npos, stats, thr_val, thr_col, grad_rows);
+    s_tile<T>(U, M, D, r0, c0, inv_temp, sm);  // begins and ends with a barrier
+    for (int b = sub; b < BN; b += TPR) {
+      const int64_t j = c0 + b;
+      T h = T(0);
+      if (vi && j < M && j != i) {
+        const RowG<T>& rj = cols[b];
+        if (rj.y != ignore) {
+          const T s = sm.Ss[row][b];
+          if (ri.active) h += grad_entry(ri, variant, rj.y, j, s);
+          if (rj.active) h += grad_entry(rj, variant, ri.y, i, s);
+        }
+      }
+      sm.Ss[row][b] = h;
+    }
+    __syncthreads();
+    // dU[r0:r0+BM, d0:d0+BN] += H (BM x BN) @ U[c0:c0+BN, d0:d0+BN]
+    for (int64_t d0 = 0; d0 < D; d0 += BN) {
+      T acc[TM][TN];
+#pragma unroll
+      for (int a = 0; a < TM; ++a)
+#pragma unroll
+        for (int b = 0; b < TN; ++b) acc[a][b] = T(0);
+      for (int b0 = 0; b0 < BN; b0 += BK) {
+        for (int e = tid; e < BK * BN; e += kThreads) {
+          const int kk = e / BN, dd = e % BN;
+          const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
+          sm.Bs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : T(0);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+          T av[TM], bv[TN];
+#pragma unroll
+          for (int a = 0; a < TM; ++a) av[a] = sm.Ss[ty * TM + a][b0 + kk];
+#pragma unroll
+          for (int b = 0; b < TN; ++b) bv[b] = sm.Bs[kk][tx * TN + b];
+#pragma unroll
+          for (int a = 0; a < TM; ++a)
+#pragma unroll
+            for (int b = 0; b < TN; ++b) acc[a][b] = fma_(av[a], bv[b], acc[a][b]);
+        }
+        __syncthreads();
+      }
+#pragma unroll
+      for (int a = 0; a < TM; ++a) {
+        const int64_t gr = r0 + ty * TM + a;
+        if (gr >= M) continue;
+#pragma unroll
+        for (int b = 0; b < TN; ++b) {
+          const int64_t gd = d0 + tx * TN + b;
+          if (gd < D) dU[gr * D + gd] += acc[a][b];
+        }
+      }
+    }
+  }
+}
+
+inline unsigned blocks_for(int64_t n, int threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, int64_t D,
+                                  int64_t ignore_index, T inv_temp, int variant, int64_t kp,
+                                  int64_t kn, SelectScratch st, T* loss, int32_t* npos, T* stats,
+                                  T* thr_val, int64_t* thr_col, cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  constexpr int BM = Cfg<T>::BM, NV = Cfg<T>::NV;
+  const unsigned nb = static_cast<unsigned>((M + BM - 1) / BM);
+  cudaError_t err;
+  select_init_kernel<<<blocks_for(2 * M, 256), 256, 0, stream>>>(labels, M, ignore_index, kp, kn,
+                                                                 st);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if (kp > 0 || kn > 0) {
+    for (int level = 0; level < NV + NC; ++level) {
+      select_level_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp,
+                                                          level, st);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+  }
+  select_finalize_kernel<T><<<blocks_for(2 * M, 256), 256, 0, stream>>>(M, st, thr_val, thr_col);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if (variant == 0) {
+    loss_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 0,
+                                                thr_val, thr_col, stats, loss, npos);
+    return cudaGetLastError();
+  }
+  loss_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 1, thr_val,
+                                              thr_col, stats, loss, npos);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  loss_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 2, thr_val,
+                                              thr_col, stats, loss, npos);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M, int64_t D,
+                                   int64_t ignore_index, T inv_temp, int variant,
+                                   const int32_t* npos, const T* stats, const T* thr_val,
+                                   const int64_t* thr_col, const T* grad_rows, T* dU,
+                                   cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  constexpr int BM = Cfg<T>::BM;
+  const unsigned nb = static_cast<unsigned>((M + BM - 1) / BM);
+  backward_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp,
+                                                  variant, npos, stats, thr_val, thr_col,
+                                                  grad_rows, dU);
+  return cudaGetLastError();
+}
+
+#define CT_INSTANTIATE(T)                                                                      \
+  template cudaError_t launch_supcon_forward<T>(const T*, const int64_t*, int64_t, int64_t,   \
+                                                int64_t, T, int, int64_t, int64_t,            \
+                                                SelectScratch, T*, int32_t*, T*, T*, int64_t*, \
+                                                cudaStream_t);                                 \
+  template cudaError_t launch_supcon_backward<T>(const T*, const int64_t*, int64_t, int64_t,  \
+                                                 int64_t, T, int, const int32_t*, const T*,   \
+                                                 const T*, const int64_t*, const T*, T*,       \
+                                                 cudaStream_t);
+CT_INSTANTIATE(float)
+CT_INSTANTIATE(double)
+#undef CT_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace ct_kernels

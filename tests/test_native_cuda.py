@@ -1,0 +1,188 @@
+"""Native CUDA kernels against the dense float64 reference (run on a GPU machine; skipped here).
+
+    pytest -q tests/test_native_cuda.py          # < 1 minute on an H100/H200
+"""
+import pytest
+import torch
+
+from ct_kernels import _native
+from ct_kernels.reference import patch_labels_reference, supcon_rows_reference
+
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU"),
+    pytest.mark.skipif(HAS_CUDA and not (_native.available() and _native.supports("supcon_loss", torch.device("cuda"))
+                                         and _native.supports("patch_labels", torch.device("cuda"))),
+                       reason="ct_kernels._C built without CUDA kernels"),
+]
+
+IGN = -1
+DEV = "cuda"
+
+
+# ------------------------------------------------------------------------------------------- patch labels
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool])
+@pytest.mark.parametrize("ph,pw", [(16, 16), (4, 3), (1, 8), (32, 32)])
+def test_patch_labels_matches_reference(dtype, ph, pw):
+    g = torch.Generator().manual_seed(ph * 7 + pw)
+    ncls = 2 if dtype == torch.bool else 6
+    ignore = 100 if dtype == torch.int8 else 255
+    m = torch.randint(0, ncls, (3, 4 * ph, 5 * pw), generator=g)
+    if dtype != torch.bool:
+        m[torch.rand(m.shape, generator=g) < 0.3] = ignore
+        m[0, :ph, :pw] = ignore
+    m = m.to(dtype)
+    labels, purity, bad = _native.patch_labels(m.to(DEV), ph, pw, ncls, ignore)
+    rl, rp = patch_labels_reference(m, ph, pw, ncls, ignore)
+    assert labels.is_cuda and labels.dtype == torch.int64 and purity.dtype == torch.float32
+    assert torch.equal(labels.cpu(), rl) and torch.equal(purity.cpu(), rp) and int(bad) == 0
+    cl, cp, _ = _native.patch_labels(m, ph, pw, ncls, ignore)  # CPU kernel agrees
+    assert torch.equal(labels.cpu(), cl) and torch.equal(purity.cpu(), cp)
+
+
+def test_patch_labels_ties_bad_and_many_classes():
+    m = torch.tensor([[[3, 1, 0, -1], [1, 3, -1, 9]]], dtype=torch.int64, device=DEV)
+    labels, purity, bad = _native.patch_labels(m, 2, 2, 5, -1)
+    assert labels.tolist() == [[[1, 0]]] and purity.tolist() == [[[0.5, 0.25]]] and int(bad) == 1
+    g = torch.Generator().manual_seed(0)
+    m = torch.randint(0, 1024, (2, 64, 64), generator=g)
+    labels, purity, bad = _native.patch_labels(m.to(DEV), 8, 16, 1024, 255)
+    rl, rp = patch_labels_reference(m, 8, 16, 1024, 255)
+    assert torch.equal(labels.cpu(), rl) and torch.equal(purity.cpu(), rp) and int(bad) == 0
+
+
+# ------------------------------------------------------------------------------------------- supcon
+
+def _case(m, d, ncls, seed, p_ignore=0.1):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, ncls, (m,), generator=g)
+    y[torch.rand(m, generator=g) < p_ignore] = IGN
+    u = torch.nn.functional.normalize(z, dim=1)
+    u[y == IGN] = 0
+    grad = torch.randn(m, generator=g, dtype=torch.float64)
+    return u.to(DEV), y.to(DEV), grad.to(DEV)
+
+
+def _reference(u64, y, temp, variant, kp, kn, grad):
+    u = u64.detach().double().clone().requires_grad_(True)
+    rows, npos = supcon_rows_reference(u, y, y != IGN, temp, variant, kp or None, kn or None)
+    (rows * grad).sum().backward()
+    return rows.detach(), npos, u.grad
+
+
+def _run(u, y, temp, variant, kp, kn, grad):
+    rows, npos, saved = _native.supcon_forward(u, y, IGN, 1.0 / temp, variant, kp, kn, False)
+    du = _native.supcon_backward(u, y, IGN, 1.0 / temp, variant, kp, kn, False, saved, grad.to(rows.dtype))
+    return rows, npos, du
+
+
+def _rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
+
+
+CASES = [(1, 3, 2, 0.0), (2, 5, 1, 0.0), (37, 5, 3, 0.1), (61, 7, 1, 0.2), (29, 4, 1000, 0.0),
+         (130, 33, 4, 0.15), (300, 100, 7, 0.05)]
+MINING = [(0, 0), (1, 0), (0, 1), (3, 7), (2, 10_000), (10_000, 10_000)]
+
+
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+@pytest.mark.parametrize("kp,kn", MINING)
+@pytest.mark.parametrize("m,d,ncls,p_ignore", CASES)
+def test_float64_matches_reference(variant, kp, kn, m, d, ncls, p_ignore):
+    u, y, grad = _case(m, d, ncls, seed=m + 13 * kp + kn, p_ignore=p_ignore)
+    rr, rn, rdu = _reference(u, y, 0.3, variant, kp, kn, grad)
+    rows, npos, du = _run(u, y, 0.3, variant, kp, kn, grad)
+    assert rows.is_cuda and rows.dtype == torch.float64 and npos.dtype == torch.int32
+    assert torch.equal(npos.long(), rn)
+    torch.testing.assert_close(rows, rr, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(du, rdu, rtol=1e-9, atol=1e-11)
+    assert torch.all(du[y == IGN] == 0)
+
+
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+@pytest.mark.parametrize("kp,kn", [(0, 0), (5, 40)])
+@pytest.mark.parametrize("m,d", [(1000, 128), (517, 70)])
+def test_float32_normwise(variant, kp, kn, m, d):
+    u, y, grad = _case(m, d, 9, seed=m + kp)
+    rr, rn, rdu = _reference(u, y, 0.1, variant, kp, kn, grad)
+    rows, npos, du = _run(u.float(), y, 0.1, variant, kp, kn, grad)
+    assert rows.dtype == torch.float32 and du.dtype == torch.float32
+    assert torch.equal(npos.long(), rn)
+    assert _rel(rows, rr) <= 1e-5
+    assert _rel(du, rdu) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kp,kn", [(0, 0), (4, 16)])
+def test_half_inputs(dtype, kp, kn):
+    """Half inputs accumulate in float32: compare with the reference on the rounded input."""
+    u, y, grad = _case(400, 64, 5, seed=3)
+    uh = u.to(dtype)
+    rr, rn, rdu = _reference(uh.double(), y, 0.1, "supcon", kp, kn, grad)
+    rows, npos, du = _run(uh, y, 0.1, "supcon", kp, kn, grad)
+    assert rows.dtype == torch.float32 and du.dtype == dtype
+    assert torch.equal(npos.long(), rn)
+    assert _rel(rows, rr) <= 1e-5
+    assert _rel(du, rdu) <= 2e-2
+
+
+def test_matches_cpu_kernel_and_is_deterministic():
+    u, y, grad = _case(333, 48, 6, seed=21)
+    a = _run(u, y, 0.2, "infonce", 3, 11, grad)
+    b = _run(u, y, 0.2, "infonce", 3, 11, grad)
+    assert all(torch.equal(x, z) for x, z in zip(a, b))
+    c = _run(u.cpu(), y.cpu(), 0.2, "infonce", 3, 11, grad.cpu())
+    assert torch.equal(a[1].cpu(), c[1])
+    torch.testing.assert_close(a[0].cpu(), c[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a[2].cpu(), c[2], rtol=1e-9, atol=1e-11)
+
+
+def _tie_case(m, d, seed):
+    """Entries in {-1, -0.5, 0, 0.5, 1}: every similarity is exact in any summation order, so
+    the many exact ties are the same for the kernel and the reference."""
+    g = torch.Generator().manual_seed(seed)
+    u = (torch.randint(-2, 3, (m, d), generator=g).double() / 2)
+    y = torch.randint(0, 3, (m,), generator=g)
+    y[::11] = IGN
+    u[y == IGN] = 0
+    grad = torch.randn(m, generator=g, dtype=torch.float64)
+    return u.to(DEV), y.to(DEV), grad.to(DEV)
+
+
+def test_ties_in_mining():
+    u, y, grad = _tie_case(150, 3, seed=4)
+    for dt in (torch.float64, torch.float32):
+        for variant in ("supcon", "infonce"):
+            for kp, kn in ((1, 1), (4, 5), (17, 60)):
+                rr, rn, rdu = _reference(u, y, 0.5, variant, kp, kn, grad)
+                rows, npos, du = _run(u.to(dt), y, 0.5, variant, kp, kn, grad)
+                assert torch.equal(npos.long(), rn)
+                assert _rel(rows, rr) <= 1e-5 and _rel(du, rdu) <= 1e-5
+
+
+def test_current_stream_and_gradcheck():
+    u, y, _ = _case(20, 4, 3, seed=8)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        rows, npos, saved = _native.supcon_forward(u, y, IGN, 2.0, "supcon", 2, 3, False)
+    s.synchronize()
+    rr, rn, _ = _reference(u, y, 0.5, "supcon", 2, 3, torch.ones_like(u[:, 0]))
+    torch.testing.assert_close(rows, rr)
+
+    class Fn(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            r, _, sv = _native.supcon_forward(x, y, IGN, 2.0, "infonce", 2, 3, False)
+            ctx.save_for_backward(x, *sv)
+            return r
+
+        @staticmethod
+        def backward(ctx, g):
+            x, *sv = ctx.saved_tensors
+            return _native.supcon_backward(x, y, IGN, 2.0, "infonce", 2, 3, False, tuple(sv), g.contiguous())
+
+    x = u.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(Fn.apply, (x,), eps=1e-6, atol=1e-6)
