@@ -166,6 +166,7 @@ def test_ties_in_mining():
 def test_current_stream_and_gradcheck():
     u, y, _ = _case(20, 4, 3, seed=8)
     s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         rows, npos, saved = _native.supcon_forward(u, y, IGN, 2.0, "supcon", 2, 3, False)
     s.synchronize()

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <tuple>
 #include <utility>
@@ -131,11 +132,208 @@ Thr<T> find_thresholds(const Problem<T>& P, int64_t i, const T* srow,
   return t;
 }
 
+// ------------------------------------------------------------------------------------------
+// Branch-free row loops: written so the compiler vectorizes them (omp simd), compiled in AVX-512
+// / AVX2 / baseline clones chosen at load time. float uses a Cephes-style exp (about 1 ulp);
+// double uses std::exp.
+
+inline float fexp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: round to nearest
+  const float n = (x * 1.44269504088896341f + magic) - magic;
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  const float r2 = r * r;
+  float y = 1.9875691500e-4f;
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r2 + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return y * scale;
+}
+inline double fexp(double x) { return std::exp(x); }
+
+// Per-row data in flat arrays (index j), for the row loops.
+template <typename T>
+struct Cols {
+  const int32_t* cls;  // dense class id, -1 for ignored rows
+  const T* tpv;
+  const T* tnv;
+  const int32_t* tpc;
+  const int32_t* tnc;
+  const T* lse;   // backward: 0 for inactive rows
+  const T* w;
+  const T* g;
+  const T* gnp;
+  const int32_t* act;
+};
+
+template <typename T>
+struct Anchor {
+  int32_t i, ci;
+  T tpv, tnv;
+  int32_t tpc, tnc;
+  T lse, w, g, gnp;
+};
+
+// kMode 0: members of A_i (positives and negatives); kMode 1: negatives only.
+// Returns max over members, and |P_i| and the sum of s over P_i.
+template <typename T, int kMode>
+__attribute__((always_inline)) inline void row_max(const T* __restrict s, int32_t M, const Anchor<T>& a,
+                                                   const int32_t* __restrict cls, T& mx_out,
+                                                   int64_t& np_out, T& psum_out) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int32_t ai = a.i, ci = a.ci, tpc = a.tpc, tnc = a.tnc;
+  const T tpv = a.tpv, tnv = a.tnv;
+  T mx = ninf, psum = 0;
+  int32_t np = 0;
+#pragma omp simd reduction(max : mx) reduction(+ : psum, np)
+  for (int32_t j = 0; j < M; ++j) {
+    const int32_t c = cls[j];
+    const T v = s[j];
+    const bool same = c == ci;
+    const bool ok = (c >= 0) & (j != ai);
+    const bool mp = (v < tpv) | ((v == tpv) & (j <= tpc));
+    const bool mn = (v > tnv) | ((v == tnv) & (j <= tnc));
+    const bool pos = ok & same & mp;
+    const bool neg = ok & !same & mn;
+    const bool mem = kMode == 0 ? (pos | neg) : neg;
+    mx = std::max(mx, mem ? v : ninf);
+    psum += pos ? v : T(0);
+    np += pos ? 1 : 0;
+  }
+  mx_out = mx;
+  np_out = np;
+  psum_out = psum;
+}
+
+template <typename T, int kMode>
+__attribute__((always_inline)) inline T row_sumexp(const T* __restrict s, int32_t M, const Anchor<T>& a,
+                                                   const int32_t* __restrict cls, T mx) {
+  const int32_t ai = a.i, ci = a.ci, tpc = a.tpc, tnc = a.tnc;
+  const T tpv = a.tpv, tnv = a.tnv;
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int32_t j = 0; j < M; ++j) {
+    const int32_t c = cls[j];
+    const T v = s[j];
+    const bool same = c == ci;
+    const bool ok = (c >= 0) & (j != ai);
+    const bool mp = (v < tpv) | ((v == tpv) & (j <= tpc));
+    const bool mn = (v > tnv) | ((v == tnv) & (j <= tnc));
+    const bool mem = kMode == 0 ? ok & ((same & mp) | (!same & mn)) : ok & !same & mn;
+    const T e = fexp(v - mx);
+    sum += mem ? e : T(0);
+  }
+  return sum;
+}
+
+// H row for anchor i over columns j0 .. j0 + n: G_ij + G_ji (anchor i valid).
+template <typename T, int kVariant>
+__attribute__((always_inline)) inline void row_grad(const T* __restrict s, T* __restrict h, int32_t n,
+                                                    int32_t j0, const Anchor<T>& a, bool act_i,
+                                                    const Cols<T>& C, int32_t& npos_seen) {
+  const int32_t* __restrict cls = C.cls + j0;
+  const T* __restrict tpv = C.tpv + j0;
+  const T* __restrict tnv = C.tnv + j0;
+  const int32_t* __restrict tpc = C.tpc + j0;
+  const int32_t* __restrict tnc = C.tnc + j0;
+  const T* __restrict lse = C.lse + j0;
+  const T* __restrict w = C.w + j0;
+  const T* __restrict g = C.g + j0;
+  const T* __restrict gnp = C.gnp + j0;
+  const int32_t* __restrict act = C.act + j0;
+  const int32_t i = a.i, ci = a.ci, atpc = a.tpc, atnc = a.tnc;
+  const T atpv = a.tpv, atnv = a.tnv, alse = a.lse, ag = a.g, agnp = a.gnp, agw = a.g * a.w;
+  int32_t cnt = 0;
+#pragma omp simd reduction(+ : cnt)
+  for (int32_t b = 0; b < n; ++b) {
+    const int32_t j = j0 + b;
+    const int32_t c = cls[b];
+    const T v = s[b];
+    const bool same = c == ci;
+    const bool ok = (c >= 0) & (j != i);
+    // anchor i, column j
+    const bool mpi = (v < atpv) | ((v == atpv) & (j <= atpc));
+    const bool mni = (v > atnv) | ((v == atnv) & (j <= atnc));
+    const bool memi = ok & act_i & ((same & mpi) | (!same & mni));  // no ?: on bools: it blocks vectorization
+    const T ei = fexp(v - alse);
+    T gi;
+    if (kVariant == kSupCon) gi = ag * ei - (same ? agnp : T(0));
+    else gi = same ? -agnp / (T(1) + ei) : agw * ei;
+    // anchor j, column i
+    const bool mpj = (v < tpv[b]) | ((v == tpv[b]) & (i <= tpc[b]));
+    const bool mnj = (v > tnv[b]) | ((v == tnv[b]) & (i <= tnc[b]));
+    const bool memj = ok & (act[b] != 0) & ((same & mpj) | (!same & mnj));
+    const T ej = fexp(v - lse[b]);
+    T gj;
+    if (kVariant == kSupCon) gj = g[b] * ej - (same ? gnp[b] : T(0));
+    else gj = same ? -gnp[b] / (T(1) + ej) : g[b] * w[b] * ej;
+    h[b] = (memi ? gi : T(0)) + (memj ? gj : T(0));
+    cnt += (memi & same) ? 1 : 0;
+  }
+  npos_seen += cnt;
+}
+
+#define CT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+
+CT_CLONES void row_max_f(const float* s, int32_t M, const Anchor<float>& a, const int32_t* cls, int mode,
+                         float& mx, int64_t& np, float& psum) {
+  if (mode == 0) row_max<float, 0>(s, M, a, cls, mx, np, psum);
+  else row_max<float, 1>(s, M, a, cls, mx, np, psum);
+}
+void row_max_f(const double* s, int32_t M, const Anchor<double>& a, const int32_t* cls, int mode,
+               double& mx, int64_t& np, double& psum) {
+  if (mode == 0) row_max<double, 0>(s, M, a, cls, mx, np, psum);
+  else row_max<double, 1>(s, M, a, cls, mx, np, psum);
+}
+CT_CLONES float row_sumexp_f(const float* s, int32_t M, const Anchor<float>& a, const int32_t* cls, int mode,
+                             float mx) {
+  return mode == 0 ? row_sumexp<float, 0>(s, M, a, cls, mx) : row_sumexp<float, 1>(s, M, a, cls, mx);
+}
+double row_sumexp_f(const double* s, int32_t M, const Anchor<double>& a, const int32_t* cls, int mode,
+                    double mx) {
+  return mode == 0 ? row_sumexp<double, 0>(s, M, a, cls, mx) : row_sumexp<double, 1>(s, M, a, cls, mx);
+}
+CT_CLONES void row_grad_f(const float* s, float* h, int32_t n, int32_t j0, const Anchor<float>& a, bool act_i,
+                          const Cols<float>& C, int variant, int32_t& npos_seen) {
+  if (variant == kSupCon) row_grad<float, kSupCon>(s, h, n, j0, a, act_i, C, npos_seen);
+  else row_grad<float, kInfoNCE>(s, h, n, j0, a, act_i, C, npos_seen);
+}
+void row_grad_f(const double* s, double* h, int32_t n, int32_t j0, const Anchor<double>& a, bool act_i,
+                const Cols<double>& C, int variant, int32_t& npos_seen) {
+  if (variant == kSupCon) row_grad<double, kSupCon>(s, h, n, j0, a, act_i, C, npos_seen);
+  else row_grad<double, kInfoNCE>(s, h, n, j0, a, act_i, C, npos_seen);
+}
+
+// Dense class ids (int32), -1 for ignored rows: equality of labels == equality of ids.
+std::vector<int32_t> dense_classes(const int64_t* y, int64_t M, int64_t ignore) {
+  std::vector<int64_t> vals;
+  vals.reserve(static_cast<size_t>(M));
+  for (int64_t i = 0; i < M; ++i)
+    if (y[i] != ignore) vals.push_back(y[i]);
+  std::sort(vals.begin(), vals.end());
+  vals.erase(std::unique(vals.begin(), vals.end()), vals.end());
+  std::vector<int32_t> cls(static_cast<size_t>(M));
+  for (int64_t i = 0; i < M; ++i)
+    cls[i] = y[i] == ignore ? -1
+                            : static_cast<int32_t>(std::lower_bound(vals.begin(), vals.end(), y[i]) -
+                                                   vals.begin());
+  return cls;
+}
+
 template <typename T>
 void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* thr_val,
                   int64_t* thr_col) {
   const T inf = std::numeric_limits<T>::infinity();
   const int64_t M = P.M;
+  const std::vector<int32_t> cls = dense_classes(P.y, M, P.ignore);
   at::parallel_for(0, P.nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> R(static_cast<size_t>(std::min(kBlock, M) * M));
     std::vector<std::pair<T, int64_t>> scratch;
@@ -152,45 +350,21 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
         int64_t np = 0;
         if (P.valid(i)) {
           const T* s = R.data() + a * M;
-          t = find_thresholds(P, i, s, scratch);
-          const int64_t yi = P.y[i];
+          if (P.kp > 0 || P.kn > 0) t = find_thresholds(P, i, s, scratch);
+          Anchor<T> an{static_cast<int32_t>(i), cls[i], t.pv, t.nv, static_cast<int32_t>(t.pc),
+                       static_cast<int32_t>(t.nc), T(0), T(0), T(0), T(0)};
+          const int mode = P.variant == kSupCon ? 0 : 1;
+          T mx, psum;
+          row_max_f(s, static_cast<int32_t>(M), an, cls.data(), mode, mx, np, psum);
+          if (mx > -inf) st0 = mx + std::log(row_sumexp_f(s, static_cast<int32_t>(M), an, cls.data(), mode, mx));
           if (P.variant == kSupCon) {
-            T mx = -inf, psum = 0;
-            for (int64_t j = 0; j < M; ++j) {
-              if (j == i || !P.valid(j)) continue;
-              if (P.y[j] == yi) {
-                if (!in_pos(t, s[j], j)) continue;
-                ++np;
-                psum += s[j];
-              } else if (!in_neg(t, s[j], j)) {
-                continue;
-              }
-              mx = std::max(mx, s[j]);
-            }
-            T sum = 0;
-            if (mx > -inf) {
-              for (int64_t j = 0; j < M; ++j) {
-                if (j == i || !P.valid(j)) continue;
-                const bool mem = P.y[j] == yi ? in_pos(t, s[j], j) : in_neg(t, s[j], j);
-                if (mem) sum += std::exp(s[j] - mx);
-              }
-              st0 = mx + std::log(sum);
-            }
             if (np > 0) li = st0 - psum / static_cast<T>(np);
           } else {
-            T mx = -inf;  // negative log-sum-exp first
-            for (int64_t j = 0; j < M; ++j)
-              if (j != i && P.valid(j) && P.y[j] != yi && in_neg(t, s[j], j)) mx = std::max(mx, s[j]);
-            if (mx > -inf) {
-              T sum = 0;
-              for (int64_t j = 0; j < M; ++j)
-                if (j != i && P.valid(j) && P.y[j] != yi && in_neg(t, s[j], j))
-                  sum += std::exp(s[j] - mx);
-              st0 = mx + std::log(sum);
-            }
+            np = 0;
             T lsum = 0, wsum = 0;
+            const int32_t ci = cls[i];
             for (int64_t j = 0; j < M; ++j) {
-              if (j == i || P.y[j] != yi || !in_pos(t, s[j], j)) continue;
+              if (j == i || cls[j] != ci || !in_pos(t, s[j], j)) continue;
               ++np;
               const T x = st0 - s[j];  // -inf without negatives: term 0, weight 0
               lsum += softplus(x);
@@ -215,104 +389,64 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
   });
 }
 
-// Per-row state used in the backward (anchor side).
-template <typename T>
-struct RowG {
-  Thr<T> t;
-  T lse;    // supcon: lse over A; infonce: lse over N
-  T w;      // infonce weight W_i
-  T g;      // upstream grad_rows_i (0 when the row has no positive)
-  T g_np;   // g / |P_i|
-  int64_t y;
-  bool active;  // valid and |P_i| > 0
-};
-
-// dl_i/ds_ij * g_i for anchor i (row state r), column j, value s (0 if j not in A_i).
-template <typename T>
-inline T grad_entry(const RowG<T>& r, int variant, int64_t yj, bool valid_j, int64_t j, T s,
-                    bool& pos_member) {
-  pos_member = false;
-  if (!valid_j) return T(0);
-  if (yj == r.y) {
-    if (!in_pos(r.t, s, j)) return T(0);
-    pos_member = true;
-    if (variant == kSupCon) return r.g * std::exp(s - r.lse) - r.g_np;
-    return -r.g_np * sigmoid(r.lse - s);
-  }
-  if (!in_neg(r.t, s, j)) return T(0);
-  if (variant == kSupCon) return r.g * std::exp(s - r.lse);
-  return r.g * r.w * std::exp(s - r.lse);
-}
-
 template <typename T>
 void backward_impl(const Problem<T>& P, const int32_t* npos, const T* stats, const T* thr_val,
                    const int64_t* thr_col, const T* grad_rows, at::Tensor& dU) {
   const int64_t M = P.M, D = P.D;
-  std::vector<RowG<T>> rows(static_cast<size_t>(M));
+  const std::vector<int32_t> cls = dense_classes(P.y, M, P.ignore);
+  std::vector<T> tpv(M), tnv(M), lse(M), w(M), g(M), gnp(M);
+  std::vector<int32_t> tpc(M), tnc(M), act(M);
   for (int64_t i = 0; i < M; ++i) {
-    RowG<T>& r = rows[i];
-    r.t = Thr<T>{thr_val[2 * i], thr_val[2 * i + 1], thr_col[2 * i], thr_col[2 * i + 1]};
-    r.lse = stats[2 * i];
-    r.w = stats[2 * i + 1];
-    r.y = P.y[i];
-    r.active = P.valid(i) && npos[i] > 0;
-    r.g = r.active ? grad_rows[i] : T(0);
-    r.g_np = r.active ? r.g / static_cast<T>(npos[i]) : T(0);
+    act[i] = (P.valid(i) && npos[i] > 0) ? 1 : 0;
+    tpv[i] = thr_val[2 * i];
+    tnv[i] = thr_val[2 * i + 1];
+    tpc[i] = static_cast<int32_t>(std::min<int64_t>(thr_col[2 * i], M));
+    tnc[i] = static_cast<int32_t>(std::min<int64_t>(thr_col[2 * i + 1], M));
+    lse[i] = act[i] ? stats[2 * i] : T(0);
+    w[i] = act[i] ? stats[2 * i + 1] : T(0);
+    g[i] = act[i] ? grad_rows[i] : T(0);
+    gnp[i] = act[i] ? g[i] / static_cast<T>(npos[i]) : T(0);
   }
-  std::vector<uint8_t> mismatch(static_cast<size_t>(P.nb), 0);
+  const Cols<T> C{cls.data(), tpv.data(), tnv.data(), tpc.data(), tnc.data(),
+                  lse.data(), w.data(), g.data(), gnp.data(), act.data()};
   T* du = dU.data_ptr<T>();
+  std::vector<uint8_t> mismatch(static_cast<size_t>(P.nb), 0);
   at::parallel_for(0, P.nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> S(static_cast<size_t>(kBlock * kBlock));
     for (int64_t I = b0; I < b1; ++I) {
       const int64_t ri = P.r0(I), ni = P.r1(I) - ri;
-      bool any_active = false;
-      for (int64_t a = 0; a < ni; ++a) any_active |= P.valid(ri + a);
-      if (!any_active) continue;
+      bool row_valid = false, row_active = false;
+      for (int64_t a = 0; a < ni; ++a) {
+        row_valid |= P.valid(ri + a);
+        row_active |= act[ri + a] != 0;
+      }
+      if (!row_valid) continue;
       at::Tensor acc = at::zeros({ni, D}, P.U.options());
-      std::vector<int64_t> count(static_cast<size_t>(ni), 0);
+      std::vector<int32_t> seen(static_cast<size_t>(ni), 0);
       for (int64_t J = 0; J < P.nb; ++J) {
         const int64_t rj = P.r0(J), nj = P.r1(J) - rj;
-        bool col_active = false;  // some j in J with an active row, or active rows in I
-        for (int64_t b = 0; b < nj && !col_active; ++b) col_active = rows[rj + b].active;
-        bool row_active = false;
-        for (int64_t a = 0; a < ni && !row_active; ++a) row_active = rows[ri + a].active;
+        bool col_active = false;
+        for (int64_t b = 0; b < nj && !col_active; ++b) col_active = act[rj + b] != 0;
         if (!col_active && !row_active) continue;
         canonical_tile(P, I, J, S.data(), nj);
         at::Tensor H = at::empty({ni, nj}, P.U.options());
         T* h = H.data_ptr<T>();
         for (int64_t a = 0; a < ni; ++a) {
           const int64_t i = ri + a;
-          const RowG<T>& ra = rows[i];
-          const bool vi = P.valid(i);
           T* hrow = h + a * nj;
-          const T* srow = S.data() + a * nj;
-          if (!vi) {
+          if (!P.valid(i)) {
             std::fill(hrow, hrow + nj, T(0));
             continue;
           }
-          for (int64_t b = 0; b < nj; ++b) {
-            const int64_t j = rj + b;
-            if (j == i) {
-              hrow[b] = T(0);
-              continue;
-            }
-            const T s = srow[b];
-            const RowG<T>& rb = rows[j];
-            bool pm_ij = false, pm_ji = false;
-            T v = T(0);
-            const bool vj = P.valid(j);
-            if (ra.active) {
-              v += grad_entry(ra, P.variant, rb.y, vj, j, s, pm_ij);
-              count[a] += pm_ij;
-            }
-            if (rb.active) v += grad_entry(rb, P.variant, ra.y, vi, i, s, pm_ji);
-            hrow[b] = v;
-          }
+          Anchor<T> an{static_cast<int32_t>(i), cls[i], tpv[i], tnv[i], tpc[i], tnc[i],
+                       lse[i], w[i], g[i], gnp[i]};
+          row_grad_f(S.data() + a * nj, hrow, static_cast<int32_t>(nj), static_cast<int32_t>(rj), an,
+                     act[i] != 0, C, P.variant, seen[a]);
         }
         acc.addmm_(H, P.U.slice(0, rj, rj + nj));
       }
       for (int64_t a = 0; a < ni; ++a)
-        if (rows[ri + a].active && count[a] != npos[ri + a]) mismatch[I] = 1;
+        if (act[ri + a] && seen[a] != npos[ri + a]) mismatch[I] = 1;
       acc.mul_(P.inv_temp);
       std::copy(acc.const_data_ptr<T>(), acc.const_data_ptr<T>() + ni * D, du + ri * D);
     }
@@ -325,6 +459,7 @@ void backward_impl(const Problem<T>& P, const int32_t* npos, const T* stats, con
 template <typename T>
 Problem<T> make_problem(const at::Tensor& u, const at::Tensor& labels, int64_t ignore_index,
                         double inv_temp, const std::string& variant, int64_t kp, int64_t kn) {
+  TORCH_CHECK(u.size(0) < (int64_t(1) << 31), "supcon (CPU kernel): too many rows (M >= 2^31)");
   Problem<T> P;
   P.U = u.detach().to(acc_type_of(u.scalar_type())).contiguous();
   P.M = u.size(0);
