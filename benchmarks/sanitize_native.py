@@ -17,7 +17,7 @@ def main() -> None:
         mask = torch.randint(0, 2 if dtype == torch.bool else 7, (2, 24, 40), generator=g).to(dtype).to(dev)
         for ph, pw in ((8, 8), (3, 5), (24, 40)):
             _native.patch_labels(mask, ph, pw, 6, 255)
-    m, d = 75, 33
+    m, d = 75, 33  # two 64-row tiles, D not a multiple of 16 (padding paths)
     z = torch.nn.functional.normalize(torch.randn(m, d, generator=g, dtype=torch.float64), dim=1)
     y = torch.randint(0, 4, (m,), generator=g)
     y[::7] = -1
@@ -28,9 +28,10 @@ def main() -> None:
         u = z.to(dtype)
         for variant in ("supcon", "infonce"):
             for kp, kn in ((0, 0), (2, 5), (100, 100)):
-                rows, npos, saved = _native.supcon_forward(u, y, -1, 10.0, variant, kp, kn, False)
-                du = _native.supcon_backward(u, y, -1, 10.0, variant, kp, kn, False, saved, grad.to(rows.dtype))
-                assert torch.isfinite(rows).all() and torch.isfinite(du.float()).all()
+                for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+                    rows, npos, saved = _native.supcon_forward(u, y, -1, 10.0, variant, kp, kn, tf32)
+                    du = _native.supcon_backward(u, y, -1, 10.0, variant, kp, kn, tf32, saved, grad.to(rows.dtype))
+                    assert torch.isfinite(rows).all() and torch.isfinite(du.float()).all()
     torch.cuda.synchronize()
     print("sanitize_native: OK")
 

@@ -73,9 +73,9 @@ def _reference(u64, y, temp, variant, kp, kn, grad):
     return rows.detach(), npos, u.grad
 
 
-def _run(u, y, temp, variant, kp, kn, grad):
-    rows, npos, saved = _native.supcon_forward(u, y, IGN, 1.0 / temp, variant, kp, kn, False)
-    du = _native.supcon_backward(u, y, IGN, 1.0 / temp, variant, kp, kn, False, saved, grad.to(rows.dtype))
+def _run(u, y, temp, variant, kp, kn, grad, allow_tf32=False):
+    rows, npos, saved = _native.supcon_forward(u, y, IGN, 1.0 / temp, variant, kp, kn, allow_tf32)
+    du = _native.supcon_backward(u, y, IGN, 1.0 / temp, variant, kp, kn, allow_tf32, saved, grad.to(rows.dtype))
     return rows, npos, du
 
 
@@ -115,18 +115,38 @@ def test_float32_normwise(variant, kp, kn, m, d):
     assert _rel(du, rdu) <= 1e-5
 
 
+@pytest.fixture(params=["tc", "fma"])
+def path(request, monkeypatch):
+    """bf16 / fp16 (and tf32) run on tensor cores by default; CT_KERNELS_NATIVE_TC=0 forces FMA tiles."""
+    if request.param == "fma":
+        monkeypatch.setenv("CT_KERNELS_NATIVE_TC", "0")
+    else:
+        monkeypatch.delenv("CT_KERNELS_NATIVE_TC", raising=False)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("kp,kn", [(0, 0), (4, 16)])
-def test_half_inputs(dtype, kp, kn):
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+@pytest.mark.parametrize("m,d", [(400, 64), (1000, 100), (70, 8)])
+def test_half_inputs(dtype, variant, m, d, path):
     """Half inputs accumulate in float32: compare with the reference on the rounded input."""
-    u, y, grad = _case(400, 64, 5, seed=3)
+    u, y, grad = _case(m, d, 5, seed=3)
     uh = u.to(dtype)
-    rr, rn, rdu = _reference(uh.double(), y, 0.1, "supcon", kp, kn, grad)
-    rows, npos, du = _run(uh, y, 0.1, "supcon", kp, kn, grad)
+    rr, rn, rdu = _reference(uh.double(), y, 0.1, variant, 0, 0, grad)
+    rows, npos, du = _run(uh, y, 0.1, variant, 0, 0, grad)
     assert rows.dtype == torch.float32 and du.dtype == dtype
     assert torch.equal(npos.long(), rn)
     assert _rel(rows, rr) <= 1e-5
-    assert _rel(du, rdu) <= 2e-2
+    assert _rel(du, rdu) <= 2e-2  # du rounded to the input dtype; H rounded to it on tensor cores
+
+
+def test_tf32_no_mining(path):
+    u, y, grad = _case(777, 128, 6, seed=12)
+    for variant in ("supcon", "infonce"):
+        rr, rn, rdu = _reference(u, y, 0.1, variant, 0, 0, grad)
+        rows, npos, du = _run(u.float(), y, 0.1, variant, 0, 0, grad, allow_tf32=True)
+        assert torch.equal(npos.long(), rn)
+        assert _rel(rows, rr) <= 5e-3 and _rel(du, rdu) <= 5e-3
 
 
 def test_matches_cpu_kernel_and_is_deterministic():
@@ -161,6 +181,20 @@ def test_ties_in_mining():
                 rows, npos, du = _run(u.to(dt), y, 0.5, variant, kp, kn, grad)
                 assert torch.equal(npos.long(), rn)
                 assert _rel(rows, rr) <= 1e-5 and _rel(du, rdu) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype,tf32", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, True)])
+def test_mining_on_tensor_cores(dtype, tf32, path):
+    """Entries exact in bf16 / fp16 / tf32 and exact dot products: the kernel's selection must
+    equal the reference's, ties included (canonical tile orientation), across row blocks."""
+    u, y, grad = _tie_case(333, 37, seed=6)
+    for variant in ("supcon", "infonce"):
+        for kp, kn in ((1, 2), (5, 33), (0, 7)):
+            rr, rn, rdu = _reference(u, y, 0.5, variant, kp, kn, grad)
+            rows, npos, du = _run(u.to(dtype), y, 0.5, variant, kp, kn, grad, allow_tf32=tf32)
+            assert torch.equal(npos.long(), rn)
+            assert _rel(rows, rr) <= 1e-5
+            assert _rel(du, rdu) <= (5e-3 if dtype == torch.float32 else 2e-2)  # H rounded on tensor cores
 
 
 def test_current_stream_and_gradcheck():

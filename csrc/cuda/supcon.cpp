@@ -1,11 +1,14 @@
 // ATen side of the CUDA supcon ops: checks, dtype handling (half types accumulate in float32),
 // outputs and scratch, PyTorch's current stream, launch checks. No host synchronisation.
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <tuple>
 
@@ -15,20 +18,39 @@
 namespace ct_kernels {
 namespace {
 
+// Tensor-core path for bf16 / fp16 inputs, and for float32 when allow_tf32; exact FMA tiles
+// otherwise (float32 without tf32, float64). CT_KERNELS_NATIVE_TC=0 forces the FMA path (for
+// checks); forward and backward must run under the same setting.
+int tc_kind(const at::Tensor& u, bool allow_tf32) {
+  const char* env = std::getenv("CT_KERNELS_NATIVE_TC");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return -1;
+  if (at::cuda::getDeviceProperties(u.device().index())->major < 8) return -1;  // WMMA bf16/tf32: sm_80+
+  switch (u.scalar_type()) {
+    case at::kBFloat16:
+      return cuda::kInBf16;
+    case at::kHalf:
+      return cuda::kInFp16;
+    case at::kFloat:
+      return allow_tf32 ? cuda::kInTf32 : -1;
+    default:
+      return -1;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_forward_cuda(
     const at::Tensor& u_in, const at::Tensor& labels_in, int64_t ignore_index, double inv_temp,
     c10::string_view variant, int64_t kp, int64_t kn, bool allow_tf32) {
-  (void)allow_tf32;  // first version: exact fp32 FMA tiles (tf32 / tensor cores: TODO)
   check_supcon_args(u_in, labels_in, kp, kn);
   TORCH_CHECK(u_in.is_cuda(), "supcon_forward (CUDA kernel): u must be a CUDA tensor");
   c10::cuda::CUDAGuard guard(u_in.device());
   const int var = parse_variant(std::string(variant));
   const auto acc = acc_type_of(u_in.scalar_type());
-  const at::Tensor u = u_in.detach().to(acc).contiguous();
+  const int kind = tc_kind(u_in, allow_tf32);
+  const at::Tensor u = kind >= 0 ? u_in.detach().contiguous() : u_in.detach().to(acc).contiguous();
   const at::Tensor labels = labels_in.contiguous();
   const int64_t M = u.size(0), D = u.size(1);
   TORCH_CHECK(M < (int64_t(1) << 31), "supcon_forward: too many rows (M >= 2^31)");
-  auto opts = u.options();
+  auto opts = u.options().dtype(acc);
   at::Tensor loss = at::empty({M}, opts), stats = at::empty({M, 2}, opts),
              thr_val = at::empty({M, 2}, opts);
   at::Tensor npos = at::empty({M}, opts.dtype(at::kInt));
@@ -39,6 +61,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fo
                          reinterpret_cast<uint32_t*>(pc.data_ptr<int32_t>()), rem.data_ptr<int64_t>(),
                          flag.data_ptr<int32_t>()};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (kind >= 0) {
+    C10_CUDA_CHECK(cuda::launch_supcon_forward_tc(
+        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,
+        static_cast<float>(inv_temp), var, kp, kn, st, loss.data_ptr<float>(),
+        npos.data_ptr<int32_t>(), stats.data_ptr<float>(), thr_val.data_ptr<float>(),
+        thr_col.data_ptr<int64_t>(), stream));
+    return {loss, npos, stats, thr_val, thr_col};
+  }
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_forward_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_supcon_forward<scalar_t>(
         u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,
@@ -54,26 +84,39 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
                                 int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
                                 const at::Tensor& stats_in, const at::Tensor& thr_val_in,
                                 const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in) {
-  (void)allow_tf32;
   check_supcon_args(u_in, labels_in, kp, kn);
   TORCH_CHECK(u_in.is_cuda(), "supcon_backward (CUDA kernel): u must be a CUDA tensor");
   c10::cuda::CUDAGuard guard(u_in.device());
   const int var = parse_variant(std::string(variant));
   const auto acc = acc_type_of(u_in.scalar_type());
+  const int kind = tc_kind(u_in, allow_tf32);
   const int64_t M = u_in.size(0), D = u_in.size(1);
   TORCH_CHECK(npos_in.numel() == M && stats_in.numel() == 2 * M && thr_val_in.numel() == 2 * M &&
                   thr_col_in.numel() == 2 * M && grad_rows_in.numel() == M,
               "supcon_backward: saved tensors / grad_rows do not match u's row count");
   TORCH_CHECK(M < (int64_t(1) << 31), "supcon_backward: too many rows (M >= 2^31)");
-  const at::Tensor u = u_in.detach().to(acc).contiguous();
+  const at::Tensor u = kind >= 0 ? u_in.detach().contiguous() : u_in.detach().to(acc).contiguous();
   const at::Tensor labels = labels_in.contiguous();
   const at::Tensor npos = npos_in.to(at::kInt).contiguous();
   const at::Tensor stats = stats_in.to(acc).contiguous();
   const at::Tensor thr_val = thr_val_in.to(acc).contiguous();
   const at::Tensor thr_col = thr_col_in.to(at::kLong).contiguous();
   const at::Tensor grad_rows = grad_rows_in.detach().to(acc).contiguous();
-  at::Tensor dU = at::zeros({M, D}, u.options());
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (kind >= 0) {
+    const int64_t T = cuda::kTcTileRows;
+    const int64_t Mp = (M + T - 1) / T * T, Dp = (D + 15) / 16 * 16;
+    at::Tensor dUp = at::zeros({Mp, Dp}, u.options().dtype(at::kFloat));
+    C10_CUDA_CHECK(cuda::launch_supcon_backward_tc(
+        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,
+        static_cast<float>(inv_temp), var, npos.const_data_ptr<int32_t>(),
+        stats.const_data_ptr<float>(), thr_val.const_data_ptr<float>(),
+        thr_col.const_data_ptr<int64_t>(), grad_rows.const_data_ptr<float>(),
+        dUp.data_ptr<float>(), Dp, stream));
+    at::Tensor dU = dUp.narrow(0, 0, M).narrow(1, 0, D);
+    return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
+  }
+  at::Tensor dU = at::zeros({M, D}, u.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_supcon_backward<scalar_t>(
         u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,

@@ -11,7 +11,12 @@
 // Mining thresholds: an MSD radix select (4-bit digits) per row and side on the order key
 // (value key, then column among exact ties, run only for rows that still have ties): each level
 // is one pass over the tiles with per-row histograms in shared memory, O(M) state in global.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #include "supcon_kernels.h"
 
@@ -156,6 +161,151 @@ __device__ void s_tile(const T* __restrict__ U, int64_t M, int64_t D, int64_t r0
   __syncthreads();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tile policies. Fma<T>: exact FMA tiles (float / double), U in T. Tc<In>: tensor cores (WMMA)
+// with float accumulation, U in In (bf16 / fp16, or float read as tf32). Tensor-core tiles are
+// computed in a canonical orientation (the lower block index as the left operand, the diagonal
+// tile symmetrised from its upper triangle), so s_ij and s_ji are the same bits there too.
+
+template <typename T>
+struct Fma {
+  using Acc = T;
+  using In = T;
+  static constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, NV = Cfg<T>::NV;
+  using Smem = SMem<T>;
+  __device__ static void tile(const In* U, int64_t M, int64_t D, int64_t I, int64_t J, Acc inv_temp,
+                              Smem& sm) {
+    s_tile<T>(U, M, D, I * BM, J * BN, inv_temp, sm);
+  }
+};
+
+namespace wmma = nvcuda::wmma;
+
+template <typename In>
+struct TcTraits;
+template <>
+struct TcTraits<__nv_bfloat16> {
+  using Frag = __nv_bfloat16;
+  static constexpr int K = 16, BK = 32, BKP = 40;
+  static constexpr bool kTf32 = false;
+  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+template <>
+struct TcTraits<__half> {
+  using Frag = __half;
+  static constexpr int K = 16, BK = 32, BKP = 40;
+  static constexpr bool kTf32 = false;
+  __device__ static __half from_float(float x) { return __float2half_rn(x); }
+};
+template <>
+struct TcTraits<float> {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  using Frag = float;  // unused below sm_80
+#else
+  using Frag = wmma::precision::tf32;
+#endif
+  static constexpr int K = 8, BK = 16, BKP = 20;
+  static constexpr bool kTf32 = true;
+  __device__ static float from_float(float x) { return x; }
+};
+
+constexpr int kTcTile = 64;  // BM == BN: square tiles on one grid for the canonical orientation
+constexpr int kSsLd = kTcTile + 4;
+
+template <typename In>
+struct SMemTC {
+  alignas(128) In As[kTcTile][TcTraits<In>::BKP];
+  alignas(128) In Bs[kTcTile][TcTraits<In>::BKP];
+  alignas(128) float Ss[kTcTile][kSsLd];
+};
+
+template <typename In>
+__device__ __forceinline__ In zero_in() {
+  return TcTraits<In>::from_float(0.0f);
+}
+
+template <typename In>
+__device__ void s_tile_tc(const In* __restrict__ U, int64_t M, int64_t D, int64_t I, int64_t J,
+                          float inv_temp, SMemTC<In>& sm) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // bf16 / tf32 WMMA needs sm_80+; the host side never selects this path there
+#else
+  using Tr = TcTraits<In>;
+  constexpr int BK = Tr::BK, BKP = Tr::BKP, K = Tr::K;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const bool swap = I > J;
+  const int64_t ra = (swap ? J : I) * kTcTile, rb = (swap ? I : J) * kTcTile;
+  const int rm = warp / 2, cn0 = (warp % 2) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, K, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+  __syncthreads();
+  for (int64_t k0 = 0; k0 < D; k0 += BK) {
+    for (int e = tid; e < kTcTile * BK; e += kThreads) {
+      const int r = e / BK, kk = e % BK;
+      const int64_t gk = k0 + kk;
+      const int64_t ga = ra + r, gb = rb + r;
+      sm.As[r][kk] = (ga < M && gk < D) ? U[ga * D + gk] : zero_in<In>();
+      sm.Bs[r][kk] = (gb < M && gk < D) ? U[gb * D + gk] : zero_in<In>();
+    }
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < BK; ks += K) {
+      wmma::fragment<wmma::matrix_a, 16, 16, K, typename Tr::Frag, wmma::row_major> a;
+      wmma::load_matrix_sync(a, &sm.As[16 * rm][ks], BKP);
+      if constexpr (Tr::kTf32) {
+#pragma unroll
+        for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+      }
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        wmma::fragment<wmma::matrix_b, 16, 16, K, typename Tr::Frag, wmma::col_major> b;
+        wmma::load_matrix_sync(b, &sm.Bs[16 * (cn0 + t)][ks], BKP);  // B(k, n) = Bs[n][k]
+        if constexpr (Tr::kTf32) {
+#pragma unroll
+          for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+        }
+        wmma::mma_sync(acc[t], a, b, acc[t]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+#pragma unroll
+    for (int e = 0; e < acc[t].num_elements; ++e) {
+      float v = __fmul_rn(acc[t].x[e], inv_temp);
+      if (v == 0.0f) v = 0.0f;  // -0 -> +0
+      acc[t].x[e] = v;
+    }
+    if (!swap)
+      wmma::store_matrix_sync(&sm.Ss[16 * rm][16 * (cn0 + t)], acc[t], kSsLd, wmma::mem_row_major);
+    else  // the tile of (J, I): write it transposed
+      wmma::store_matrix_sync(&sm.Ss[16 * (cn0 + t)][16 * rm], acc[t], kSsLd, wmma::mem_col_major);
+  }
+  __syncthreads();
+  if (I == J) {
+    for (int e = tid; e < kTcTile * kTcTile; e += kThreads) {
+      const int a = e / kTcTile, b = e % kTcTile;
+      if (a > b) sm.Ss[a][b] = sm.Ss[b][a];
+    }
+    __syncthreads();
+  }
+#endif
+}
+
+template <typename In_>
+struct Tc {
+  using Acc = float;
+  using In = In_;
+  static constexpr int BM = kTcTile, BN = kTcTile, NV = 8;
+  using Smem = SMemTC<In>;
+  __device__ static void tile(const In* U, int64_t M, int64_t D, int64_t I, int64_t J, float inv_temp,
+                              Smem& sm) {
+    s_tile_tc<In>(U, M, D, I, J, inv_temp, sm);
+  }
+};
+
 template <typename T>
 struct Thr {
   T pv, nv;
@@ -191,13 +341,14 @@ __global__ void select_init_kernel(const int64_t* __restrict__ y, int64_t M, int
   st.flag[idx] = (y[i] == ignore || k <= 0) ? 2 : 0;
 }
 
-template <typename T>
+template <typename P>
 __global__ void __launch_bounds__(kThreads)
-    select_level_kernel(const T* __restrict__ U, const int64_t* __restrict__ y, int64_t M,
-                        int64_t D, int64_t ignore, T inv_temp, int level, SelectScratch st) {
-  constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, NV = Cfg<T>::NV;
+    select_level_kernel(const typename P::In* __restrict__ U, const int64_t* __restrict__ y,
+                        int64_t M, int64_t D, int64_t ignore, typename P::Acc inv_temp, int level,
+                        SelectScratch st) {
+  constexpr int BM = P::BM, BN = P::BN, NV = P::NV;
   constexpr int TPR = kThreads / BM;
-  __shared__ SMem<T> sm;
+  __shared__ typename P::Smem sm;
   __shared__ int hist[BM][2][16];
   __shared__ int any_active;
   const int tid = threadIdx.x;
@@ -231,7 +382,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   const bool work = row_ok && (fl[0] <= 1 || fl[1] <= 1);
   for (int64_t c0 = 0; c0 < M; c0 += BN) {
-    s_tile<T>(U, M, D, r0, c0, inv_temp, sm);
+    P::tile(U, M, D, blockIdx.x, c0 / BN, inv_temp, sm);
     if (work) {
       for (int b = sub; b < BN; b += TPR) {
         const int64_t j = c0 + b;
@@ -337,15 +488,17 @@ __device__ __forceinline__ void lse_merge(T& m, T& sum, T m2, T sum2) {
   sum = a + b;
 }
 
-template <typename T>
+template <typename P>
 __global__ void __launch_bounds__(kThreads)
-    loss_kernel(const T* __restrict__ U, const int64_t* __restrict__ y, int64_t M, int64_t D,
-                int64_t ignore, T inv_temp, int phase, const T* __restrict__ thr_val,
-                const int64_t* __restrict__ thr_col, T* __restrict__ stats, T* __restrict__ loss,
+    loss_kernel(const typename P::In* __restrict__ U, const int64_t* __restrict__ y, int64_t M,
+                int64_t D, int64_t ignore, typename P::Acc inv_temp, int phase,
+                const typename P::Acc* __restrict__ thr_val, const int64_t* __restrict__ thr_col,
+                typename P::Acc* __restrict__ stats, typename P::Acc* __restrict__ loss,
                 int32_t* __restrict__ npos) {
-  constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN;
+  using T = typename P::Acc;
+  constexpr int BM = P::BM, BN = P::BN;
   constexpr int TPR = kThreads / BM;
-  __shared__ SMem<T> sm;
+  __shared__ typename P::Smem sm;
   const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int row = tid / TPR, sub = tid % TPR;
@@ -362,7 +515,7 @@ __global__ void __launch_bounds__(kThreads)
   T m = -inf, sum = T(0), a1 = T(0), a2 = T(0);
   int64_t np = 0;
   for (int64_t c0 = 0; c0 < M; c0 += BN) {
-    s_tile<T>(U, M, D, r0, c0, inv_temp, sm);
+    P::tile(U, M, D, blockIdx.x, c0 / BN, inv_temp, sm);
     if (!row_ok) continue;
     for (int b = sub; b < BN; b += TPR) {
       const int64_t j = c0 + b;
@@ -476,29 +629,161 @@ __device__ __forceinline__ T grad_entry(const RowG<T>& r, int variant, int64_t y
   return r.g * r.w * exp_(s - r.lse);
 }
 
+// dU[r0:r0+BM, :] += H (BM x BN, in sm.Ss) @ U[c0:c0+BN, :] with FMA (Fma policy).
 template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    backward_kernel(const T* __restrict__ U, const int64_t* __restrict__ y, int64_t M, int64_t D,
-                    int64_t ignore, T inv_temp, int variant, const int32_t* __restrict__ npos,
-                    const T* __restrict__ stats, const T* __restrict__ thr_val,
-                    const int64_t* __restrict__ thr_col, const T* __restrict__ grad_rows,
-                    T* __restrict__ dU) {
+__device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, int64_t r0,
+                               int64_t c0, SMem<T>& sm, T* __restrict__ dU) {
   constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
   constexpr int TM = BM / 16, TN = BN / 16;
-  constexpr int TPR = kThreads / BM;
-  __shared__ SMem<T> sm;
-  __shared__ RowG<T> cols[BN];
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  for (int64_t d0 = 0; d0 < D; d0 += BN) {
+    T acc[TM][TN];
+#pragma unroll
+    for (int a = 0; a < TM; ++a)
+#pragma unroll
+      for (int b = 0; b < TN; ++b) acc[a][b] = T(0);
+    for (int b0 = 0; b0 < BN; b0 += BK) {
+      for (int e = tid; e < BK * BN; e += kThreads) {
+        const int kk = e / BN, dd = e % BN;
+        const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
+        sm.Bs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : T(0);
+      }
+      __syncthreads();
+#pragma unroll
+      for (int kk = 0; kk < BK; ++kk) {
+        T av[TM], bv[TN];
+#pragma unroll
+        for (int a = 0; a < TM; ++a) av[a] = sm.Ss[ty * TM + a][b0 + kk];
+#pragma unroll
+        for (int b = 0; b < TN; ++b) bv[b] = sm.Bs[kk][tx * TN + b];
+#pragma unroll
+        for (int a = 0; a < TM; ++a)
+#pragma unroll
+          for (int b = 0; b < TN; ++b) acc[a][b] = fma_(av[a], bv[b], acc[a][b]);
+      }
+      __syncthreads();
+    }
+#pragma unroll
+    for (int a = 0; a < TM; ++a) {
+      const int64_t gr = r0 + ty * TM + a;
+      if (gr >= M) continue;
+#pragma unroll
+      for (int b = 0; b < TN; ++b) {
+        const int64_t gd = d0 + tx * TN + b;
+        if (gd < D) dU[gr * D + gd] += acc[a][b];
+      }
+    }
+  }
+}
+
+// Extra shared memory of the tensor-core backward: H in the input type (16-bit types; tf32
+// reads H from Ss) and a K-slice of U_J.
+template <typename In>
+struct BwdTC {
+  static constexpr int kVsLd = kTcTile + (TcTraits<In>::kTf32 ? 4 : 8);
+  static constexpr int kHsRows = TcTraits<In>::kTf32 ? 1 : kTcTile;
+  alignas(128) In Hs[kHsRows][kTcTile + 8];
+  alignas(128) In Vs[TcTraits<In>::K][kVsLd];
+};
+
+// dU (Mp x Dp, padded to the tile grid, ld = Dp) rows r0.. += H @ U[c0:c0+64, :] on tensor
+// cores; each warp owns two 16 x 16 output fragments per 64-column chunk (RMW in global).
+template <typename In>
+__device__ void du_product_tc(const In* __restrict__ U, int64_t M, int64_t D, int64_t Dp,
+                              int64_t r0, int64_t c0, SMemTC<In>& sm, BwdTC<In>& ex,
+                              float* __restrict__ dU) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  using Tr = TcTraits<In>;
+  constexpr int K = Tr::K;
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int rm = warp / 2, cn0 = (warp % 2) * 2;
+  for (int64_t d0 = 0; d0 < Dp; d0 += kTcTile) {
+    wmma::fragment<wmma::accumulator, 16, 16, K, float> acc[2];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int64_t gd = d0 + 16 * (cn0 + t);
+      if (gd < Dp)
+        wmma::load_matrix_sync(acc[t], dU + (r0 + 16 * rm) * Dp + gd, static_cast<unsigned>(Dp),
+                               wmma::mem_row_major);
+    }
+    for (int b0 = 0; b0 < kTcTile; b0 += K) {
+      __syncthreads();  // Vs readers of the previous slice are done
+      for (int e = tid; e < K * kTcTile; e += kThreads) {
+        const int kk = e / kTcTile, dd = e % kTcTile;
+        const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
+        ex.Vs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : zero_in<In>();
+      }
+      __syncthreads();
+      wmma::fragment<wmma::matrix_a, 16, 16, K, typename Tr::Frag, wmma::row_major> a;
+      if constexpr (Tr::kTf32) {
+        wmma::load_matrix_sync(a, &sm.Ss[16 * rm][b0], kSsLd);
+#pragma unroll
+        for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+      } else {
+        wmma::load_matrix_sync(a, &ex.Hs[16 * rm][b0], kTcTile + 8);
+      }
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        if (d0 + 16 * (cn0 + t) >= Dp) continue;  // warp-uniform
+        wmma::fragment<wmma::matrix_b, 16, 16, K, typename Tr::Frag, wmma::row_major> b;
+        wmma::load_matrix_sync(b, &ex.Vs[0][16 * (cn0 + t)], BwdTC<In>::kVsLd);
+        if constexpr (Tr::kTf32) {
+#pragma unroll
+          for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+        }
+        wmma::mma_sync(acc[t], a, b, acc[t]);
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int64_t gd = d0 + 16 * (cn0 + t);
+      if (gd < Dp)
+        wmma::store_matrix_sync(dU + (r0 + 16 * rm) * Dp + gd, acc[t], static_cast<unsigned>(Dp),
+                                wmma::mem_row_major);
+    }
+  }
+#endif
+}
+
+template <typename T>
+struct FmaBwd {};
+
+// H is staged in the 16-bit input type for the tensor-core product (tf32 reads it from Ss).
+template <typename In>
+struct StagesH : std::false_type {};
+template <>
+struct StagesH<__nv_bfloat16> : std::true_type {};
+template <>
+struct StagesH<__half> : std::true_type {};
+
+template <typename P, bool kTC>
+__global__ void __launch_bounds__(kThreads)
+    backward_kernel(const typename P::In* __restrict__ U, const int64_t* __restrict__ y, int64_t M,
+                    int64_t D, int64_t Dp, int64_t ignore, typename P::Acc inv_temp, int variant,
+                    const int32_t* __restrict__ npos, const typename P::Acc* __restrict__ stats,
+                    const typename P::Acc* __restrict__ thr_val, const int64_t* __restrict__ thr_col,
+                    const typename P::Acc* __restrict__ grad_rows, typename P::Acc* __restrict__ dU) {
+  using T = typename P::Acc;
+  using In = typename P::In;
+  constexpr int BM = P::BM, BN = P::BN;
+  constexpr int TPR = kThreads / BM;
+  __shared__ typename P::Smem sm;
+  __shared__ RowG<T> cols[BN];
+  using Extra = typename std::conditional<kTC, BwdTC<In>, FmaBwd<T>>::type;
+  __shared__ Extra ex;
+  const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int row = tid / TPR, sub = tid % TPR;
   const int64_t i = r0 + row;
   const RowG<T> ri = load_rowg(i, M, y, ignore, npos, stats, thr_val, thr_col, grad_rows);
   const bool vi = i < M && ri.y != ignore;
   for (int64_t c0 = 0; c0 < M; c0 += BN) {
-    __syncthreads();  // previous tile's readers of cols / Ss are done
+    __syncthreads();  // previous tile's readers of cols / Ss / Hs are done
     if (tid < BN)
       cols[tid] = load_rowg(c0 + tid, M, y, ignore, npos, stats, thr_val, thr_col, grad_rows);
-    s_tile<T>(U, M, D, r0, c0, inv_temp, sm);  // begins and ends with a barrier
+    P::tile(U, M, D, blockIdx.x, c0 / BN, inv_temp, sm);  // begins and ends with a barrier
     for (int b = sub; b < BN; b += TPR) {
       const int64_t j = c0 + b;
       T h = T(0);
@@ -510,47 +795,17 @@ __global__ void __launch_bounds__(kThreads)
           if (rj.active) h += grad_entry(rj, variant, ri.y, i, s);
         }
       }
-      sm.Ss[row][b] = h;
+      if constexpr (kTC && StagesH<In>::value) {
+        ex.Hs[row][b] = TcTraits<In>::from_float(h);
+      } else {
+        sm.Ss[row][b] = h;
+      }
     }
     __syncthreads();
-    // dU[r0:r0+BM, d0:d0+BN] += H (BM x BN) @ U[c0:c0+BN, d0:d0+BN]
-    for (int64_t d0 = 0; d0 < D; d0 += BN) {
-      T acc[TM][TN];
-#pragma unroll
-      for (int a = 0; a < TM; ++a)
-#pragma unroll
-        for (int b = 0; b < TN; ++b) acc[a][b] = T(0);
-      for (int b0 = 0; b0 < BN; b0 += BK) {
-        for (int e = tid; e < BK * BN; e += kThreads) {
-          const int kk = e / BN, dd = e % BN;
-          const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
-          sm.Bs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : T(0);
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < BK; ++kk) {
-          T av[TM], bv[TN];
-#pragma unroll
-          for (int a = 0; a < TM; ++a) av[a] = sm.Ss[ty * TM + a][b0 + kk];
-#pragma unroll
-          for (int b = 0; b < TN; ++b) bv[b] = sm.Bs[kk][tx * TN + b];
-#pragma unroll
-          for (int a = 0; a < TM; ++a)
-#pragma unroll
-            for (int b = 0; b < TN; ++b) acc[a][b] = fma_(av[a], bv[b], acc[a][b]);
-        }
-        __syncthreads();
-      }
-#pragma unroll
-      for (int a = 0; a < TM; ++a) {
-        const int64_t gr = r0 + ty * TM + a;
-        if (gr >= M) continue;
-#pragma unroll
-        for (int b = 0; b < TN; ++b) {
-          const int64_t gd = d0 + tx * TN + b;
-          if (gd < D) dU[gr * D + gd] += acc[a][b];
-        }
-      }
+    if constexpr (kTC) {
+      du_product_tc<In>(U, M, D, Dp, r0, c0, sm, ex, dU);
+    } else {
+      du_product_fma<T>(U, M, D, r0, c0, sm, dU);
     }
   }
 }
@@ -561,22 +816,25 @@ inline unsigned blocks_for(int64_t n, int threads) {
 
 }  // namespace
 
-template <typename T>
-cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, int64_t D,
-                                  int64_t ignore_index, T inv_temp, int variant, int64_t kp,
-                                  int64_t kn, SelectScratch st, T* loss, int32_t* npos, T* stats,
-                                  T* thr_val, int64_t* thr_col, cudaStream_t stream) {
+namespace {
+
+template <typename P>
+cudaError_t forward_impl(const typename P::In* u, const int64_t* labels, int64_t M, int64_t D,
+                         int64_t ignore_index, typename P::Acc inv_temp, int variant, int64_t kp,
+                         int64_t kn, SelectScratch st, typename P::Acc* loss, int32_t* npos,
+                         typename P::Acc* stats, typename P::Acc* thr_val, int64_t* thr_col,
+                         cudaStream_t stream) {
+  using T = typename P::Acc;
   if (M == 0) return cudaSuccess;
   if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  constexpr int BM = Cfg<T>::BM, NV = Cfg<T>::NV;
-  const unsigned nb = static_cast<unsigned>((M + BM - 1) / BM);
+  const unsigned nb = static_cast<unsigned>((M + P::BM - 1) / P::BM);
   cudaError_t err;
   select_init_kernel<<<blocks_for(2 * M, 256), 256, 0, stream>>>(labels, M, ignore_index, kp, kn,
                                                                  st);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (kp > 0 || kn > 0) {
-    for (int level = 0; level < NV + NC; ++level) {
-      select_level_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp,
+    for (int level = 0; level < P::NV + NC; ++level) {
+      select_level_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp,
                                                           level, st);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
@@ -584,16 +842,43 @@ cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, 
   select_finalize_kernel<T><<<blocks_for(2 * M, 256), 256, 0, stream>>>(M, st, thr_val, thr_col);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (variant == 0) {
-    loss_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 0,
+    loss_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 0,
                                                 thr_val, thr_col, stats, loss, npos);
     return cudaGetLastError();
   }
-  loss_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 1, thr_val,
+  loss_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 1, thr_val,
                                               thr_col, stats, loss, npos);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  loss_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 2, thr_val,
+  loss_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 2, thr_val,
                                               thr_col, stats, loss, npos);
   return cudaGetLastError();
+}
+
+template <typename P, bool kTC>
+cudaError_t backward_impl(const typename P::In* u, const int64_t* labels, int64_t M, int64_t D,
+                          int64_t Dp, int64_t ignore_index, typename P::Acc inv_temp, int variant,
+                          const int32_t* npos, const typename P::Acc* stats,
+                          const typename P::Acc* thr_val, const int64_t* thr_col,
+                          const typename P::Acc* grad_rows, typename P::Acc* dU,
+                          cudaStream_t stream) {
+  if (M == 0) return cudaSuccess;
+  if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
+  const unsigned nb = static_cast<unsigned>((M + P::BM - 1) / P::BM);
+  backward_kernel<P, kTC><<<nb, kThreads, 0, stream>>>(u, labels, M, D, Dp, ignore_index, inv_temp,
+                                                       variant, npos, stats, thr_val, thr_col,
+                                                       grad_rows, dU);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+template <typename T>
+cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, int64_t D,
+                                  int64_t ignore_index, T inv_temp, int variant, int64_t kp,
+                                  int64_t kn, SelectScratch st, T* loss, int32_t* npos, T* stats,
+                                  T* thr_val, int64_t* thr_col, cudaStream_t stream) {
+  return forward_impl<Fma<T>>(u, labels, M, D, ignore_index, inv_temp, variant, kp, kn, st, loss,
+                              npos, stats, thr_val, thr_col, stream);
 }
 
 template <typename T>
@@ -602,14 +887,56 @@ cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M,
                                    const int32_t* npos, const T* stats, const T* thr_val,
                                    const int64_t* thr_col, const T* grad_rows, T* dU,
                                    cudaStream_t stream) {
-  if (M == 0) return cudaSuccess;
-  if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  constexpr int BM = Cfg<T>::BM;
-  const unsigned nb = static_cast<unsigned>((M + BM - 1) / BM);
-  backward_kernel<T><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp,
-                                                  variant, npos, stats, thr_val, thr_col,
-                                                  grad_rows, dU);
-  return cudaGetLastError();
+  return backward_impl<Fma<T>, false>(u, labels, M, D, D, ignore_index, inv_temp, variant, npos,
+                                      stats, thr_val, thr_col, grad_rows, dU, stream);
+}
+
+cudaError_t launch_supcon_forward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
+                                     int64_t D, int64_t ignore_index, float inv_temp, int variant,
+                                     int64_t kp, int64_t kn, SelectScratch st, float* loss,
+                                     int32_t* npos, float* stats, float* thr_val,
+                                     int64_t* thr_col, cudaStream_t stream) {
+  switch (in_kind) {
+    case kInBf16:
+      return forward_impl<Tc<__nv_bfloat16>>(static_cast<const __nv_bfloat16*>(u), labels, M, D,
+                                             ignore_index, inv_temp, variant, kp, kn, st, loss,
+                                             npos, stats, thr_val, thr_col, stream);
+    case kInFp16:
+      return forward_impl<Tc<__half>>(static_cast<const __half*>(u), labels, M, D, ignore_index,
+                                      inv_temp, variant, kp, kn, st, loss, npos, stats, thr_val,
+                                      thr_col, stream);
+    case kInTf32:
+      return forward_impl<Tc<float>>(static_cast<const float*>(u), labels, M, D, ignore_index,
+                                     inv_temp, variant, kp, kn, st, loss, npos, stats, thr_val,
+                                     thr_col, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
+                                      int64_t D, int64_t ignore_index, float inv_temp,
+                                      int variant, const int32_t* npos, const float* stats,
+                                      const float* thr_val, const int64_t* thr_col,
+                                      const float* grad_rows, float* dU_padded, int64_t Dp,
+                                      cudaStream_t stream) {
+  if (Dp % 16 != 0 || Dp < D) return cudaErrorInvalidValue;
+  switch (in_kind) {
+    case kInBf16:
+      return backward_impl<Tc<__nv_bfloat16>, true>(
+          static_cast<const __nv_bfloat16*>(u), labels, M, D, Dp, ignore_index, inv_temp, variant,
+          npos, stats, thr_val, thr_col, grad_rows, dU_padded, stream);
+    case kInFp16:
+      return backward_impl<Tc<__half>, true>(static_cast<const __half*>(u), labels, M, D, Dp,
+                                             ignore_index, inv_temp, variant, npos, stats, thr_val,
+                                             thr_col, grad_rows, dU_padded, stream);
+    case kInTf32:
+      return backward_impl<Tc<float>, true>(static_cast<const float*>(u), labels, M, D, Dp,
+                                            ignore_index, inv_temp, variant, npos, stats, thr_val,
+                                            thr_col, grad_rows, dU_padded, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 #define CT_INSTANTIATE(T)                                                                      \

@@ -33,5 +33,24 @@ cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M,
                                    const int64_t* thr_col, const T* grad_rows, T* dU,
                                    cudaStream_t stream);
 
+// Tensor-core path (WMMA, float accumulation): u in bf16 / fp16, or float32 read as tf32.
+enum InKind : int { kInBf16 = 0, kInFp16 = 1, kInTf32 = 2 };
+constexpr int kTcTileRows = 64;  // dU_padded has round_up(M, 64) rows
+
+cudaError_t launch_supcon_forward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
+                                     int64_t D, int64_t ignore_index, float inv_temp, int variant,
+                                     int64_t kp, int64_t kn, SelectScratch scratch, float* loss,
+                                     int32_t* npos, float* stats, float* thr_val,
+                                     int64_t* thr_col, cudaStream_t stream);
+
+// dU_padded: (round_up(M, 64) x Dp) float32, zeroed, Dp = round_up(D, 16); the caller slices
+// [:M, :D] and scales by inv_temp.
+cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
+                                      int64_t D, int64_t ignore_index, float inv_temp,
+                                      int variant, const int32_t* npos, const float* stats,
+                                      const float* thr_val, const int64_t* thr_col,
+                                      const float* grad_rows, float* dU_padded, int64_t Dp,
+                                      cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace ct_kernels
