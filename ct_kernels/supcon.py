@@ -120,4 +120,9 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         allow_tf32 = u.dtype == torch.float32 and u.is_cuda and fp32_matmul_allows_tf32()
         rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(), kernels, int(ignore_index),
                                         1.0 / float(temperature), variant, kp, kn, allow_tf32)
+        # The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would
+        # not. A non-finite valid row makes every row NaN, as it would there (checked on device,
+        # no sync; ignored rows were zeroed above and cannot trigger it).
+        all_finite = torch.isfinite(u.detach()).all()
+        rows = torch.where(all_finite, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
     return _reduce(rows, npos, reduction)
