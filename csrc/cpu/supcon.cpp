@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <tuple>
 #include <utility>
@@ -96,37 +97,51 @@ inline bool in_neg(const Thr<T>& t, T s, int64_t j) {
   return s > t.nv || (s == t.nv && j <= t.nc);
 }
 
-// Mining thresholds of row i from its full row of s (length M).
+// Mining thresholds of row i from its full row of s (length M): the k-th candidate in the order
+// (value, column) -- value ascending for positives, descending for negatives. nth_element on the
+// values finds the value v; the column is the (k - #strictly better)-th candidate equal to v.
 template <typename T>
-Thr<T> find_thresholds(const Problem<T>& P, int64_t i, const T* srow,
-                       std::vector<std::pair<T, int64_t>>& scratch) {
+Thr<T> find_thresholds(const Problem<T>& P, int64_t i, const T* srow, const int32_t* cls,
+                       std::vector<T>& vals) {
   const T inf = std::numeric_limits<T>::infinity();
   Thr<T> t{inf, -inf, P.M, P.M};
-  const int64_t yi = P.y[i];
-  if (P.kp > 0) {
-    scratch.clear();
-    for (int64_t j = 0; j < P.M; ++j)
-      if (j != i && P.y[j] == yi) scratch.emplace_back(srow[j], j);
-    if (static_cast<int64_t>(scratch.size()) > P.kp) {
-      auto cmp = [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) {
-        return a.first < b.first || (a.first == b.first && a.second < b.second);
-      };
-      std::nth_element(scratch.begin(), scratch.begin() + (P.kp - 1), scratch.end(), cmp);
-      t.pv = scratch[P.kp - 1].first;
-      t.pc = scratch[P.kp - 1].second;
+  const int32_t ci = cls[i];
+  vals.resize(static_cast<size_t>(P.M));
+  for (int side = 0; side < 2; ++side) {
+    const int64_t k = side == 0 ? P.kp : P.kn;
+    if (k <= 0) continue;
+    auto cand = [&](int64_t j) {
+      return side == 0 ? (j != i && cls[j] == ci) : (cls[j] != ci && cls[j] >= 0);
+    };
+    int64_t n = 0;  // branch-free compaction of the candidates' values
+    for (int64_t j = 0; j < P.M; ++j) {
+      vals[n] = srow[j];
+      n += cand(j) ? 1 : 0;
     }
-  }
-  if (P.kn > 0) {
-    scratch.clear();
+    if (n <= k) continue;  // every candidate is kept
+    T v;
+    int64_t better = 0;
+    if (side == 0) {
+      std::nth_element(vals.begin(), vals.begin() + (k - 1), vals.begin() + n);
+      v = vals[k - 1];
+      for (int64_t q = 0; q < n; ++q) better += vals[q] < v;
+    } else {
+      std::nth_element(vals.begin(), vals.begin() + (k - 1), vals.begin() + n, std::greater<T>());
+      v = vals[k - 1];
+      for (int64_t q = 0; q < n; ++q) better += vals[q] > v;
+    }
+    int64_t need = k - better, col = P.M;  // 1 <= need <= #equal
     for (int64_t j = 0; j < P.M; ++j)
-      if (P.y[j] != yi && P.valid(j)) scratch.emplace_back(srow[j], j);
-    if (static_cast<int64_t>(scratch.size()) > P.kn) {
-      auto cmp = [](const std::pair<T, int64_t>& a, const std::pair<T, int64_t>& b) {
-        return a.first > b.first || (a.first == b.first && a.second < b.second);
-      };
-      std::nth_element(scratch.begin(), scratch.begin() + (P.kn - 1), scratch.end(), cmp);
-      t.nv = scratch[P.kn - 1].first;
-      t.nc = scratch[P.kn - 1].second;
+      if (srow[j] == v && cand(j) && --need == 0) {
+        col = j;
+        break;
+      }
+    if (side == 0) {
+      t.pv = v;
+      t.pc = col;
+    } else {
+      t.nv = v;
+      t.nc = col;
     }
   }
   return t;
@@ -336,7 +351,7 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
   const std::vector<int32_t> cls = dense_classes(P.y, M, P.ignore);
   at::parallel_for(0, P.nb, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> R(static_cast<size_t>(std::min(kBlock, M) * M));
-    std::vector<std::pair<T, int64_t>> scratch;
+    std::vector<T> scratch;
     for (int64_t I = b0; I < b1; ++I) {
       const int64_t ri = P.r0(I), ni = P.r1(I) - ri;
       bool any_valid = false;
@@ -350,7 +365,7 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
         int64_t np = 0;
         if (P.valid(i)) {
           const T* s = R.data() + a * M;
-          if (P.kp > 0 || P.kn > 0) t = find_thresholds(P, i, s, scratch);
+          if (P.kp > 0 || P.kn > 0) t = find_thresholds(P, i, s, cls.data(), scratch);
           Anchor<T> an{static_cast<int32_t>(i), cls[i], t.pv, t.nv, static_cast<int32_t>(t.pc),
                        static_cast<int32_t>(t.nc), T(0), T(0), T(0), T(0)};
           const int mode = P.variant == kSupCon ? 0 : 1;
