@@ -236,17 +236,33 @@ __device__ void s_tile_tc(const In* __restrict__ U, int64_t M, int64_t D, int64_
   const bool swap = I > J;
   const int64_t ra = (swap ? J : I) * kTcTile, rb = (swap ? I : J) * kTcTile;
   const int rm = warp / 2, cn0 = (warp % 2) * 2;
+  constexpr int VEC = 16 / sizeof(In);
+  static_assert(BK % VEC == 0 && (BKP * sizeof(In)) % 16 == 0, "16-byte staging");
+  const bool vec_ok = D % VEC == 0 && (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
   wmma::fragment<wmma::accumulator, 16, 16, K, float> acc[2];
   wmma::fill_fragment(acc[0], 0.0f);
   wmma::fill_fragment(acc[1], 0.0f);
   __syncthreads();
   for (int64_t k0 = 0; k0 < D; k0 += BK) {
-    for (int e = tid; e < kTcTile * BK; e += kThreads) {
-      const int r = e / BK, kk = e % BK;
-      const int64_t gk = k0 + kk;
-      const int64_t ga = ra + r, gb = rb + r;
-      sm.As[r][kk] = (ga < M && gk < D) ? U[ga * D + gk] : zero_in<In>();
-      sm.Bs[r][kk] = (gb < M && gk < D) ? U[gb * D + gk] : zero_in<In>();
+    if (vec_ok) {  // 16-byte loads: VEC elements, wholly inside or outside [0, D)
+      for (int e = tid; e < kTcTile * (BK / VEC); e += kThreads) {
+        const int r = e / (BK / VEC), kk = (e % (BK / VEC)) * VEC;
+        const int64_t gk = k0 + kk;
+        const int64_t ga = ra + r, gb = rb + r;
+        uint4 va = make_uint4(0u, 0u, 0u, 0u), vb = make_uint4(0u, 0u, 0u, 0u);
+        if (ga < M && gk < D) va = *reinterpret_cast<const uint4*>(U + ga * D + gk);
+        if (gb < M && gk < D) vb = *reinterpret_cast<const uint4*>(U + gb * D + gk);
+        *reinterpret_cast<uint4*>(&sm.As[r][kk]) = va;
+        *reinterpret_cast<uint4*>(&sm.Bs[r][kk]) = vb;
+      }
+    } else {
+      for (int e = tid; e < kTcTile * BK; e += kThreads) {
+        const int r = e / BK, kk = e % BK;
+        const int64_t gk = k0 + kk;
+        const int64_t ga = ra + r, gb = rb + r;
+        sm.As[r][kk] = (ga < M && gk < D) ? U[ga * D + gk] : zero_in<In>();
+        sm.Bs[r][kk] = (gb < M && gk < D) ? U[gb * D + gk] : zero_in<In>();
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -699,6 +715,9 @@ __device__ void du_product_tc(const In* __restrict__ U, int64_t M, int64_t D, in
   constexpr int K = Tr::K;
   const int tid = threadIdx.x, warp = tid / 32;
   const int rm = warp / 2, cn0 = (warp % 2) * 2;
+  constexpr int VEC = 16 / sizeof(In);
+  static_assert((BwdTC<In>::kVsLd * sizeof(In)) % 16 == 0, "16-byte staging");
+  const bool vec_ok = D % VEC == 0 && (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
   for (int64_t d0 = 0; d0 < Dp; d0 += kTcTile) {
     wmma::fragment<wmma::accumulator, 16, 16, K, float> acc[2];
 #pragma unroll
@@ -710,10 +729,20 @@ __device__ void du_product_tc(const In* __restrict__ U, int64_t M, int64_t D, in
     }
     for (int b0 = 0; b0 < kTcTile; b0 += K) {
       __syncthreads();  // Vs readers of the previous slice are done
-      for (int e = tid; e < K * kTcTile; e += kThreads) {
-        const int kk = e / kTcTile, dd = e % kTcTile;
-        const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
-        ex.Vs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : zero_in<In>();
+      if (vec_ok) {
+        for (int e = tid; e < K * (kTcTile / VEC); e += kThreads) {
+          const int kk = e / (kTcTile / VEC), dd = (e % (kTcTile / VEC)) * VEC;
+          const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
+          uint4 v = make_uint4(0u, 0u, 0u, 0u);
+          if (gc < M && gd < D) v = *reinterpret_cast<const uint4*>(U + gc * D + gd);
+          *reinterpret_cast<uint4*>(&ex.Vs[kk][dd]) = v;
+        }
+      } else {
+        for (int e = tid; e < K * kTcTile; e += kThreads) {
+          const int kk = e / kTcTile, dd = e % kTcTile;
+          const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
+          ex.Vs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : zero_in<In>();
+        }
       }
       __syncthreads();
       wmma::fragment<wmma::matrix_a, 16, 16, K, typename Tr::Frag, wmma::row_major> a;
