@@ -27,17 +27,16 @@ def _kv_bitonic_merge(k, c, stage: tl.constexpr, order: tl.constexpr, n_dims: tl
         flip = tl.full(k.shape, order, tl.int32) != 0
     side = tl.arange(0, 2)[None, :, None]
     for j in tl.static_range(stage):
-        # pairs 2**(stage - 1 - j) apart along the (flattened) last axis
-        i: tl.constexpr = j + (n_dims - stage)
-        shape: tl.constexpr = [n_outer * 2**i, 2, 2**(n_dims - i - 1)]
-        k3 = tl.reshape(k, shape)
-        c3 = tl.reshape(c, shape)
+        # Pairs 2**(stage - 1 - j) apart along the (flattened) last axis. The shape is spelled
+        # out in each call: a constexpr cannot be reassigned inside an unrolled loop.
+        k3 = tl.reshape(k, [n_outer * 2**(j + n_dims - stage), 2, 2**(stage - j - 1)])
+        c3 = tl.reshape(c, [n_outer * 2**(j + n_dims - stage), 2, 2**(stage - j - 1)])
         # where + sum picks one element of each pair exactly (x + 0 == x, also for +-inf)
-        kl = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 0, k3, 0.0), 1)[:, None, :], shape), k.shape)
-        kr = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 1, k3, 0.0), 1)[:, None, :], shape), k.shape)
-        cl = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 0, c3, 0), 1)[:, None, :], shape), k.shape)
-        cr = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 1, c3, 0), 1)[:, None, :], shape), k.shape)
-        is_left = tl.reshape(tl.broadcast_to(side == 0, shape), k.shape)
+        kl = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 0, k3, 0.0), 1)[:, None, :], k3.shape), k.shape)
+        kr = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 1, k3, 0.0), 1)[:, None, :], k3.shape), k.shape)
+        cl = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 0, c3, 0), 1)[:, None, :], k3.shape), k.shape)
+        cr = tl.reshape(tl.broadcast_to(tl.sum(tl.where(side == 1, c3, 0), 1)[:, None, :], k3.shape), k.shape)
+        is_left = tl.reshape(tl.broadcast_to(side == 0, k3.shape), k.shape)
         gt = (kl > kr) | ((kl == kr) & (cl > cr))
         swap = gt != flip
         k = tl.where(swap, tl.where(is_left, kr, kl), k)

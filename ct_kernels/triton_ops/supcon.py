@@ -65,7 +65,7 @@ class _Call:
         def trial(cfg):
             loss, npos, saved = self.forward(cfg)
             self.backward(cfg, saved, torch.ones_like(loss))
-        return tuning.pick(self.key, self.d, self.u.dtype, self.mine_width, trial)
+        return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, self.mine_width, trial)
 
     def forward(self, cfg: tuning.Config):
         m, dev = self.m, self.u.device

@@ -34,9 +34,13 @@ def _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp,
 
 
 @triton.jit
-def _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c):
-    """Candidate positives / negatives before mining: self and ignored rows excluded."""
-    pair = ok_r[:, None] & ok_c[None, :] & (rows[:, None] != cols[None, :])
+def _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c):
+    """Candidate positives / negatives before mining: self and ignored rows excluded.
+
+    ``s == s`` ties the masks to the dot's register layout: built from rows/cols alone they get
+    another layout, and converting between the two spills on sm_90 (255 vs ~160 registers).
+    """
+    pair = ok_r[:, None] & ok_c[None, :] & (rows[:, None] != cols[None, :]) & (s == s)
     same = lab_r[:, None] == lab_c[None, :]
     return pair & same, pair & (~same)
 
@@ -110,7 +114,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
         cols = c0 + tl.arange(0, BLOCK)
         lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
         s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+        pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)
         col2 = tl.broadcast_to(cols[None, :], [BLOCK, BLOCK])
         if MINE_P:
             key = tl.where(pos, s, float("inf"))
@@ -166,12 +170,14 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     m = tl.full([BLOCK], float("-inf"), ACC)
     l = tl.zeros([BLOCK], ACC)
     psum = tl.zeros([BLOCK], ACC)
-    npos = tl.zeros([BLOCK], tl.int32)
+    # counted in floats (exact below 2**24): an int32 reduction of the mask tile costs ~100
+    # registers more on sm_90 (layout conversion), which spills
+    npos = tl.zeros([BLOCK], ACC)
     for c0 in range(0, M, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
         lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
         s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+        pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)
         pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
                                 MINE_P, MINE_N)
         if INFONCE:
@@ -179,7 +185,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         else:
             m, l = _online_lse(m, l, s, pos | neg)
             psum += tl.sum(tl.where(pos, s, 0.0), 1)
-            npos += tl.sum(pos.to(tl.int32), 1)
+            npos += tl.sum(tl.where(pos, 1.0, 0.0), 1)
     lse = tl.where(l > 0, m + tl.log(tl.where(l > 0, l, 1.0)), float("-inf"))  # -inf: empty set
     if INFONCE:
         sp_sum = tl.zeros([BLOCK], ACC)
@@ -188,25 +194,25 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             cols = c0 + tl.arange(0, BLOCK)
             lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
             s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-            pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+            pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)
             pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
                                     MINE_P, MINE_N)
             # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
             t = lse[:, None] - s
             sp_sum += tl.sum(tl.where(pos, _softplus(t), 0.0), 1)
             sg_sum += tl.sum(tl.where(pos, _sigmoid(t), 0.0), 1)
-            npos += tl.sum(pos.to(tl.int32), 1)
+            npos += tl.sum(tl.where(pos, 1.0, 0.0), 1)
         has = npos > 0
-        cnt = tl.maximum(npos, 1).to(ACC)
+        cnt = tl.maximum(npos, 1.0)
         loss = tl.where(has, sp_sum / cnt, 0.0)
         tl.store(q_ptr + rows, tl.where(has, sg_sum / cnt, 0.0), mask=rows < M)
     else:
         has = npos > 0
-        cnt = tl.maximum(npos, 1).to(ACC)
+        cnt = tl.maximum(npos, 1.0)
         loss = tl.where(has, lse - psum / cnt, 0.0)
     live = rows < M
     tl.store(loss_ptr + rows, loss, mask=live)
-    tl.store(npos_ptr + rows, npos, mask=live)
+    tl.store(npos_ptr + rows, npos.to(tl.int32), mask=live)
     tl.store(a_ptr + rows, tl.where(has, lse, 0.0), mask=live)
 
 
@@ -260,7 +266,7 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
         a_c, q_c, inv_np_c, g_c = _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, cols, M, ACC)
         s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)  # symmetric in (i, j)
+        pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)  # symmetric in (i, j)
         pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
                                     MINE_P, MINE_N)
         w = _dl_ds(s, pos_r, neg_r, a_r[:, None], q_r[:, None], inv_np_r[:, None], g_r[:, None], INFONCE)

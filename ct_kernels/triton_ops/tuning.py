@@ -29,17 +29,21 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-# Small blocks exercise multi-block paths at test sizes and keep the interpreter fast.
-INTERPRETER_CONFIG = Config(block=16, bd=32, bdo=32, num_warps=1, num_stages=1)
+def interpreter_config(n_pow2: int) -> Config:
+    """Small blocks exercise the multi-block paths at test sizes; large batches take bigger
+    ones because every tile costs the interpreter milliseconds of Python."""
+    return Config(block=16 if n_pow2 <= 128 else 64, bd=32, bdo=32, num_warps=1, num_stages=1)
 
 
 def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int) -> list[Config]:
     d2 = max(16, next_pow2(d))
+    # sm_90 offline compiles: 64-row blocks with 8 warps keep the backward (s tile, G tile and
+    # the dU accumulator) spill-free; 128-row blocks spill.
     cands = [
-        Config(64, min(d2, 64), min(d2, 64), 4, 3),
-        Config(64, min(d2, 128), min(d2, 128), 4, 2),
-        Config(64, min(d2, 64), min(d2, 128), 8, 2),
-        Config(128, min(d2, 64), min(d2, 64), 8, 2),
+        Config(64, min(d2, 64), min(d2, 64), 8, 2),
+        Config(64, min(d2, 64), min(d2, 128), 8, 3),
+        Config(64, min(d2, 128), min(d2, 128), 8, 2),
+        Config(32, min(d2, 64), min(d2, 64), 4, 2),
     ]
     if dtype == torch.float64 or mine_width > 64:
         # big on-chip top-k buffers / fp64 tiles: stay at 64-row blocks with 8 warps
@@ -59,11 +63,11 @@ def default_gpu_config(d: int, dtype: torch.dtype, mine_width: int) -> Config:
 _CACHE: dict[tuple, Config] = {}
 
 
-def pick(key: tuple, d: int, dtype: torch.dtype, mine_width: int,
+def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype, mine_width: int,
          run_fwd_bwd: Callable[[Config], None]) -> Config:
     """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once."""
     if interpreting():
-        return INTERPRETER_CONFIG
+        return interpreter_config(n_pow2)
     cfg = _CACHE.get(key)
     if cfg is not None:
         return cfg
