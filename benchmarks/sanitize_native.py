@@ -17,7 +17,14 @@ def main() -> None:
         mask = torch.randint(0, 2 if dtype == torch.bool else 7, (2, 24, 40), generator=g).to(dtype).to(dev)
         for ph, pw in ((8, 8), (3, 5), (24, 40)):
             _native.patch_labels(mask, ph, pw, 6, 255)
-    m, d = 75, 33  # two 64-row tiles, D not a multiple of 16 (padding paths)
+    # two 64-row tiles; D = 33 (padding, scalar staging), 40 (16-byte staging), 150 (dU in global)
+    for m, d in ((75, 33), (75, 40), (70, 150)):
+        run_supcon(m, d, g, dev)
+    torch.cuda.synchronize()
+    print("sanitize_native: OK")
+
+
+def run_supcon(m, d, g, dev):
     z = torch.nn.functional.normalize(torch.randn(m, d, generator=g, dtype=torch.float64), dim=1)
     y = torch.randint(0, 4, (m,), generator=g)
     y[::7] = -1
@@ -32,8 +39,6 @@ def main() -> None:
                     rows, npos, saved = _native.supcon_forward(u, y, -1, 10.0, variant, kp, kn, tf32)
                     du = _native.supcon_backward(u, y, -1, 10.0, variant, kp, kn, tf32, saved, grad.to(rows.dtype))
                     assert torch.isfinite(rows).all() and torch.isfinite(du.float()).all()
-    torch.cuda.synchronize()
-    print("sanitize_native: OK")
 
 
 if __name__ == "__main__":

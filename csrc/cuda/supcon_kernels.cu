@@ -696,7 +696,7 @@ __device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, in
 // reads H from Ss) and a K-slice of U_J.
 template <typename In>
 struct BwdTC {
-  static constexpr int kVsLd = kTcTile + (TcTraits<In>::kTf32 ? 4 : 8);
+  static constexpr int kVsLd = 2 * kTcTile + (TcTraits<In>::kTf32 ? 4 : 8);  // up to 128 columns
   static constexpr int kHsRows = TcTraits<In>::kTf32 ? 1 : kTcTile;
   alignas(128) In Hs[kHsRows][kTcTile + 8];
   alignas(128) In Vs[TcTraits<In>::K][kVsLd];
@@ -776,6 +776,100 @@ __device__ void du_product_tc(const In* __restrict__ U, int64_t M, int64_t D, in
 #endif
 }
 
+// Register-resident dU for Dp <= 128: each warp keeps four 16 x 16 accumulators (rows
+// 16 * (warp / 2), columns 64 * (warp % 2) + 16 t) for the whole column sweep; stored once.
+constexpr int kRegMaxD = 2 * kTcTile;
+
+template <typename In>
+struct TcAcc {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  float f[4];  // unused below sm_80
+#else
+  wmma::fragment<wmma::accumulator, 16, 16, TcTraits<In>::K, float> f[4];
+#endif
+};
+
+template <typename In>
+__device__ void du_accumulate_tc(const In* __restrict__ U, int64_t M, int64_t D, int64_t Dp,
+                                 int64_t c0, SMemTC<In>& sm, BwdTC<In>& ex, TcAcc<In>& acc) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  using Tr = TcTraits<In>;
+  constexpr int K = Tr::K;
+  constexpr int VEC = 16 / sizeof(In);
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int rm = warp / 2, cbase = (warp % 2) * kTcTile;
+  const bool vec_ok = D % VEC == 0 && (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
+  for (int b0 = 0; b0 < kTcTile; b0 += K) {
+    __syncthreads();  // Vs readers of the previous slice are done
+    if (vec_ok) {
+      for (int e = tid; e < K * (kRegMaxD / VEC); e += kThreads) {
+        const int kk = e / (kRegMaxD / VEC), dd = (e % (kRegMaxD / VEC)) * VEC;
+        const int64_t gc = c0 + b0 + kk;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (gc < M && dd < D) v = *reinterpret_cast<const uint4*>(U + gc * D + dd);
+        *reinterpret_cast<uint4*>(&ex.Vs[kk][dd]) = v;
+      }
+    } else {
+      for (int e = tid; e < K * kRegMaxD; e += kThreads) {
+        const int kk = e / kRegMaxD, dd = e % kRegMaxD;
+        const int64_t gc = c0 + b0 + kk;
+        ex.Vs[kk][dd] = (gc < M && dd < D) ? U[gc * D + dd] : zero_in<In>();
+      }
+    }
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, K, typename Tr::Frag, wmma::row_major> a;
+    if constexpr (Tr::kTf32) {
+      wmma::load_matrix_sync(a, &sm.Ss[16 * rm][b0], kSsLd);
+#pragma unroll
+      for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+    } else {
+      wmma::load_matrix_sync(a, &ex.Hs[16 * rm][b0], kTcTile + 8);
+    }
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      const int gd = cbase + 16 * t;
+      if (gd >= Dp) continue;  // warp-uniform
+      wmma::fragment<wmma::matrix_b, 16, 16, K, typename Tr::Frag, wmma::row_major> b;
+      wmma::load_matrix_sync(b, &ex.Vs[0][gd], BwdTC<In>::kVsLd);
+      if constexpr (Tr::kTf32) {
+#pragma unroll
+        for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+      }
+      wmma::mma_sync(acc.f[t], a, b, acc.f[t]);
+    }
+  }
+#endif
+}
+
+template <typename In>
+__device__ void du_init_tc(TcAcc<In>& acc) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+#pragma unroll
+  for (int t = 0; t < 4; ++t) wmma::fill_fragment(acc.f[t], 0.0f);
+#endif
+}
+
+template <typename In>
+__device__ void du_store_tc(int64_t Dp, int64_t r0, TcAcc<In>& acc, float* __restrict__ dU) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  const int warp = threadIdx.x / 32;
+  const int rm = warp / 2, cbase = (warp % 2) * kTcTile;
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    const int gd = cbase + 16 * t;
+    if (gd < Dp)
+      wmma::store_matrix_sync(dU + (r0 + 16 * rm) * Dp + gd, acc.f[t], static_cast<unsigned>(Dp),
+                              wmma::mem_row_major);
+  }
+#endif
+}
+
 template <typename T>
 struct FmaBwd {};
 
@@ -802,6 +896,11 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ RowG<T> cols[BN];
   using Extra = typename std::conditional<kTC, BwdTC<In>, FmaBwd<T>>::type;
   __shared__ Extra ex;
+  typename std::conditional<kTC, TcAcc<In>, FmaBwd<T>>::type racc;
+  const bool in_reg = kTC && Dp <= kRegMaxD;  // uniform
+  if constexpr (kTC) {
+    if (in_reg) du_init_tc<In>(racc);
+  }
   const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int row = tid / TPR, sub = tid % TPR;
@@ -832,10 +931,14 @@ __global__ void __launch_bounds__(kThreads)
     }
     __syncthreads();
     if constexpr (kTC) {
-      du_product_tc<In>(U, M, D, Dp, r0, c0, sm, ex, dU);
+      if (in_reg) du_accumulate_tc<In>(U, M, D, Dp, c0, sm, ex, racc);
+      else du_product_tc<In>(U, M, D, Dp, r0, c0, sm, ex, dU);
     } else {
       du_product_fma<T>(U, M, D, r0, c0, sm, dU);
     }
+  }
+  if constexpr (kTC) {
+    if (in_reg) du_store_tc<In>(Dp, r0, racc, dU);
   }
 }
 
