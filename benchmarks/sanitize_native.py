@@ -2,7 +2,12 @@
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python benchmarks/sanitize_native.py
     compute-sanitizer --tool racecheck --error-exitcode 1 python benchmarks/sanitize_native.py
+
+`python benchmarks/sanitize_native.py --bench [N]` instead times the native CUDA supcon forward and
+backward (D=128, default N=32768) per dtype, with and without mining (CUDA events, median of 5).
 """
+import sys
+
 import torch
 
 from ct_kernels import _native
@@ -41,5 +46,36 @@ def run_supcon(m, d, g, dev):
                     assert torch.isfinite(rows).all() and torch.isfinite(du.float()).all()
 
 
+def bench(m: int = 32768, d: int = 128) -> None:
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    z = torch.nn.functional.normalize(torch.randn(m, d, device=dev, generator=g), dim=1)
+    y = torch.randint(0, 20, (m,), device=dev, generator=g)
+    grad = torch.ones(m, device=dev)
+
+    def timed(fn):
+        times = []
+        for _ in range(6):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            out = fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b))
+        return sorted(times[1:])[2], out
+
+    for dtype, tf32 in ((torch.bfloat16, False), (torch.float16, False), (torch.float32, True), (torch.float32, False)):
+        u = z.to(dtype)
+        for variant, kp, kn in (("supcon", 0, 0), ("infonce", 0, 0), ("supcon", 16, 256)):
+            tf, (rows, npos, saved) = timed(lambda: _native.supcon_forward(u, y, -1, 10.0, variant, kp, kn, tf32))
+            tb, _ = timed(lambda: _native.supcon_backward(u, y, -1, 10.0, variant, kp, kn, tf32, saved, grad))
+            name = f"{str(dtype).replace('torch.', '')}{'+tf32' if tf32 else ''}"
+            print(f"native cuda N={m} D={d} {name:14s} {variant:7s} kp={kp:<3d} kn={kn:<4d} "
+                  f"fwd {tf:8.2f} ms  bwd {tb:8.2f} ms  total {tf + tb:8.2f} ms")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 1 and sys.argv[1] == "--bench":
+        bench(int(sys.argv[2]) if len(sys.argv) > 2 else 32768)
+    else:
+        main()
