@@ -41,12 +41,21 @@ _OPS = {
 }
 
 
-def _has_kernel(op_name: str, device: torch.device) -> bool:
-    key = "CUDA" if device.type == "cuda" else "CPU"
+def _query_kernel(op_name: str, key: str) -> bool:
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"ct_kernels::{op_name}", key)
     except RuntimeError:
         return False
+
+
+# Read once at import: a plain dict lookup later is traceable by torch.compile, whereas the
+# dispatcher query would break the graph.
+_KERNELS = {(name, key): available() and _query_kernel(name, key)
+            for names in _OPS.values() for name in names for key in ("CPU", "CUDA")}
+
+
+def _has_kernel(op_name: str, device: torch.device) -> bool:
+    return _KERNELS.get((op_name, "CUDA" if device.type == "cuda" else "CPU"), False)
 
 
 def supports(op: str, device: torch.device) -> bool:

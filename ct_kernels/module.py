@@ -157,8 +157,10 @@ class ContrastivePatchLoss(nn.Module):
         labels, purity, bad = patch_labels_unchecked(mask, ph, pw, self.num_classes, self.ignore_index, self.backend)
         msg = (f"mask holds values outside [0, num_classes={self.num_classes}) that are not "
                f"ignore_index={self.ignore_index}")
-        if bad.is_cuda:
-            torch._assert_async(bad[0] == 0, msg)  # no host sync in the training step
+        if bad.is_cuda or torch.compiler.is_compiling():
+            # No host sync in a training step (and no graph break under torch.compile): the check
+            # raises when the device reaches it.
+            torch._assert_async(bad[0] == 0, msg)
         elif int(bad[0]) != 0:
             raise ValueError(msg)
         # Integer comparison (count >= ceil(min_purity * area)) so every backend keeps the same patches.

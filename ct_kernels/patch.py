@@ -61,6 +61,8 @@ def patch_labels_unchecked(mask: torch.Tensor, ph: int, pw: int, num_classes: in
                            backend: str = "auto"):
     """Labels, purity and the out-of-range pixel count as a device tensor (no host read)."""
     _, kernels = backends.resolve(backend, mask.device, "patch_labels")
+    if kernels is not None and backend == "auto" and num_classes > getattr(kernels, "MAX_CLASSES", num_classes):
+        kernels = None  # histogram kernels hold at most MAX_CLASSES bins: `auto` takes the dense path
     if kernels is None:
         m = mask.to(torch.int64)
         bad = ((m != ignore_index) & ((m < 0) | (m >= num_classes))).sum().to(torch.int32).reshape(1)

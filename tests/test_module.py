@@ -168,3 +168,24 @@ def test_confidence_mining_module_matches_function():
     assert got.item() > 0
     with pytest.raises(ValueError, match="mining"):
         ct.ContrastivePatchLoss(3, mining="random")
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_torch_compile_fullgraph_matches_eager(backend):
+    if backend == "native":
+        try:
+            ct.backend_for("cpu", "native")
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+    torch._dynamo.reset()
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend=backend, hard_negatives=4)
+    g = torch.Generator().manual_seed(9)
+    fmap = torch.randn(2, 16, 4, 4, generator=g, requires_grad=True)
+    mask = _mask(2, 16, 16, seed=9)
+    eager = crit(fmap, mask)
+    eager.backward()
+    grad_eager, fmap.grad = fmap.grad.clone(), None
+    out = torch.compile(crit, fullgraph=True)(fmap, mask)
+    out.backward()
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fmap.grad, grad_eager, rtol=1e-4, atol=1e-6)
