@@ -99,6 +99,9 @@ def make_impls(have_pml, have_infcl):
 
 
 # ----------------------------------------------------------------------------- measurement
+DEADLINE = [float("inf")]  # wall-clock time after which the remaining measurements are skipped
+
+
 def measure(fn, inputs, mode, min_reps=3, max_reps=30, budget_s=1.5):
     """Median ms over repeats (CUDA events), rotating inputs; peak extra allocator MiB."""
     torch.cuda.synchronize()
@@ -184,6 +187,9 @@ def run_loss_grid(rec, impls, ns, ds, precisions, mode="fwd+bwd", op="supcon", e
                 for name, fn in impls.items():
                     meta = dict(op=op, impl=name, n=n, d=d, dtype=str(dtype).replace("torch.", ""),
                                 precision=prec, mode=mode, **(extra or {}))
+                    if time.time() > DEADLINE[0]:
+                        rec.add(**meta, ms=None, peak_mib=None, status="skipped: over --time-budget")
+                        continue
                     if name == "chunked_ckpt" and n > 65536 and budget_skip:
                         rec.add(**meta, ms=None, peak_mib=None, status="skipped: over the headline time budget")
                         continue
@@ -261,7 +267,11 @@ def main():
     ap.add_argument("--mode", choices=["headline", "full", "smoke"], default="headline")
     ap.add_argument("--out", default=None, help="records file (default benchmarks/results/<card>-<date>.json)")
     ap.add_argument("--only", default=None, help="comma list of sections: supcon,variants,mining,patch")
+    ap.add_argument("--time-budget", type=float, default=None,
+                    help="seconds; measurements past it are recorded as skipped")
     args = ap.parse_args()
+    if args.time_budget:
+        DEADLINE[0] = time.time() + args.time_budget
     if not torch.cuda.is_available():
         sys.exit("gpu_bench.py needs a CUDA GPU; CPU benchmarks: make bench")
     card = torch.cuda.get_device_name().replace(" ", "_")

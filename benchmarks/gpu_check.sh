@@ -29,6 +29,6 @@ if [ -f benchmarks/sanitize_native.py ] && command -v compute-sanitizer >/dev/nu
   tail -5 "$OUT/sanitizer.log"
 fi
 
-timeout 240 python3 benchmarks/gpu_bench.py --mode "$MODE" --out "$OUT/records.json" > "$OUT/bench.log" 2>&1
+timeout 260 python3 benchmarks/gpu_bench.py --mode "$MODE" --time-budget ${BENCH_BUDGET:-200} --out "$OUT/records.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 cat "$OUT/bench.log" | cut -c1-160 | tail -80
