@@ -18,6 +18,9 @@ pytestmark = pytest.mark.skipif(not T.AVAILABLE, reason=f"triton unavailable: {T
 CUDA = torch.cuda.is_available()
 DEV = torch.device("cuda" if CUDA else "cpu")
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# Correctness tests on a GPU use the first candidate configuration; timing every candidate for
+# every new (D, dtype, N) key would only slow the run. test_autotune_on_gpu covers the tuner.
+os.environ.setdefault("CT_KERNELS_TRITON_AUTOTUNE", "0")
 IGNORE = -1
 TEMP = 0.1
 NO_HALF_ON_CPU = "the Triton interpreter mis-computes bf16/fp16 tl.dot; reduced precision runs on GPUs only"
@@ -206,6 +209,17 @@ def test_through_public_api_if_present():
     assert rel_err(a.detach(), b.detach()) < 1e-10 and rel_err(z1.grad, z2.grad) < 1e-10
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_autotune_on_gpu(monkeypatch):
+    from ct_kernels.triton_ops import tuning
+    monkeypatch.setenv("CT_KERNELS_TRITON_AUTOTUNE", "1")
+    monkeypatch.setattr(tuning, "_CACHE", {})
+    u, labels = make_batch(3000, 128, 10, dtype=torch.float32, seed=17)
+    check(u.to(torch.bfloat16).float(), labels, "supcon", 0, 0, tol=1e-5)
+    check(u, labels, "infonce", 16, 16, tol=1e-5)
+    assert len(tuning._CACHE) == 2
+
+
 # --- memory: nothing N x N -------------------------------------------------------------------
 
 def test_no_n_by_n_allocation_cpu_record():
@@ -224,8 +238,8 @@ def test_no_n_by_n_allocation_cpu_record():
                     self.sizes.append((t.numel(), str(func)))
             return out
 
-    m = 512
-    u, labels = make_batch(m, 8, 4, seed=13)
+    m = 384  # M*M = 147k elements would stand out among O(M*D) = 1.5k ones
+    u, labels = make_batch(m, 4, 4, seed=13)
     grad_rows = torch.ones(m, device=DEV)
     rec = Record()
     with rec:
@@ -257,12 +271,16 @@ def test_no_n_by_n_allocation_cuda_peak(variant, kp, kn):
 def torch_same_precision(u, labels, variant, grad_rows, allow_tf32):
     """PyTorch at the kernel's precision: s = U U^T in u's dtype (tf32 if asked), fp32 softmax."""
     uu = u.detach().clone().requires_grad_()
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    mm = torch.backends.cuda.matmul
+    # torch >= 2.9: use the new flag (reading the old one after the new was set raises)
+    attr, val = ("fp32_precision", "tf32" if allow_tf32 else "ieee") if hasattr(mm, "fp32_precision") \
+        else ("allow_tf32", allow_tf32)
+    old = getattr(mm, attr)
+    setattr(mm, attr, val)
     try:
         s = (uu @ uu.T).float() / TEMP
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        setattr(mm, attr, old)
     pos, neg = pair_masks(s, labels, labels != IGNORE, None, None)
     npos = pos.sum(1)
     cnt = npos.clamp(min=1).float()

@@ -37,12 +37,15 @@ def _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp,
 def _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c):
     """Candidate positives / negatives before mining: self and ignored rows excluded.
 
-    ``s == s`` ties the masks to the dot's register layout: built from rows/cols alone they get
-    another layout, and converting between the two spills on sm_90 (255 vs ~160 registers).
+    A NaN similarity of a valid pair joins both sets, so a NaN in a valid row reaches the loss
+    as in PyTorch instead of being masked into a wrong finite number. Building the masks from s
+    also ties them to the dot's register layout: from rows/cols alone they get another layout,
+    and converting between the two spills on sm_90 (255 vs ~160 registers).
     """
-    pair = ok_r[:, None] & ok_c[None, :] & (rows[:, None] != cols[None, :]) & (s == s)
+    pair = ok_r[:, None] & ok_c[None, :] & (rows[:, None] != cols[None, :])
     same = lab_r[:, None] == lab_c[None, :]
-    return pair & same, pair & (~same)
+    nan = pair & (s != s)
+    return (pair & same) | nan, (pair & (~same)) | nan
 
 
 @triton.jit

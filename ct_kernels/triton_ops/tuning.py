@@ -56,10 +56,6 @@ def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int) -> list[Config]:
     return out
 
 
-def default_gpu_config(d: int, dtype: torch.dtype, mine_width: int) -> Config:
-    return gpu_candidates(d, dtype, mine_width)[0]
-
-
 _CACHE: dict[tuple, Config] = {}
 
 
