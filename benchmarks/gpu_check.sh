@@ -19,7 +19,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16
 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 python3 -c "import ct_kernels as ct; print(ct.available_backends())" | tee -a "$OUT/env.txt"
 
-timeout 200 python3 -m pytest tests -q -ra -p no:cacheprovider --durations=15 > "$OUT/tests.log" 2>&1
+timeout 170 python3 -m pytest tests -q -ra -p no:cacheprovider --durations=15 -n 8 > "$OUT/tests.log" 2>&1
 echo "tests rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 tail -30 "$OUT/tests.log"
 
