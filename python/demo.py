@@ -202,13 +202,18 @@ def main(argv=None) -> int:
     print(table)
     print()
     c0 = con_runs[0]
-    print(f"contrastive loss ran on backend '{c0['backend']}'; patches entering the loss per step: "
-          f"{np.mean([r['patches_per_step'] for r in con_runs]):.0f} (kept, of {c0['rows_per_step']} patch rows "
-          f"handed to the kernel)")
+    kept = np.mean([r["patches_per_step"] for r in con_runs])
+    if cfg.mining == "confidence":
+        how = (f"{kept:.0f} kept patches per step (of {c0['rows_per_step']} patch rows), from which the "
+               f"confidence selection takes at most 3 x {cfg.max_per_class} rows per class and stage")
+    else:
+        how = (f"{kept:.0f} patches per step entered the loss (kept by min_purity={cfg.min_purity}, of "
+               f"{c0['rows_per_step']} patch rows handed to the kernel)")
+    print(f"contrastive loss ran on backend '{c0['backend']}'; {how}")
     tb = np.mean([r["train_s"] for r in base_runs])
     tc = np.mean([r["train_s"] for r in con_runs])
-    print(f"training time per run: baseline {tb:.0f} s, contrastive {tc:.0f} s "
-          f"({(tc - tb) / cfg.steps * 1000:.0f} ms/step for the contrastive term); total {total_s:.0f} s")
+    print(f"training time per run: baseline {tb:.0f} s ({tb / cfg.steps * 1000:.0f} ms/step), contrastive "
+          f"{tc:.0f} s ({tc / cfg.steps * 1000:.0f} ms/step); total {total_s:.0f} s")
     print(verdict(summary, len(seeds)))
     if val := data:
         save_figure(out_png, base_runs[-1], con_runs[-1], val[2], val[3], device=cfg.device)
