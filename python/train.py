@@ -4,7 +4,7 @@ ContrastivePatchLoss on its patch features.
     python python/train.py --backbone vit_tiny_patch16_224 --model-kwargs depth=4 \\
         --patch-size 4 --crop 64 --steps 400 --contrastive-weight 0.1          # synthetic data
     python python/train.py --dataset /data/potsdam --crop 512 --patch-size 16 ...  # ISPRS Potsdam
-    python python/train.py --backbone resnet18 --con-stages -2,-1 ...         # hierarchical
+    python python/train.py --backbone resnet18 --con-stages=-2,-1 ...         # hierarchical
 
 Backbones (random init; nothing is downloaded unless --pretrained):
   * ViT family (vit_*, deit_*, eva*, ...): built with img_size = crop and the given patch size;
@@ -122,9 +122,10 @@ def add_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None = Non
     g.add_argument("--model-kwargs", default=",".join(f"{k}={v}" for k, v in d.model_kwargs.items()),
                    help="extra timm.create_model kwargs, e.g. depth=4,embed_dim=96 ('' for none)")
     g.add_argument("--patch-size", type=int, default=d.patch_size, help="ViT patch size")
-    g.add_argument("--stages", default=None, help="ViT block indices / hierarchical levels, e.g. -1 or 1,2,3")
+    g.add_argument("--stages", default=None,
+                   help="ViT block indices / hierarchical levels, e.g. 1,2,3 or --stages=-1 (use = before a negative)")
     g.add_argument("--con-stages", default=None,
-                   help="indices into --stages for the contrastive loss (default all), e.g. -2,-1")
+                   help="indices into --stages for the contrastive loss (default all), e.g. --con-stages=-2,-1")
     g.add_argument("--pretrained", action="store_true", help="load timm weights (needs a download)")
     g.add_argument("--decoder-dim", type=int, default=d.decoder_dim)
     g.add_argument("--proj-dim", type=int, default=d.proj_dim)
