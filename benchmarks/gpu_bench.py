@@ -83,7 +83,9 @@ def make_impls(have_pml, have_infcl):
         def infcl(z, y):
             u = F.normalize(z, dim=1)
             labels = torch.arange(z.shape[0], device=z.device)  # one positive per row (the diagonal)
-            return cal_flash_loss(u, u, labels, scale=1.0 / TEMP)
+            # head_dim must divide D (its default, 256, does not divide 128); it computes in fp32
+            # (tf32 dots) whatever the input dtype.
+            return cal_flash_loss(u, u, labels, scale=1.0 / TEMP, head_dim=z.shape[1]).mean()
         impls["infcl_1pos"] = infcl
     avail = ct.available_backends()
     for b in ("triton", "native"):

@@ -113,6 +113,12 @@ def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_
     if num_classes > MAX_CLASSES:
         raise ValueError(f"num_classes={num_classes} is above the native backend's limit of "
                          f"{MAX_CLASSES}; use backend='torch' or 'triton'")
+    # Checked here as well as in C++: on the GPU machine (torch 2.11) a TORCH_CHECK thrown from
+    # this op's CPU kernel crashed the process (see tests/test_native_patch_labels.py), so the
+    # user-facing path never relies on the C++ throw.
+    if mask.dim() != 3 or ph <= 0 or pw <= 0 or mask.shape[1] % ph or mask.shape[2] % pw:
+        raise ValueError(f"patch_labels: mask must be 3-D (B, H, W) with H, W divisible by the patch size "
+                         f"({ph}, {pw}), got shape {tuple(mask.shape)}")
     return torch.ops.ct_kernels.patch_labels(mask, int(ph), int(pw), int(num_classes), int(ignore_index))
 
 

@@ -71,10 +71,13 @@ def test_large_num_classes_and_limit():
 
 
 def test_bad_shapes():
-    with pytest.raises(RuntimeError, match="divisible"):
+    with pytest.raises(ValueError, match="divisible"):
         _native.patch_labels(torch.zeros((1, 5, 4), dtype=torch.int64), 2, 2, 3, 255)
-    with pytest.raises(RuntimeError, match="3-D"):
+    with pytest.raises(ValueError, match="3-D"):
         _native.patch_labels(torch.zeros((5, 4), dtype=torch.int64), 1, 1, 3, 255)
+    # the C++ checks behind the Python ones
+    with pytest.raises(RuntimeError, match="divisible"):
+        torch.ops.ct_kernels.patch_labels(torch.zeros((1, 5, 4), dtype=torch.int64), 2, 2, 3, 255)
 
 
 def test_noncontiguous_and_fake_kernel():
