@@ -106,10 +106,6 @@ DEADLINE = [float("inf")]  # wall-clock time after which the remaining measureme
 
 def measure(fn, inputs, mode, min_reps=3, max_reps=30, budget_s=1.5):
     """Median ms over repeats (CUDA events), rotating inputs; peak extra allocator MiB."""
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-
     def step(i):
         z, y = inputs[i % len(inputs)]
         if mode == "fwd":
@@ -120,7 +116,11 @@ def measure(fn, inputs, mode, min_reps=3, max_reps=30, budget_s=1.5):
             fn(z, y).backward()
 
     step(0)
-    step(1)  # warm-up: compilation, autotuning, allocator
+    step(1)  # warm-up: compilation, autotuning (its timing buffers are not the op's memory)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step(0)
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     times = []
@@ -152,9 +152,10 @@ class Recorder:
         except ImportError:
             self.triton = None
         self.rows = json.loads(path.read_text()) if path.exists() else []
+        self.run = _dt.datetime.now().isoformat(timespec="seconds")  # groups one run's records
 
     def add(self, **kw):
-        rec = dict(device=self.device, torch=torch.__version__, triton=self.triton,
+        rec = dict(device=self.device, torch=torch.__version__, triton=self.triton, run=self.run,
                    time=_dt.datetime.now().isoformat(timespec="seconds"), **kw)
         self.rows.append(rec)
         self.path.write_text(json.dumps(self.rows, indent=1))

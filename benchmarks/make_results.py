@@ -26,9 +26,12 @@ def load(paths):
 
 
 def latest(rows):
-    """Keep the last record of each (op, impl, n, d, precision)."""
+    """The newest run's records (ratios never mix runs), the last of each (op, impl, n, d, precision)."""
+    newest = max((r.get("run") or r.get("time", "")) for r in rows)
     out = {}
     for r in rows:
+        if (r.get("run") or r.get("time", "")) != newest and "run" in r:
+            continue
         out[(r["op"], r["impl"], r.get("n"), r.get("d"), r.get("precision"))] = r
     return list(out.values())
 
@@ -38,7 +41,12 @@ def fmt(r):
         return "—"
     if r.get("ms") is None:
         status = r.get("status", "")
-        return "OOM" if "memory" in status else ("skipped" if "skipped" in status else "error")
+        if "out of memory" in status:
+            return "OOM"
+        if "estimate exceeds memory" in status:
+            return "skipped (N x N > card)"
+        return "skipped" if "skipped" in status else "error"
+
     mem = r["peak_mib"]
     mem_s = f"{mem / 1024:.2f} GiB" if mem >= 1024 else f"{mem:.0f} MiB"
     return f"{r['ms']:.2f} ms, {mem_s}"

@@ -75,6 +75,9 @@ class ContrastivePatchLoss(nn.Module):
         if mining not in ("similarity", "confidence"):
             raise ValueError(f"mining must be 'similarity' or 'confidence', got {mining!r}")
         if mining == "confidence":
+            if hard_positives is not None or hard_negatives is not None:
+                raise ValueError("hard_positives/hard_negatives select by similarity; mining='confidence' "
+                                 "selects its own hard positives and negatives: leave them None")
             if not 0.0 < confidence_fraction <= 1.0:
                 raise ValueError(f"confidence_fraction must be in (0, 1], got {confidence_fraction!r}")
             for name, v in (("max_per_class", max_per_class), ("min_per_class", min_per_class)):
@@ -98,6 +101,7 @@ class ContrastivePatchLoss(nn.Module):
         self.reductions: list[tuple[int, int]] = []
         # Set by forward, for logging: the backend that ran and the number of patches that took
         # part, the latter a device tensor (reading it is the caller's choice of synchronisation).
+        # With mining="confidence" it counts the kept patches the selection draws from.
         self.last_backend: str | None = None
         self.last_num_patches: torch.Tensor | None = None
 

@@ -168,6 +168,8 @@ def test_confidence_mining_module_matches_function():
     assert got.item() > 0
     with pytest.raises(ValueError, match="mining"):
         ct.ContrastivePatchLoss(3, mining="random")
+    with pytest.raises(ValueError, match="hard_positives"):
+        ct.ContrastivePatchLoss(3, mining="confidence", hard_positives=8)
 
 
 @pytest.mark.parametrize("backend", ["torch", "native"])
