@@ -47,7 +47,9 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
         best_c = tl.where(better, k, best_c)
         best_n = tl.where(better, n, best_n)
     label = tl.where(best_n > 0, best_c.to(tl.int64), ignore_index)
-    purity = best_n.to(tl.float32) / (PH * PW)
+    # IEEE-rounded division (GPU `/` on fp32 is approximate): purity == count / area exactly,
+    # the same bits as the reference's count.float() / (ph * pw)
+    purity = tl.math.div_rn(best_n.to(tl.float32), tl.full([PB], PH * PW, tl.float32))
     gxs = xb * PB + tl.arange(0, PB)
     out = (b * GH + gy) * GW + gxs
     tl.store(labels_ptr + out, label, mask=gxs < GW)

@@ -5,6 +5,8 @@ saved = (a, q, npos, thr_pos, col_pos, thr_neg, col_neg), all of length M (the t
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 
@@ -50,22 +52,42 @@ class _Call:
         self.acc = _acc_dtype(u.dtype)
         self.tl_acc = triton.language.float64 if self.acc == torch.float64 else triton.language.float32
         self.prec = "tf32" if (allow_tf32 and u.dtype == torch.float32) else "ieee"
-        self.temp = torch.full((1,), float(inv_temp), dtype=self.acc, device=u.device)
+        # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp]
+        self.temp = torch.tensor([float(inv_temp) * math.log2(math.e), float(inv_temp)], dtype=self.acc,
+                                 device=u.device)
         mine_width = tuning.next_pow2(max(self.kp, self.kn, 1))
         self.key = (self.d, u.dtype, tuning.next_pow2(self.m), variant, self.kp > 0, self.kn > 0,
                     mine_width, self.prec, u.device)
         self.mine_width = mine_width
 
+    @property
+    def mined(self) -> bool:
+        return self.kp > 0 or self.kn > 0
+
     def consts(self, cfg: tuning.Config) -> dict:
-        return dict(INFONCE=self.infonce, MINE_P=self.kp > 0, MINE_N=self.kn > 0, BLOCK=cfg.block,
-                    BD=cfg.bd, PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps,
-                    num_stages=cfg.num_stages)
+        return dict(INFONCE=self.infonce, MINE_P=self.kp > 0, MINE_N=self.kn > 0, BM=cfg.bm,
+                    BN=cfg.bm if self.mined else cfg.bn, BD=cfg.bd, SINGLE_D=cfg.bd >= self.d,
+                    PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    def one_pass(self, cfg: tuning.Config) -> bool:
+        return cfg.bd >= self.d and cfg.bdo >= self.d
 
     def config(self) -> tuning.Config:
         def trial(cfg):
             loss, npos, saved = self.forward(cfg)
             self.backward(cfg, saved, torch.ones_like(loss))
-        return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, self.mine_width, trial)
+        return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, self.mine_width, trial,
+                           mined=self.mined, tf32=self.prec == "tf32")
+
+    def npos(self) -> torch.Tensor:
+        """|P_i| after mining, from the labels alone (O(M log M), no host sync)."""
+        lab = self.labels
+        srt = torch.sort(lab).values
+        cnt = torch.searchsorted(srt, lab, right=True) - torch.searchsorted(srt, lab)
+        npos = torch.where(lab != self.ignore_index, cnt - 1, torch.zeros_like(cnt))
+        if self.kp > 0:
+            npos = npos.clamp(max=self.kp)
+        return npos.to(torch.int32)
 
     def forward(self, cfg: tuning.Config):
         m, dev = self.m, self.u.device
@@ -80,21 +102,22 @@ class _Call:
         colp = placeholder_c if colp is None else colp
         thrn = placeholder_t if thrn is None else thrn
         coln = placeholder_c if coln is None else coln
-        grid = (triton.cdiv(m, cfg.block),)
         c = self.consts(cfg)
-        if self.kp > 0 or self.kn > 0:
+        if self.mined:
+            grid = (triton.cdiv(m, cfg.block),)
             kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
             supcon_mine_kernel[grid](
                 self.u, self.labels, self.temp, thrp, colp, thrn, coln, self.kp, self.kn,
                 m, self.d, self.u.stride(0), self.ignore_index,
                 MINE_P=c["MINE_P"], MINE_N=c["MINE_N"], KBP=kbp, LOG_KBP=kbp.bit_length() - 1,
                 KBN=kbn, LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block,
-                LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, PREC=self.prec, ACC=self.tl_acc,
-                num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
+                ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         loss = torch.empty(m, dtype=self.acc, device=dev)
-        npos = torch.empty(m, dtype=torch.int32, device=dev)
+        npos = self.npos()
         a = torch.empty(m, dtype=self.acc, device=dev)
         q = torch.zeros(m, dtype=self.acc, device=dev) if self.infonce else placeholder_t
+        grid = (triton.cdiv(m, cfg.bm),)
         supcon_fwd_kernel[grid](self.u, self.labels, self.temp, thrp, colp, thrn, coln,
                                 loss, npos, a, q, m, self.d, self.u.stride(0), self.ignore_index, **c)
         return loss, npos, (a, q, npos, thrp, colp, thrn, coln)
@@ -103,10 +126,11 @@ class _Call:
         a, q, npos, thrp, colp, thrn, coln = saved
         du = torch.empty_like(self.u)
         grad = grad_rows.to(device=self.u.device, dtype=self.acc).contiguous()
-        grid = (triton.cdiv(self.m, cfg.block), triton.cdiv(self.d, cfg.bdo))
+        one = self.one_pass(cfg)
+        grid = (triton.cdiv(self.m, cfg.bm), 1 if one else triton.cdiv(self.d, cfg.bdo))
         supcon_bwd_kernel[grid](self.u, self.labels, self.temp, thrp, colp, thrn, coln,
                                 a, q, npos, grad, du, self.m, self.d, self.u.stride(0),
-                                self.ignore_index, BDO=cfg.bdo, **self.consts(cfg))
+                                self.ignore_index, BDO=cfg.bdo, ONE_PASS=one, **self.consts(cfg))
         return du
 
 

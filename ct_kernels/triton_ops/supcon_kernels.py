@@ -1,51 +1,68 @@
 """Fused SupCon / InfoNCE kernels: row blocks stream column blocks, tiles of s stay on chip.
 
-Every pass computes a tile of s with the same helper, block shape and D-loop order, so s_ij is
-bitwise the same in the mining pass, the loss pass and the backward recompute: that is what
-makes the stored per-row thresholds (value, column) an exact O(1) membership test.
+Every pass computes a tile of s with the same code path, tile shape and D-loop order (one
+configuration per call), so s_ij is bitwise the same in the mining pass, the loss pass and the
+backward recompute: that is what makes the stored per-row thresholds (value, column) an exact
+O(1) membership test. Mined calls use square tiles (BM == BN) so that the transposed tile of
+the backward is the very tile row j's own program computed.
+
+Base 2 throughout: a tile holds s2 = s * log2(e) (the scale 1/T * log2(e) is folded into the
+dot's epilogue), exponentials are exp2 and log-sum-exps are in base 2; the loss is scaled back
+by ln 2 at the end. Mining thresholds are s2 values (monotone in s, so the same selection).
+
+SINGLE_D (BD >= D): the row block of U is loaded once per program, before the column loop,
+and each tile is one dot over the whole (padded) D, as flash attention keeps its Q block; the
+backward then also reuses the column block of the similarity for the G·U product (ONE_PASS,
+BDO >= D). Otherwise D is streamed in BD chunks and dU in BDO-wide programs.
 
 Per-row statistics (length M, what the backward needs):
-  supcon : a = lse over A_i,                      q unused
-  infonce: a = lseN = log sum_{n in N_i} exp(s),  q = (1/|P_i|) sum_p sigmoid(lseN - s_ip)
+  supcon : a = log2 sum over A_i of 2^s2,            q unused
+  infonce: a = log2 sum_{n in N_i} 2^s2 (lseN, base 2), q = (1/|P_i|) sum_p sigmoid(lseN - s_ip)
+  npos   : |P_i| after mining, computed on the host from the labels (it is label-only).
 Gradient of l_i with respect to s_ij (g_i = upstream weight, 0 for rows without positives):
-  supcon : g_i * ([j in A_i] exp(s_ij - a_i) - [j in P_i] / |P_i|)
-  infonce: g_i * ([j in N_i] exp(s_ij - a_i) q_i - [j in P_i] sigmoid(a_i - s_ij) / |P_i|)
+  supcon : g_i * ([j in A_i] exp(s_ij - lse_i) - [j in P_i] / |P_i|)
+  infonce: g_i * ([j in N_i] exp(s_ij - lseN_i) q_i - [j in P_i] sigmoid(lseN_i - s_ij) / |P_i|)
+NaN inputs are not propagated here: the caller turns the result NaN when a valid row is
+non-finite (ct_kernels/supcon.py).
 """
 import triton
 import triton.language as tl
 
 from ._topk import BIG_COL, kth_pair, topk_merge
 
-
-@triton.jit
-def _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp,
-              BLOCK: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """s = inv_temp * U[rows] U[cols]^T for one BLOCK x BLOCK tile (padded rows give 0)."""
-    acc = tl.zeros([BLOCK, BLOCK], ACC)
-    r_off = rows.to(tl.int64)[:, None] * stride
-    c_off = cols.to(tl.int64)[:, None] * stride
-    for d0 in range(0, D, BD):
-        offs_d = d0 + tl.arange(0, BD)
-        d_ok = offs_d[None, :] < D
-        a = tl.load(u_ptr + r_off + offs_d[None, :], mask=(rows[:, None] < M) & d_ok, other=0.0)
-        b = tl.load(u_ptr + c_off + offs_d[None, :], mask=(cols[:, None] < M) & d_ok, other=0.0)
-        acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC)
-    return acc * inv_temp
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
-def _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c):
-    """Candidate positives / negatives before mining: self and ignored rows excluded.
+def _load_block(u_ptr, stride, idx, M, D, d0, BD: tl.constexpr):
+    offs_d = d0 + tl.arange(0, BD)
+    return tl.load(u_ptr + idx.to(tl.int64)[:, None] * stride + offs_d[None, :],
+                   mask=(idx[:, None] < M) & (offs_d[None, :] < D), other=0.0)
 
-    A NaN similarity of a valid pair joins both sets, so a NaN in a valid row reaches the loss
-    as in PyTorch instead of being masked into a wrong finite number. Building the masks from s
-    also ties them to the dot's register layout: from rows/cols alone they get another layout,
-    and converting between the two spills on sm_90 (255 vs ~160 registers).
-    """
+
+@triton.jit
+def _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale,
+              BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
+              PREC: tl.constexpr, ACC: tl.constexpr):
+    """s2 = scale * U[rows] U[cols]^T for one BM x BN tile (padded rows give 0). SINGLE_D:
+    ur / uc are the preloaded [BM, BD] / [BN, BD] blocks; otherwise they are unused."""
+    if SINGLE_D:
+        acc = tl.dot(ur, tl.trans(uc), input_precision=PREC, out_dtype=ACC)
+    else:
+        acc = tl.zeros([BM, BN], ACC)
+        for d0 in range(0, D, BD):
+            a = _load_block(u_ptr, stride, rows, M, D, d0, BD)
+            b = _load_block(u_ptr, stride, cols, M, D, d0, BD)
+            acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC, out_dtype=ACC)
+    return acc * scale
+
+
+@triton.jit
+def _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c):
+    """Candidate positives / negatives before mining: self and ignored rows excluded."""
     pair = ok_r[:, None] & ok_c[None, :] & (rows[:, None] != cols[None, :])
     same = lab_r[:, None] == lab_c[None, :]
-    nan = pair & (s != s)
-    return (pair & same) | nan, (pair & (~same)) | nan
+    return pair & same, pair & (~same)
 
 
 @triton.jit
@@ -62,25 +79,14 @@ def _keep_high(s, idx, thr, col):
 
 
 @triton.jit
-def _online_lse(m, l, s, member):
-    """One step of a streaming log-sum-exp over the members of each row (online max: inputs
-    with normalize=False are unbounded, so a fixed shift is not safe)."""
+def _online_lse2(m, l, s, member):
+    """One step of a streaming base-2 log-sum-exp over the members of each row (online max:
+    inputs with normalize=False are unbounded, so a fixed shift is not safe)."""
     sm = tl.where(member, s, float("-inf"))
     m_new = tl.maximum(m, tl.max(sm, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    l = l * tl.exp(m - m_safe) + tl.sum(tl.exp(sm - m_safe[:, None]), 1)
+    l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(sm - m_safe[:, None]), 1)
     return m_new, l
-
-
-@triton.jit
-def _sigmoid(t):
-    e = tl.exp(-tl.abs(t))
-    return tl.where(t >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-@triton.jit
-def _softplus(t):
-    return tl.maximum(t, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(t)))
 
 
 @triton.jit
@@ -95,7 +101,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
                        MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                        KBP: tl.constexpr, LOG_KBP: tl.constexpr, KBN: tl.constexpr, LOG_KBN: tl.constexpr,
                        BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, BD: tl.constexpr,
-                       PREC: tl.constexpr, ACC: tl.constexpr):
+                       SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """Per row: the kp-th smallest positive (value, column) and the kn-th largest negative.
 
     Top-k buffers of (key, column) live on chip, negatives keyed by -s so both sides keep the
@@ -106,7 +112,10 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
     pid = tl.program_id(0)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
     lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
-    inv_temp = tl.load(temp_ptr)
+    scale = tl.load(temp_ptr)
+    ur = 0.0
+    if SINGLE_D:
+        ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
     bkp = tl.full([BLOCK, KBP], float("inf"), ACC)
     bcp = tl.full([BLOCK, KBP], BIG_COL, tl.int32)
     kth_p = tl.full([BLOCK], float("inf"), ACC)
@@ -116,8 +125,11 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
     for c0 in range(0, M, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
         lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
-        s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-        pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)
+        uc = 0.0
+        if SINGLE_D:
+            uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
+        s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
+        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
         col2 = tl.broadcast_to(cols[None, :], [BLOCK, BLOCK])
         if MINE_P:
             key = tl.where(pos, s, float("inf"))
@@ -163,59 +175,64 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
                       loss_ptr, npos_ptr, a_ptr, q_ptr,
                       M, D, stride, ignore_index,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
-                      BLOCK: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
-    """Loss rows and per-row statistics. supcon: one pass (lse over A, positive sum and count).
-    infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it."""
+                      BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
+                      PREC: tl.constexpr, ACC: tl.constexpr):
+    """Loss rows and per-row statistics. supcon: one pass (lse over A and the positive sum).
+    infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it. npos is an
+    input (counted on the host)."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    rows = pid * BM + tl.arange(0, BM)
+    live = rows < M
     lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
-    inv_temp = tl.load(temp_ptr)
-    m = tl.full([BLOCK], float("-inf"), ACC)
-    l = tl.zeros([BLOCK], ACC)
-    psum = tl.zeros([BLOCK], ACC)
-    # counted in floats (exact below 2**24): an int32 reduction of the mask tile costs ~100
-    # registers more on sm_90 (layout conversion), which spills
-    npos = tl.zeros([BLOCK], ACC)
-    for c0 in range(0, M, BLOCK):
-        cols = c0 + tl.arange(0, BLOCK)
+    scale = tl.load(temp_ptr)
+    ur = 0.0
+    if SINGLE_D:
+        ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
+    m = tl.full([BM], float("-inf"), ACC)
+    l = tl.zeros([BM], ACC)
+    psum = tl.zeros([BM], ACC)
+    for c0 in range(0, M, BN):
+        cols = c0 + tl.arange(0, BN)
         lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
-        s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-        pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)
+        uc = 0.0
+        if SINGLE_D:
+            uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
+        s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
+        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
         pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
                                 MINE_P, MINE_N)
         if INFONCE:
-            m, l = _online_lse(m, l, s, neg)
+            m, l = _online_lse2(m, l, s, neg)
         else:
-            m, l = _online_lse(m, l, s, pos | neg)
+            m, l = _online_lse2(m, l, s, pos | neg)
             psum += tl.sum(tl.where(pos, s, 0.0), 1)
-            npos += tl.sum(tl.where(pos, 1.0, 0.0), 1)
-    lse = tl.where(l > 0, m + tl.log(tl.where(l > 0, l, 1.0)), float("-inf"))  # -inf: empty set
+    lse = tl.where(l > 0, m + tl.log2(tl.where(l > 0, l, 1.0)), float("-inf"))  # -inf: empty set
+    npos = tl.load(npos_ptr + rows, mask=live, other=0)
+    has = npos > 0
+    cnt = tl.maximum(npos, 1).to(ACC)
     if INFONCE:
-        sp_sum = tl.zeros([BLOCK], ACC)
-        sg_sum = tl.zeros([BLOCK], ACC)
-        for c0 in range(0, M, BLOCK):
-            cols = c0 + tl.arange(0, BLOCK)
+        sp_sum = tl.zeros([BM], ACC)
+        sg_sum = tl.zeros([BM], ACC)
+        for c0 in range(0, M, BN):
+            cols = c0 + tl.arange(0, BN)
             lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
-            s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-            pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)
+            uc = 0.0
+            if SINGLE_D:
+                uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
+            s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
+            pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
             pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
                                     MINE_P, MINE_N)
             # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
-            t = lse[:, None] - s
-            sp_sum += tl.sum(tl.where(pos, _softplus(t), 0.0), 1)
-            sg_sum += tl.sum(tl.where(pos, _sigmoid(t), 0.0), 1)
-            npos += tl.sum(tl.where(pos, 1.0, 0.0), 1)
-        has = npos > 0
-        cnt = tl.maximum(npos, 1.0)
-        loss = tl.where(has, sp_sum / cnt, 0.0)
-        tl.store(q_ptr + rows, tl.where(has, sg_sum / cnt, 0.0), mask=rows < M)
+            t = lse[:, None] - s  # base 2
+            e = tl.exp2(-tl.abs(t))
+            sp_sum += tl.sum(tl.where(pos, tl.maximum(t, 0.0) + tl.log2(1.0 + e), 0.0), 1)
+            sg_sum += tl.sum(tl.where(pos, tl.where(t >= 0, 1.0, e) / (1.0 + e), 0.0), 1)
+        loss = tl.where(has, sp_sum / cnt * LN2, 0.0)
+        tl.store(q_ptr + rows, tl.where(has, sg_sum / cnt, 0.0), mask=live)
     else:
-        has = npos > 0
-        cnt = tl.maximum(npos, 1.0)
-        loss = tl.where(has, lse - psum / cnt, 0.0)
-    live = rows < M
+        loss = tl.where(has, (lse - psum / cnt) * LN2, 0.0)
     tl.store(loss_ptr + rows, loss, mask=live)
-    tl.store(npos_ptr + rows, npos.to(tl.int32), mask=live)
     tl.store(a_ptr + rows, tl.where(has, lse, 0.0), mask=live)
 
 
@@ -223,9 +240,9 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
 def _dl_ds(s, pos, neg, a, q, inv_np, g, INFONCE: tl.constexpr):
     """g * dl/ds for a tile (see the module docstring); `where` keeps inf out of masked lanes."""
     if INFONCE:
-        d = tl.where(neg, tl.exp(s - a) * q, 0.0) - tl.where(pos, _sigmoid(a - s) * inv_np, 0.0)
+        d = tl.where(neg, tl.exp2(s - a) * q, 0.0) - tl.where(pos, inv_np / (1.0 + tl.exp2(s - a)), 0.0)
     else:
-        d = tl.where(pos | neg, tl.exp(s - a), 0.0) - tl.where(pos, inv_np, 0.0)
+        d = tl.where(pos | neg, tl.exp2(s - a), 0.0) - tl.where(pos, inv_np, 0.0)
     return g * d
 
 
@@ -247,9 +264,11 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
                       a_ptr, q_ptr, npos_ptr, grad_ptr, du_ptr,
                       M, D, stride, ignore_index,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
-                      BLOCK: tl.constexpr, BD: tl.constexpr, BDO: tl.constexpr,
+                      BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
+                      BDO: tl.constexpr, ONE_PASS: tl.constexpr,
                       PREC: tl.constexpr, ACC: tl.constexpr):
-    """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block and one BDO-wide chunk of D.
+    """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block and one BDO-wide chunk of D
+    (ONE_PASS: all of D, reusing the column block of the similarity).
 
     Row-stationary and symmetric: G_ji is formed from row j's saved statistics, so nothing
     is accumulated across programs (no atomics, deterministic). With mining, the transposed
@@ -258,33 +277,62 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     """
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
-    rows = pid_m * BLOCK + tl.arange(0, BLOCK)
+    rows = pid_m * BM + tl.arange(0, BM)
     lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
-    inv_temp = tl.load(temp_ptr)
+    scale = tl.load(temp_ptr)
+    inv_temp = tl.load(temp_ptr + 1)
     a_r, q_r, inv_np_r, g_r = _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, rows, M, ACC)
-    offs_do = pid_d * BDO + tl.arange(0, BDO)
-    acc = tl.zeros([BLOCK, BDO], ACC)
-    for c0 in range(0, M, BLOCK):
-        cols = c0 + tl.arange(0, BLOCK)
+    ur = 0.0
+    if SINGLE_D:
+        ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
+    if ONE_PASS:
+        offs_do = tl.arange(0, BD)
+        acc = tl.zeros([BM, BD], ACC)
+    else:
+        offs_do = pid_d * BDO + tl.arange(0, BDO)
+        acc = tl.zeros([BM, BDO], ACC)
+    MINED: tl.constexpr = MINE_P or MINE_N
+    if not MINED:
+        if INFONCE:
+            gq_r = g_r * q_r
+        gn_r = g_r * inv_np_r
+    for c0 in range(0, M, BN):
+        cols = c0 + tl.arange(0, BN)
         lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
         a_c, q_c, inv_np_c, g_c = _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, cols, M, ACC)
-        s = _sim_tile(u_ptr, stride, rows, cols, M, D, inv_temp, BLOCK, BD, PREC, ACC)
-        pos, neg = _pair_masks(s, rows, cols, lab_r, lab_c, ok_r, ok_c)  # symmetric in (i, j)
-        pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
-                                    MINE_P, MINE_N)
-        w = _dl_ds(s, pos_r, neg_r, a_r[:, None], q_r[:, None], inv_np_r[:, None], g_r[:, None], INFONCE)
-        if MINE_P or MINE_N:
-            st = _sim_tile(u_ptr, stride, cols, rows, M, D, inv_temp, BLOCK, BD, PREC, ACC)
+        uc = 0.0
+        if SINGLE_D:
+            uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
+        s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
+        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)  # symmetric in (i, j)
+        if MINED:
+            pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+                                        MINE_P, MINE_N)
+            w = _dl_ds(s, pos_r, neg_r, a_r[:, None], q_r[:, None], inv_np_r[:, None], g_r[:, None], INFONCE)
+            st = _sim_tile(u_ptr, stride, cols, rows, uc, ur, M, D, scale, BN, BM, BD, SINGLE_D, PREC, ACC)
             pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
                                         thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M, MINE_P, MINE_N)
             wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], q_c[:, None], inv_np_c[:, None], g_c[:, None],
                         INFONCE)
             w += tl.trans(wt)
         else:
-            w += _dl_ds(s, pos, neg, a_c[None, :], q_c[None, :], inv_np_c[None, :], g_c[None, :], INFONCE)
-        uc = tl.load(u_ptr + cols.to(tl.int64)[:, None] * stride + offs_do[None, :],
-                     mask=(cols[:, None] < M) & (offs_do[None, :] < D), other=0.0)
-        acc = tl.dot(w.to(uc.dtype), uc, acc, input_precision=PREC)
+            # both orientations of the unmined (symmetric) tile at once
+            gn_c = g_c * inv_np_c
+            e_r = tl.exp2(s - a_r[:, None])
+            e_c = tl.exp2(s - a_c[None, :])
+            if INFONCE:
+                gq_c = g_c * q_c
+                w = tl.where(neg, e_r * gq_r[:, None] + e_c * gq_c[None, :],
+                             tl.where(pos, -(gn_r[:, None] / (1.0 + e_r) + gn_c[None, :] / (1.0 + e_c)), 0.0))
+            else:
+                w = tl.where(pos | neg, e_r * g_r[:, None] + e_c * g_c[None, :]
+                             - tl.where(pos, gn_r[:, None] + gn_c[None, :], 0.0), 0.0)
+        if ONE_PASS:
+            acc = tl.dot(w.to(uc.dtype), uc, acc, input_precision=PREC, out_dtype=ACC)
+        else:
+            uo = tl.load(u_ptr + cols.to(tl.int64)[:, None] * stride + offs_do[None, :],
+                         mask=(cols[:, None] < M) & (offs_do[None, :] < D), other=0.0)
+            acc = tl.dot(w.to(uo.dtype), uo, acc, input_precision=PREC, out_dtype=ACC)
     du = acc * inv_temp
     tl.store(du_ptr + rows.to(tl.int64)[:, None] * stride + offs_do[None, :], du.to(du_ptr.dtype.element_ty),
              mask=(rows[:, None] < M) & (offs_do[None, :] < D))

@@ -14,11 +14,21 @@ import torch
 
 
 class Config(NamedTuple):
-    block: int   # rows per program = columns per streamed tile (one size: see above)
-    bd: int      # D chunk of the similarity dot
-    bdo: int     # D chunk of dU written per backward program
+    bm: int      # rows per program
+    bn: int      # columns per streamed tile (mined calls use bm == bn: see supcon_kernels)
+    bd: int      # D chunk of the similarity dot; bd >= D: the row block is loaded once
+    bdo: int     # D chunk of dU written per backward program; bdo >= D (with bd >= D): one pass
     num_warps: int
     num_stages: int
+
+    @property
+    def block(self) -> int:  # the square tile of the mining kernel
+        return self.bm
+
+
+def parse_config(text: str) -> Config:
+    """``"bm,bn,bd,bdo,num_warps,num_stages"`` (CT_KERNELS_TRITON_CONFIG, for tests)."""
+    return Config(*(int(x) for x in text.split(",")))
 
 
 def interpreting() -> bool:
@@ -32,23 +42,37 @@ def next_pow2(n: int) -> int:
 def interpreter_config(n_pow2: int) -> Config:
     """Small blocks exercise the multi-block paths at test sizes; large batches take bigger
     ones because every tile costs the interpreter milliseconds of Python."""
-    return Config(block=16 if n_pow2 <= 128 else 64, bd=32, bdo=32, num_warps=1, num_stages=1)
+    b = 16 if n_pow2 <= 128 else 64
+    return Config(bm=b, bn=b, bd=32, bdo=32, num_warps=1, num_stages=1)
 
 
-def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int) -> list[Config]:
+def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int, mined: bool = False,
+                   tf32: bool = False) -> list[Config]:
+    """Candidates timed on a miss; the first is the default (no tuning, and the GPU tests)."""
     d2 = max(16, next_pow2(d))
-    # sm_90 offline compiles: 64-row blocks with 8 warps keep the backward (s tile, G tile and
-    # the dU accumulator) spill-free; 128-row blocks spill.
-    cands = [
-        Config(64, min(d2, 64), min(d2, 64), 8, 2),
-        Config(64, min(d2, 64), min(d2, 128), 8, 3),
-        Config(64, min(d2, 128), min(d2, 128), 8, 2),
-        Config(32, min(d2, 64), min(d2, 64), 4, 2),
+    # chunked configurations (the original set; spill-free on sm_90 with 8 warps)
+    legacy = [
+        Config(64, 64, min(d2, 64), min(d2, 64), 8, 2),
+        Config(64, 64, min(d2, 64), min(d2, 128), 8, 3),
+        Config(64, 64, min(d2, 128), min(d2, 128), 8, 2),
+        Config(32, 32, min(d2, 64), min(d2, 64), 4, 2),
     ]
+    tensor_cores = dtype in (torch.bfloat16, torch.float16) or (dtype == torch.float32 and tf32)
+    fast = []
+    if tensor_cores and d2 <= 256:
+        # flash-attention shapes: row block loaded once, full-D dots, one backward pass over D
+        if mined:
+            fast = [Config(64, 64, d2, d2, 4, 3), Config(64, 64, d2, d2, 8, 3)]
+        else:
+            fast = [Config(128, 64, d2, d2, 8, 3), Config(128, 128, d2, d2, 8, 2),
+                    Config(64, 64, d2, d2, 4, 3), Config(128, 64, d2, d2, 4, 3)]
+        if d2 > 128:
+            fast = [c for c in fast if c.bm * c.bn <= 128 * 64 or c.num_warps == 8]
+    cands = fast + legacy
     if dtype == torch.float64 or mine_width > 64:
         # big on-chip top-k buffers / fp64 tiles: stay at 64-row blocks with 8 warps
         bd = min(d2, 32 if dtype == torch.float64 else 64)
-        cands = [Config(64, bd, min(d2, 64), 8, 2), Config(32, bd, min(d2, 64), 4, 2)]
+        cands = [Config(64, 64, bd, min(d2, 64), 8, 2), Config(32, 32, bd, min(d2, 64), 4, 2)]
     out = []
     for c in cands:
         if c not in out:
@@ -60,14 +84,20 @@ _CACHE: dict[tuple, Config] = {}
 
 
 def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype, mine_width: int,
-         run_fwd_bwd: Callable[[Config], None]) -> Config:
-    """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once."""
+         run_fwd_bwd: Callable[[Config], None], mined: bool = False, tf32: bool = False) -> Config:
+    """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once.
+    CT_KERNELS_TRITON_CONFIG="bm,bn,bd,bdo,warps,stages" forces one (tests); mined calls
+    then use bn = bm."""
+    forced = os.environ.get("CT_KERNELS_TRITON_CONFIG")
+    if forced:
+        cfg = parse_config(forced)
+        return cfg._replace(bn=cfg.bm) if mined else cfg
     if interpreting():
         return interpreter_config(n_pow2)
     cfg = _CACHE.get(key)
     if cfg is not None:
         return cfg
-    cands = gpu_candidates(d, dtype, mine_width)
+    cands = gpu_candidates(d, dtype, mine_width, mined, tf32)
     if (os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1
             or torch.cuda.is_current_stream_capturing()):
         cfg = cands[0]
