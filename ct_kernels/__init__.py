@@ -5,19 +5,13 @@ Public API (see DESIGN.md): ``patch_labels``, ``supcon_loss``, ``ContrastivePatc
 """
 from __future__ import annotations
 
-import torch
 
 from . import backends as _backends
 from .module import ContrastivePatchLoss, ProjectionHead
 from .patch import patch_labels
-from .supcon import supcon_loss
+from .supcon import backend_for, supcon_loss
 
 __version__ = "0.1.0"
-
-
-def backend_for(device="cpu", backend: str = "auto", op: str = "supcon_loss") -> str:
-    """Name of the backend that ``backend`` resolves to for tensors on ``device``."""
-    return _backends.resolve(backend, torch.device(device), op)[0]
 
 
 def available_backends() -> dict[str, str]:

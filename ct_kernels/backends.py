@@ -60,7 +60,22 @@ def triton_runs_on(device: torch.device) -> bool:
     return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def resolve(backend: str, device: torch.device, op: str) -> tuple[str, types.ModuleType | None]:
+# backend="auto" on CUDA tensors: the faster fused backend per input precision, as measured by
+# benchmarks/gpu_bench.py (see benchmarks/RESULTS.md, NVIDIA H200, N = 8192..131072, D = 128).
+# The other fused backend is the fallback when the preferred one is not available.
+CUDA_PREFERENCE = {"half": "triton", "tf32": "triton", "fp32": "native", "fp64": "native"}
+
+
+def precision_key(dtype: torch.dtype | None, tf32: bool) -> str:
+    if dtype in (torch.bfloat16, torch.float16):
+        return "half"
+    if dtype == torch.float64:
+        return "fp64"
+    return "tf32" if tf32 else "fp32"
+
+
+def resolve(backend: str, device: torch.device, op: str, dtype: torch.dtype | None = None,
+            tf32: bool = False) -> tuple[str, types.ModuleType | None]:
     """Name and kernel module of the backend that runs ``op`` on ``device``.
 
     ``torch`` has no kernel module (None): the caller uses the dense reference. An explicitly
@@ -72,7 +87,7 @@ def resolve(backend: str, device: torch.device, op: str) -> tuple[str, types.Mod
         backend = os.environ.get("CT_KERNELS_BACKEND", "auto")
         check_backend_name(backend)
     if backend == "auto":
-        return _auto(device, op)
+        return _auto(device, op, precision_key(dtype, tf32))
     if backend == "torch":
         return "torch", None
     if backend == "triton":
@@ -102,17 +117,18 @@ def resolve(backend: str, device: torch.device, op: str) -> tuple[str, types.Mod
     return "native", mod
 
 
-def _auto(device: torch.device, op: str) -> tuple[str, types.ModuleType | None]:
+def _auto(device: torch.device, op: str, precision: str) -> tuple[str, types.ModuleType | None]:
     native = _load_native()
     native_ok = native is not None and native.supports(op, device)
     if device.type == "cuda":
         triton_mod = _load_triton()
         triton_ok = triton_mod is not None and getattr(triton_mod, "supports", lambda o: True)(op)
-        # The CUDA preference comes from benchmarks/RESULTS.md (issue: benchmarks).
-        if triton_ok:
-            return "triton", triton_mod
-        if native_ok:
-            return "native", native
+        ready = {"triton": (triton_ok, triton_mod), "native": (native_ok, native)}
+        first = CUDA_PREFERENCE.get(precision, "triton") if op == "supcon_loss" else "triton"
+        for name in (first, "native" if first == "triton" else "triton"):
+            ok, mod = ready[name]
+            if ok:
+                return name, mod
         return "torch", None
     if native_ok:
         return "native", native

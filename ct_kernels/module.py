@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import backends
 from .confidence import confidence_supcon, patch_confidence
 from .patch import as_patch_size, check_mask, check_num_classes, min_count, patch_labels_unchecked
-from .supcon import check_loss_options, supcon_loss
+from .supcon import backend_for, check_loss_options, supcon_loss
 
 _ROW_IGNORE = -1  # label carried by left-out patches into supcon_loss
 
@@ -207,6 +206,6 @@ class ContrastivePatchLoss(nn.Module):
             row_labels = self._row_labels(mask, h, w)
             losses.append(self._stage_loss(rows, row_labels, mask, h, w, logits))
             n_patches.append((row_labels != _ROW_IGNORE).sum())
-        self.last_backend = backends.resolve(self.backend, mask.device, "supcon_loss")[0]
+        self.last_backend = backend_for(mask.device, self.backend, "supcon_loss", stages[-1].dtype)
         self.last_num_patches = torch.stack(n_patches).sum()
         return torch.stack(losses).mean() if len(losses) > 1 else losses[0]

@@ -91,6 +91,13 @@ def _reduce(rows: torch.Tensor, npos: torch.Tensor, reduction: str) -> torch.Ten
     return torch.where(n_anchors > 0, total / n_anchors.clamp(min=1).to(total.dtype), total * 0)
 
 
+def backend_for(device="cpu", backend: str = "auto", op: str = "supcon_loss", dtype=torch.float32) -> str:
+    """Name of the backend that ``backend`` resolves to for ``dtype`` tensors on ``device``."""
+    device = torch.device(device)
+    tf32 = dtype == torch.float32 and device.type == "cuda" and fp32_matmul_allows_tf32()
+    return backends.resolve(backend, device, op, dtype, tf32)[0]
+
+
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, variant: str = "supcon",
                 hard_positives: int | None = None, hard_negatives: int | None = None, ignore_index: int = -1,
                 normalize: bool = True, reduction: str = "mean", backend: str = "auto",
@@ -104,7 +111,8 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
     _check_inputs(z, labels)
     if process_group is not None:
         raise NotImplementedError("process_group (multi-GPU global negatives) is not implemented yet")
-    name, kernels = backends.resolve(backend, z.device, "supcon_loss")
+    tf32 = z.dtype == torch.float32 and z.is_cuda and fp32_matmul_allows_tf32()
+    name, kernels = backends.resolve(backend, z.device, "supcon_loss", z.dtype, tf32)
 
     labels = labels.to(torch.int64)
     valid = labels != ignore_index
@@ -117,9 +125,8 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         rows, npos = supcon_rows_reference(u, labels, valid, float(temperature), variant,
                                            kp or None, kn or None)
     else:
-        allow_tf32 = u.dtype == torch.float32 and u.is_cuda and fp32_matmul_allows_tf32()
         rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(), kernels, int(ignore_index),
-                                        1.0 / float(temperature), variant, kp, kn, allow_tf32)
+                                        1.0 / float(temperature), variant, kp, kn, tf32)
         # The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would
         # not. A non-finite valid row makes every row NaN, as it would there (checked on device,
         # no sync; ignored rows were zeroed above and cannot trigger it).

@@ -49,3 +49,18 @@ def test_env_override(monkeypatch):
     monkeypatch.setenv("CT_KERNELS_BACKEND", "bogus")
     with pytest.raises(ValueError, match="backend"):
         ct.backend_for("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_on_cuda_follows_the_measured_preference():
+    from ct_kernels.backends import CUDA_PREFERENCE
+    avail = ct.available_backends()
+    if avail["triton"] != "ok" or avail["native"] != "ok":
+        pytest.skip("needs both fused backends")
+    assert ct.backend_for("cuda", dtype=torch.bfloat16) == CUDA_PREFERENCE["half"]
+    assert ct.backend_for("cuda", dtype=torch.float64) == CUDA_PREFERENCE["fp64"]
+
+
+def test_auto_on_cpu_prefers_native_when_built():
+    expected = "native" if ct.available_backends()["native"] == "ok" else "torch"
+    assert ct.backend_for("cpu") == expected
