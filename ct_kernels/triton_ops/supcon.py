@@ -66,11 +66,18 @@ class _Call:
 
     def consts(self, cfg: tuning.Config) -> dict:
         return dict(INFONCE=self.infonce, MINE_P=self.kp > 0, MINE_N=self.kn > 0, BM=cfg.bm,
-                    BN=cfg.bm if self.mined else cfg.bn, BD=cfg.bd, SINGLE_D=cfg.bd >= self.d,
+                    BN=cfg.bm if self.mined else cfg.bn, BD=cfg.bd, SINGLE_D=self.single_d(cfg),
                     PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
+    def single_d(self, cfg: tuning.Config) -> bool:
+        """Row block held across the column loop: tensor-core dots only (fp32 ieee / fp64 dots
+        are FMA loops whose register operands then spill by kilobytes on sm_90). The interpreter
+        takes it for every dtype, to test the path."""
+        tc = self.u.dtype in (torch.bfloat16, torch.float16) or self.prec == "tf32" or tuning.interpreting()
+        return cfg.bd >= self.d and tc
+
     def one_pass(self, cfg: tuning.Config) -> bool:
-        return cfg.bd >= self.d and cfg.bdo >= self.d
+        return self.single_d(cfg) and cfg.bdo >= self.d
 
     def config(self) -> tuning.Config:
         def trial(cfg):

@@ -60,14 +60,19 @@ def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int, mined: bool = Fa
     tensor_cores = dtype in (torch.bfloat16, torch.float16) or (dtype == torch.float32 and tf32)
     fast = []
     if tensor_cores and d2 <= 256:
-        # flash-attention shapes: row block loaded once, full-D dots, one backward pass over D
+        # flash-attention shapes: the row block is loaded once and each tile is one full-D dot.
+        # sm_90 offline compiles (Triton 3.8 ptxas, D=128, bf16): 128x64 / 64x64 tiles with 8
+        # warps and 64-wide dU chunks are spill-free in every pass (fwd 116-151 registers, bwd
+        # 196-231); a one-pass backward (bdo = D) spills 150-500 bytes, so it comes last and is
+        # only taken if measured faster. fp32 (tf32) tiles need ~2x the shared memory: 64 rows first.
+        bdo = min(d2, 64)
         if mined:
-            fast = [Config(64, 64, d2, d2, 4, 3), Config(64, 64, d2, d2, 8, 3)]
+            fast = [Config(64, 64, d2, bdo, 8, 3)]
+        elif dtype == torch.float32:
+            fast = [Config(64, 64, d2, bdo, 8, 3), Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3)]
         else:
-            fast = [Config(128, 64, d2, d2, 8, 3), Config(128, 128, d2, d2, 8, 2),
-                    Config(64, 64, d2, d2, 4, 3), Config(128, 64, d2, d2, 4, 3)]
-        if d2 > 128:
-            fast = [c for c in fast if c.bm * c.bn <= 128 * 64 or c.num_warps == 8]
+            fast = [Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
+                    Config(128, 64, d2, d2, 8, 3)]
     cands = fast + legacy
     if dtype == torch.float64 or mine_width > 64:
         # big on-chip top-k buffers / fp64 tiles: stay at 64-row blocks with 8 warps
