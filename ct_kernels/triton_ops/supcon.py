@@ -45,6 +45,13 @@ class _Call:
         _check_args(u, labels, variant, kp, kn)
         self.u = u if u.is_contiguous() else u.contiguous()
         self.labels = labels.to(torch.int64).contiguous()
+        # int32 class ids (index of the first equal label in sorted order), -1 for ignored rows,
+        # and the label-only |P_i| before mining: O(M log M), no host sync
+        srt = torch.sort(self.labels).values
+        first = torch.searchsorted(srt, self.labels)
+        valid = self.labels != int(ignore_index)
+        self.cls = torch.where(valid, first, torch.full_like(first, -1)).to(torch.int32)
+        self.count = torch.searchsorted(srt, self.labels, right=True) - first
         self.m, self.d = u.shape
         self.ignore_index = int(ignore_index)
         self.infonce = variant == "infonce"
@@ -88,10 +95,7 @@ class _Call:
 
     def npos(self) -> torch.Tensor:
         """|P_i| after mining, from the labels alone (O(M log M), no host sync)."""
-        lab = self.labels
-        srt = torch.sort(lab).values
-        cnt = torch.searchsorted(srt, lab, right=True) - torch.searchsorted(srt, lab)
-        npos = torch.where(lab != self.ignore_index, cnt - 1, torch.zeros_like(cnt))
+        npos = torch.where(self.cls >= 0, self.count - 1, torch.zeros_like(self.count))
         if self.kp > 0:
             npos = npos.clamp(max=self.kp)
         return npos.to(torch.int32)
@@ -114,8 +118,8 @@ class _Call:
             grid = (triton.cdiv(m, cfg.block),)
             kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
             supcon_mine_kernel[grid](
-                self.u, self.labels, self.temp, thrp, colp, thrn, coln, self.kp, self.kn,
-                m, self.d, self.u.stride(0), self.ignore_index,
+                self.u, self.cls, self.temp, thrp, colp, thrn, coln, self.kp, self.kn,
+                m, self.d, self.u.stride(0),
                 MINE_P=c["MINE_P"], MINE_N=c["MINE_N"], KBP=kbp, LOG_KBP=kbp.bit_length() - 1,
                 KBN=kbn, LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block,
                 LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
@@ -125,19 +129,23 @@ class _Call:
         a = torch.empty(m, dtype=self.acc, device=dev)
         q = torch.zeros(m, dtype=self.acc, device=dev) if self.infonce else placeholder_t
         grid = (triton.cdiv(m, cfg.bm),)
-        supcon_fwd_kernel[grid](self.u, self.labels, self.temp, thrp, colp, thrn, coln,
-                                loss, npos, a, q, m, self.d, self.u.stride(0), self.ignore_index, **c)
+        supcon_fwd_kernel[grid](self.u, self.cls, self.temp, thrp, colp, thrn, coln,
+                                loss, npos, a, q, m, self.d, self.u.stride(0), **c)
         return loss, npos, (a, q, npos, thrp, colp, thrn, coln)
 
     def backward(self, cfg: tuning.Config, saved, grad_rows: torch.Tensor) -> torch.Tensor:
         a, q, npos, thrp, colp, thrn, coln = saved
         du = torch.empty_like(self.u)
-        grad = grad_rows.to(device=self.u.device, dtype=self.acc).contiguous()
+        grad = grad_rows.to(device=self.u.device, dtype=self.acc)
+        has = npos > 0
+        g = torch.where(has, grad, torch.zeros_like(grad))
+        a_eff = torch.where(has, a, torch.full_like(a, float("inf"))).contiguous()
+        gn = (g / npos.clamp(min=1).to(self.acc)).contiguous()
+        w1 = (g * q if self.infonce else g).contiguous()
         one = self.one_pass(cfg)
         grid = (triton.cdiv(self.m, cfg.bm), 1 if one else triton.cdiv(self.d, cfg.bdo))
-        supcon_bwd_kernel[grid](self.u, self.labels, self.temp, thrp, colp, thrn, coln,
-                                a, q, npos, grad, du, self.m, self.d, self.u.stride(0),
-                                self.ignore_index, BDO=cfg.bdo, ONE_PASS=one, **self.consts(cfg))
+        supcon_bwd_kernel[grid](self.u, self.cls, self.temp, thrp, colp, thrn, coln,
+                                a_eff, w1, gn, du, self.m, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one, **self.consts(cfg))
         return du
 
 

@@ -90,14 +90,16 @@ def _online_lse2(m, l, s, member):
 
 
 @triton.jit
-def _load_rows(lab_ptr, idx, M, ignore_index):
-    lab = tl.load(lab_ptr + idx, mask=idx < M, other=ignore_index)
-    return lab, (idx < M) & (lab != ignore_index)
+def _load_rows(lab_ptr, idx, M):
+    """Class ids relabelled on the host to int32 in [0, M), -1 for ignored rows: half the
+    registers of int64 labels for the per-column vectors, and validity is a sign test."""
+    lab = tl.load(lab_ptr + idx, mask=idx < M, other=-1)
+    return lab, lab >= 0
 
 
 @triton.jit(do_not_specialize=["M"])
 def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
-                       kp, kn, M, D, stride, ignore_index,
+                       kp, kn, M, D, stride,
                        MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                        KBP: tl.constexpr, LOG_KBP: tl.constexpr, KBN: tl.constexpr, LOG_KBN: tl.constexpr,
                        BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, BD: tl.constexpr,
@@ -111,7 +113,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK + tl.arange(0, BLOCK)
-    lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
+    lab_r, ok_r = _load_rows(lab_ptr, rows, M)
     scale = tl.load(temp_ptr)
     ur = 0.0
     if SINGLE_D:
@@ -124,7 +126,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
     kth_n = tl.full([BLOCK], float("inf"), ACC)
     for c0 in range(0, M, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
-        lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
+        lab_c, ok_c = _load_rows(lab_ptr, cols, M)
         uc = 0.0
         if SINGLE_D:
             uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
@@ -173,7 +175,7 @@ def _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr
 @triton.jit(do_not_specialize=["M"])
 def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                       loss_ptr, npos_ptr, a_ptr, q_ptr,
-                      M, D, stride, ignore_index,
+                      M, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
                       PREC: tl.constexpr, ACC: tl.constexpr):
@@ -183,7 +185,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     pid = tl.program_id(0)
     rows = pid * BM + tl.arange(0, BM)
     live = rows < M
-    lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
+    lab_r, ok_r = _load_rows(lab_ptr, rows, M)
     scale = tl.load(temp_ptr)
     ur = 0.0
     if SINGLE_D:
@@ -193,7 +195,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     psum = tl.zeros([BM], ACC)
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
-        lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
+        lab_c, ok_c = _load_rows(lab_ptr, cols, M)
         uc = 0.0
         if SINGLE_D:
             uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
@@ -215,7 +217,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         sg_sum = tl.zeros([BM], ACC)
         for c0 in range(0, M, BN):
             cols = c0 + tl.arange(0, BN)
-            lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
+            lab_c, ok_c = _load_rows(lab_ptr, cols, M)
             uc = 0.0
             if SINGLE_D:
                 uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
@@ -237,32 +239,29 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
 
 
 @triton.jit
-def _dl_ds(s, pos, neg, a, q, inv_np, g, INFONCE: tl.constexpr):
+def _dl_ds(s, pos, neg, a, w1, gn, INFONCE: tl.constexpr):
     """g * dl/ds for a tile (see the module docstring); `where` keeps inf out of masked lanes."""
     if INFONCE:
-        d = tl.where(neg, tl.exp2(s - a) * q, 0.0) - tl.where(pos, inv_np / (1.0 + tl.exp2(s - a)), 0.0)
+        return tl.where(neg, tl.exp2(s - a) * w1, 0.0) - tl.where(pos, gn / (1.0 + tl.exp2(s - a)), 0.0)
     else:
-        d = tl.where(pos | neg, tl.exp2(s - a), 0.0) - tl.where(pos, inv_np, 0.0)
-    return g * d
+        return tl.where(pos | neg, tl.exp2(s - a) * w1, 0.0) - tl.where(pos, gn, 0.0)
 
 
 @triton.jit
-def _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, idx, M, ACC: tl.constexpr):
+def _row_stats(a_ptr, w1_ptr, gn_ptr, idx, M):
+    """Host-prepared per-row statistics: a (+inf for rows without positives, so exp is 0),
+    w1 = g (supcon) or g * q (infonce), gn = g / |P|; g is 0 for rows without positives."""
     live = idx < M
-    npos = tl.load(npos_ptr + idx, mask=live, other=0)
-    has = npos > 0
-    # rows without positives get g = 0 and a = +inf, so exp(s - a) is 0, never inf * 0
-    a = tl.where(has, tl.load(a_ptr + idx, mask=live, other=0.0), float("inf"))
-    q = tl.load(q_ptr + idx, mask=live, other=0.0)
-    g = tl.where(has, tl.load(grad_ptr + idx, mask=live, other=0.0), 0.0)
-    inv_np = 1.0 / tl.maximum(npos, 1).to(ACC)
-    return a, q, inv_np, g
+    a = tl.load(a_ptr + idx, mask=live, other=float("inf"))
+    w1 = tl.load(w1_ptr + idx, mask=live, other=0.0)
+    gn = tl.load(gn_ptr + idx, mask=live, other=0.0)
+    return a, w1, gn
 
 
 @triton.jit(do_not_specialize=["M"])
 def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
-                      a_ptr, q_ptr, npos_ptr, grad_ptr, du_ptr,
-                      M, D, stride, ignore_index,
+                      a_ptr, w1_ptr, gn_ptr, du_ptr,
+                      M, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
                       BDO: tl.constexpr, ONE_PASS: tl.constexpr,
@@ -278,10 +277,10 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
-    lab_r, ok_r = _load_rows(lab_ptr, rows, M, ignore_index)
+    lab_r, ok_r = _load_rows(lab_ptr, rows, M)
     scale = tl.load(temp_ptr)
     inv_temp = tl.load(temp_ptr + 1)
-    a_r, q_r, inv_np_r, g_r = _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, rows, M, ACC)
+    a_r, w1_r, gn_r = _row_stats(a_ptr, w1_ptr, gn_ptr, rows, M)
     ur = 0.0
     if SINGLE_D:
         ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
@@ -292,14 +291,10 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         offs_do = pid_d * BDO + tl.arange(0, BDO)
         acc = tl.zeros([BM, BDO], ACC)
     MINED: tl.constexpr = MINE_P or MINE_N
-    if not MINED:
-        if INFONCE:
-            gq_r = g_r * q_r
-        gn_r = g_r * inv_np_r
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
-        lab_c, ok_c = _load_rows(lab_ptr, cols, M, ignore_index)
-        a_c, q_c, inv_np_c, g_c = _row_stats(a_ptr, q_ptr, npos_ptr, grad_ptr, cols, M, ACC)
+        lab_c, ok_c = _load_rows(lab_ptr, cols, M)
+        a_c, w1_c, gn_c = _row_stats(a_ptr, w1_ptr, gn_ptr, cols, M)
         uc = 0.0
         if SINGLE_D:
             uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
@@ -308,24 +303,21 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         if MINED:
             pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
                                         MINE_P, MINE_N)
-            w = _dl_ds(s, pos_r, neg_r, a_r[:, None], q_r[:, None], inv_np_r[:, None], g_r[:, None], INFONCE)
+            w = _dl_ds(s, pos_r, neg_r, a_r[:, None], w1_r[:, None], gn_r[:, None], INFONCE)
             st = _sim_tile(u_ptr, stride, cols, rows, uc, ur, M, D, scale, BN, BM, BD, SINGLE_D, PREC, ACC)
             pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
                                         thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M, MINE_P, MINE_N)
-            wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], q_c[:, None], inv_np_c[:, None], g_c[:, None],
-                        INFONCE)
+            wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], w1_c[:, None], gn_c[:, None], INFONCE)
             w += tl.trans(wt)
         else:
             # both orientations of the unmined (symmetric) tile at once
-            gn_c = g_c * inv_np_c
             e_r = tl.exp2(s - a_r[:, None])
             e_c = tl.exp2(s - a_c[None, :])
             if INFONCE:
-                gq_c = g_c * q_c
-                w = tl.where(neg, e_r * gq_r[:, None] + e_c * gq_c[None, :],
+                w = tl.where(neg, e_r * w1_r[:, None] + e_c * w1_c[None, :],
                              tl.where(pos, -(gn_r[:, None] / (1.0 + e_r) + gn_c[None, :] / (1.0 + e_c)), 0.0))
             else:
-                w = tl.where(pos | neg, e_r * g_r[:, None] + e_c * g_c[None, :]
+                w = tl.where(pos | neg, e_r * w1_r[:, None] + e_c * w1_c[None, :]
                              - tl.where(pos, gn_r[:, None] + gn_c[None, :], 0.0), 0.0)
         if ONE_PASS:
             acc = tl.dot(w.to(uc.dtype), uc, acc, input_precision=PREC, out_dtype=ACC)

@@ -59,7 +59,8 @@ def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int, mined: bool = Fa
     ]
     tensor_cores = dtype in (torch.bfloat16, torch.float16) or (dtype == torch.float32 and tf32)
     fast = []
-    if tensor_cores and d2 <= 256:
+    # fp32 tiles take twice the shared memory: their held row block fits up to D = 128
+    if tensor_cores and d2 <= (128 if dtype == torch.float32 else 256):
         # flash-attention shapes: the row block is loaded once and each tile is one full-D dot.
         # sm_90 offline compiles (Triton 3.8 ptxas, D=128, bf16): 128x64 / 64x64 tiles with 8
         # warps and 64-wide dU chunks are spill-free in every pass (fwd 116-151 registers, bwd
