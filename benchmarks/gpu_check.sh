@@ -20,16 +20,16 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16
 python3 setup.py build_ext --inplace > "$OUT/build.log" 2>&1; echo "build rc=$? in $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 python3 -c "import ct_kernels as ct; print(ct.available_backends())" | tee -a "$OUT/env.txt"
 
-timeout 170 python3 -m pytest tests -q -ra -p no:cacheprovider --durations=15 -n 8 > "$OUT/tests.log" 2>&1
+timeout ${TEST_TIMEOUT:-170} python3 -m pytest ${TESTS:-tests} -q -ra -p no:cacheprovider --durations=15 -n ${WORKERS:-8} > "$OUT/tests.log" 2>&1
 echo "tests rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 tail -30 "$OUT/tests.log"
 
 if [ -f benchmarks/sanitize_native.py ] && command -v compute-sanitizer >/dev/null; then
-  timeout 60 compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_native.py > "$OUT/sanitizer.log" 2>&1
+  timeout ${SAN_TIMEOUT:-60} compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_native.py > "$OUT/sanitizer.log" 2>&1
   echo "sanitizer rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
   tail -5 "$OUT/sanitizer.log"
 fi
 
-timeout 260 python3 benchmarks/gpu_bench.py --mode "$MODE" --time-budget ${BENCH_BUDGET:-200} --out "$OUT/records.json" > "$OUT/bench.log" 2>&1
+timeout $(( ${BENCH_BUDGET:-200} + 60 )) python3 benchmarks/gpu_bench.py --mode "$MODE" --time-budget ${BENCH_BUDGET:-200} --out "$OUT/records.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 cat "$OUT/bench.log" | cut -c1-160 | tail -80
