@@ -126,9 +126,6 @@ def kept_patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ig
     """(B*h*w,) int64 row labels as ContrastivePatchLoss builds them: the majority class, or -1
     for patches below ``min_purity`` (count >= ceil(min_purity * ph * pw), in integers) or
     without a valid pixel. Rows ordered (batch, row, column)."""
-    from .patch import min_count, patch_labels
+    from .patch import kept_row_labels, patch_labels
     labels, purity = patch_labels(mask, (ph, pw), num_classes, ignore_index=ignore_index, backend=backend)
-    count = torch.round(purity * float(ph * pw)).to(torch.int64)
-    need = min_count(min_purity, ph, pw)
-    keep = (labels != ignore_index) & (count >= need)
-    return torch.where(keep, labels, torch.full_like(labels, -1)).reshape(-1)
+    return kept_row_labels(labels, purity, ph, pw, ignore_index, min_purity)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .confidence import confidence_supcon, patch_confidence
-from .patch import as_patch_size, check_mask, check_num_classes, min_count, patch_labels_unchecked
+from .patch import as_patch_size, check_mask, check_num_classes, kept_row_labels, patch_labels_unchecked
 from .supcon import backend_for, check_loss_options, supcon_loss
 
 _ROW_IGNORE = -1  # label carried by left-out patches into supcon_loss
@@ -166,10 +166,7 @@ class ContrastivePatchLoss(nn.Module):
             torch._assert_async(bad[0] == 0, msg)
         elif int(bad[0]) != 0:
             raise ValueError(msg)
-        # Integer comparison (count >= ceil(min_purity * area)) so every backend keeps the same patches.
-        count = torch.round(purity * float(ph * pw)).to(torch.int64)
-        keep = (labels != self.ignore_index) & (count >= min_count(self.min_purity, ph, pw))
-        return torch.where(keep, labels, torch.full_like(labels, _ROW_IGNORE)).reshape(-1)
+        return kept_row_labels(labels, purity, ph, pw, self.ignore_index, self.min_purity, _ROW_IGNORE)
 
     # -- forward --------------------------------------------------------------------------------
     def _stage_loss(self, rows, row_labels, mask, h, w, logits):

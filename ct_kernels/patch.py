@@ -52,6 +52,16 @@ def min_count(min_purity: float, ph: int, pw: int) -> int:
     return int(math.ceil(float(f"{min_purity * ph * pw:.9g}")))
 
 
+def kept_row_labels(labels: torch.Tensor, purity: torch.Tensor, ph: int, pw: int, ignore_index: int,
+                    min_purity: float, left_out: int = -1) -> torch.Tensor:
+    """(B*h*w,) row labels: the patch's majority class, or ``left_out`` for patches without a valid
+    pixel or whose majority count is below ceil(min_purity * ph * pw) (compared in integers, so
+    every backend keeps the same patches). Rows ordered (batch, row, column)."""
+    count = torch.round(purity * float(ph * pw)).to(torch.int64)
+    keep = (labels != ignore_index) & (count >= min_count(min_purity, ph, pw))
+    return torch.where(keep, labels, torch.full_like(labels, left_out)).reshape(-1)
+
+
 def _bad_label_error(num_classes: int, ignore_index: int) -> ValueError:
     return ValueError(f"mask holds values outside [0, num_classes={num_classes}) that are not "
                       f"ignore_index={ignore_index}")
