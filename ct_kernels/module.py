@@ -74,6 +74,9 @@ class ContrastivePatchLoss(nn.Module):
         if mining not in ("similarity", "confidence"):
             raise ValueError(f"mining must be 'similarity' or 'confidence', got {mining!r}")
         if mining == "confidence":
+            if process_group is not None:
+                raise ValueError("mining='confidence' selects rows per rank on the host; it does not combine "
+                                 "with process_group")
             if hard_positives is not None or hard_negatives is not None:
                 raise ValueError("hard_positives/hard_negatives select by similarity; mining='confidence' "
                                  "selects its own hard positives and negatives: leave them None")

@@ -109,8 +109,6 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
     """
     kp, kn = check_loss_options(temperature, variant, hard_positives, hard_negatives, reduction, backend)
     _check_inputs(z, labels)
-    if process_group is not None:
-        raise NotImplementedError("process_group (multi-GPU global negatives) is not implemented yet")
     tf32 = z.dtype == torch.float32 and z.is_cuda and fp32_matmul_allows_tf32()
     name, kernels = backends.resolve(backend, z.device, "supcon_loss", z.dtype, tf32)
 
@@ -121,15 +119,35 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
     z = torch.where(valid[:, None], z, torch.zeros((), dtype=z.dtype, device=z.device))
     u = torch.nn.functional.normalize(z, dim=1, eps=_NORM_EPS) if normalize else z
 
+    if process_group is not None:
+        from .distributed import gathered_rows
+        rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), kernels, process_group,
+                                                   int(ignore_index), 1.0 / float(temperature), variant, kp, kn, tf32)
+        return _reduce_distributed(_poison_non_finite(rows, u), anchors, world, reduction)
     if kernels is None:
         rows, npos = supcon_rows_reference(u, labels, valid, float(temperature), variant,
                                            kp or None, kn or None)
     else:
         rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(), kernels, int(ignore_index),
                                         1.0 / float(temperature), variant, kp, kn, tf32)
-        # The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would
-        # not. A non-finite valid row makes every row NaN, as it would there (checked on device,
-        # no sync; ignored rows were zeroed above and cannot trigger it).
-        all_finite = torch.isfinite(u.detach()).all()
-        rows = torch.where(all_finite, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
+        rows = _poison_non_finite(rows, u)
     return _reduce(rows, npos, reduction)
+
+
+def _poison_non_finite(rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would not.
+    A non-finite valid row makes every row NaN, as it would there (checked on device, no sync;
+    ignored rows were zeroed before and cannot trigger it)."""
+    all_finite = torch.isfinite(u.detach()).all()
+    return torch.where(all_finite, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
+
+
+def _reduce_distributed(rows: torch.Tensor, anchors: torch.Tensor, world: int, reduction: str) -> torch.Tensor:
+    """DESIGN.md's scaling: DDP's gradient averaging then reproduces single-process training, and the
+    mean over ranks of the returned values is the global loss."""
+    if reduction == "none":
+        return rows
+    total = rows.sum() * world
+    if reduction == "sum":
+        return total
+    return torch.where(anchors > 0, total / anchors.clamp(min=1).to(total.dtype), total * 0)

@@ -170,6 +170,8 @@ def test_confidence_mining_module_matches_function():
         ct.ContrastivePatchLoss(3, mining="random")
     with pytest.raises(ValueError, match="hard_positives"):
         ct.ContrastivePatchLoss(3, mining="confidence", hard_positives=8)
+    with pytest.raises(ValueError, match="process_group"):
+        ct.ContrastivePatchLoss(3, mining="confidence", process_group=object())
 
 
 @pytest.mark.parametrize("backend", ["torch", "native"])
