@@ -7,6 +7,7 @@ from __future__ import annotations
 
 
 from . import backends as _backends
+from .memory_bank import MemoryBank
 from .module import ContrastivePatchLoss, ProjectionHead
 from .patch import patch_labels
 from .supcon import backend_for, supcon_loss
@@ -23,5 +24,5 @@ def available_backends() -> dict[str, str]:
     return out
 
 
-__all__ = ["patch_labels", "supcon_loss", "ContrastivePatchLoss", "ProjectionHead", "backend_for",
-           "available_backends"]
+__all__ = ["patch_labels", "supcon_loss", "ContrastivePatchLoss", "ProjectionHead", "MemoryBank",
+           "backend_for", "available_backends"]

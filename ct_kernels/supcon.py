@@ -98,40 +98,74 @@ def backend_for(device="cpu", backend: str = "auto", op: str = "supcon_loss", dt
     return backends.resolve(backend, device, op, dtype, tf32)[0]
 
 
-def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, variant: str = "supcon",
-                hard_positives: int | None = None, hard_negatives: int | None = None, ignore_index: int = -1,
-                normalize: bool = True, reduction: str = "mean", backend: str = "auto",
-                process_group=None) -> torch.Tensor:
-    """Supervised contrastive (SupCon) or per-positive InfoNCE loss over the rows of ``z``.
-
-    See DESIGN.md ("The loss, exactly") for the formula. Rows whose label equals
-    ``ignore_index`` take no part. The result is float32 for half inputs, else z's dtype.
-    """
-    kp, kn = check_loss_options(temperature, variant, hard_positives, hard_negatives, reduction, backend)
-    _check_inputs(z, labels)
-    tf32 = z.dtype == torch.float32 and z.is_cuda and fp32_matmul_allows_tf32()
-    name, kernels = backends.resolve(backend, z.device, "supcon_loss", z.dtype, tf32)
-
+def _prepared_rows(z: torch.Tensor, labels: torch.Tensor, ignore_index: int, normalize: bool):
+    """(u, int64 labels): ignored rows zeroed, then normalised if asked."""
     labels = labels.to(torch.int64)
     valid = labels != ignore_index
     # Zero ignored rows before normalising: an Inf/NaN there can then reach neither the
     # similarity of valid rows nor, through 0 * NaN, the gradient.
     z = torch.where(valid[:, None], z, torch.zeros((), dtype=z.dtype, device=z.device))
-    u = torch.nn.functional.normalize(z, dim=1, eps=_NORM_EPS) if normalize else z
+    return (torch.nn.functional.normalize(z, dim=1, eps=_NORM_EPS) if normalize else z), labels
 
+
+def _check_contrast(contrast, z: torch.Tensor, process_group):
+    if contrast is None:
+        return None
+    if not isinstance(contrast, (tuple, list)) or len(contrast) != 2:
+        raise TypeError("contrast must be a pair (zc, yc) of extra contrast rows and their labels")
+    zc, yc = contrast
+    try:
+        _check_inputs(zc, yc)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"contrast (zc, yc): {exc}") from None
+    if zc.shape[1] != z.shape[1] or zc.device != z.device:
+        raise ValueError(f"contrast rows zc must be (K, {z.shape[1]}) on {z.device}, got {tuple(zc.shape)} on {zc.device}")
     if process_group is not None:
-        from .distributed import gathered_rows
-        rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), kernels, process_group,
-                                                   int(ignore_index), 1.0 / float(temperature), variant, kp, kn, tf32)
-        return _reduce_distributed(_poison_non_finite(rows, u), anchors, world, reduction)
-    if kernels is None:
-        rows, npos = supcon_rows_reference(u, labels, valid, float(temperature), variant,
-                                           kp or None, kn or None)
-    else:
-        rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(), kernels, int(ignore_index),
-                                        1.0 / float(temperature), variant, kp, kn, tf32)
-        rows = _poison_non_finite(rows, u)
-    return _reduce(rows, npos, reduction)
+        raise ValueError("contrast= and process_group= do not combine yet: gather the memory bank yourself")
+    return zc.detach().to(z.dtype), yc
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1, *, variant: str = "supcon",
+                hard_positives: int | None = None, hard_negatives: int | None = None, ignore_index: int = -1,
+                normalize: bool = True, reduction: str = "mean", backend: str = "auto",
+                process_group=None, contrast=None) -> torch.Tensor:
+    """Supervised contrastive (SupCon) or per-positive InfoNCE loss over the rows of ``z``.
+
+    See DESIGN.md ("The loss, exactly") for the formula. Rows whose label equals
+    ``ignore_index`` take no part. The result is float32 for half inputs, else z's dtype.
+    ``contrast=(zc, yc)`` adds detached rows (a memory bank, ``ct_kernels.MemoryBank``) to the
+    contrast set: they are columns only, never anchors, and get no gradient.
+    Under ``torch.autocast`` the rows keep the dtype they come in (accumulation is float32).
+    """
+    kp, kn = check_loss_options(temperature, variant, hard_positives, hard_negatives, reduction, backend)
+    _check_inputs(z, labels)
+    extra = _check_contrast(contrast, z, process_group)
+    tf32 = z.dtype == torch.float32 and z.is_cuda and fp32_matmul_allows_tf32()
+    name, kernels = backends.resolve(backend, z.device, "supcon_loss", z.dtype, tf32)
+
+    # autocast would move normalize / the reference's matmul to another dtype behind the kernels' back
+    with torch.autocast(z.device.type, enabled=False):
+        u, labels = _prepared_rows(z, labels, ignore_index, normalize)
+        m = u.shape[0]
+        if extra is not None:
+            uc, yc = _prepared_rows(extra[0], extra[1], ignore_index, normalize)
+            u, labels = torch.cat([u, uc]), torch.cat([labels, yc])
+
+        if process_group is not None:
+            from .distributed import gathered_rows
+            rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), kernels, process_group,
+                                                       int(ignore_index), 1.0 / float(temperature), variant, kp, kn,
+                                                       tf32)
+            return _reduce_distributed(_poison_non_finite(rows, u), anchors, world, reduction)
+        if kernels is None:
+            rows, npos = supcon_rows_reference(u, labels, labels != ignore_index, float(temperature), variant,
+                                               kp or None, kn or None)
+        else:
+            rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(), kernels, int(ignore_index),
+                                            1.0 / float(temperature), variant, kp, kn, tf32)
+            rows = _poison_non_finite(rows, u)
+        # memory-bank rows are columns only: their own anchor rows are dropped here
+        return _reduce(rows[:m], npos[:m], reduction)
 
 
 def _poison_non_finite(rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,87 @@
+"""supcon_loss(contrast=(zc, yc)) and MemoryBank, every backend that runs on CPU."""
+import os
+
+import pytest
+import torch
+
+import ct_kernels as ct
+from brute import brute_rows
+
+
+def cpu_backends():
+    names = ["torch"]
+    avail = ct.available_backends()
+    if avail["native"] == "ok" and ct.backend_for("cpu", "native") == "native":
+        names.append("native")
+    if avail["triton"] == "ok" and os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
+    return names
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("kw", [dict(variant="supcon"), dict(variant="infonce"),
+                                dict(variant="supcon", hard_positives=2, hard_negatives=3)],
+                         ids=["supcon", "infonce", "mined"])
+def test_contrast_rows_are_columns_only(backend, kw):
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(11, 6, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 0, 1, -1, 4, 1, 0, 2])      # class 3 and 4: positives only in the bank
+    zc = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    yc = torch.tensor([3, 0, 1, 2, 4, -1, 0, 5, 1])
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    loss = ct.supcon_loss(z1, y, 0.3, backend=backend, contrast=(zc, yc), **kw)
+    rows = brute_rows(torch.cat([z2, zc]), torch.cat([y, yc]), 0.3, kp=kw.get("hard_positives"),
+                      kn=kw.get("hard_negatives"), variant=kw["variant"])[:11]
+    labels_all = torch.cat([y, yc]).tolist()
+    n_anchor = sum(1 for i in range(11) if y[i] != -1 and any(
+        labels_all[j] == int(y[i]) for j in range(20) if j != i))
+    ref = torch.stack(rows).sum() / n_anchor
+    torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+    loss.backward()
+    ref.backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-8, atol=1e-12)
+    none = ct.supcon_loss(z, y, 0.3, backend=backend, contrast=(zc, yc), reduction="none", **kw)
+    assert none.shape == (11,)
+
+
+def test_contrast_bad_input():
+    z, y = torch.randn(4, 3), torch.zeros(4, dtype=torch.int64)
+    with pytest.raises(TypeError, match="contrast"):
+        ct.supcon_loss(z, y, contrast=torch.randn(2, 3))
+    with pytest.raises(ValueError, match="contrast"):
+        ct.supcon_loss(z, y, contrast=(torch.randn(2, 5), torch.zeros(2, dtype=torch.int64)))
+    with pytest.raises(ValueError, match="contrast"):
+        ct.supcon_loss(z, y, contrast=(torch.randn(2, 3), torch.zeros(3, dtype=torch.int64)))
+
+
+def test_memory_bank_ring():
+    bank = ct.MemoryBank(num_classes=3, size_per_class=2, dim=2)
+    zc, yc = bank.contrast()
+    assert zc.shape == (0, 2) and yc.shape == (0,)
+    z = torch.arange(12.0).reshape(6, 2)
+    bank.update(z, torch.tensor([0, 1, 0, 0, -1, 7]))   # class 0 gets rows 0, 2, 3 (ring of 2: 2 and 3)
+    zc, yc = bank.contrast()
+    assert yc.tolist() == [0, 0, 1]
+    assert sorted(map(tuple, zc[:2].tolist())) == [(4.0, 5.0), (6.0, 7.0)]
+    assert zc[2].tolist() == [2.0, 3.0]
+    bank.update(torch.tensor([[100.0, 101.0]]), torch.tensor([0]))  # overwrites the oldest slot of class 0
+    zc, yc = bank.contrast()
+    assert sorted(map(tuple, zc[:2].tolist())) == [(6.0, 7.0), (100.0, 101.0)]
+    w = torch.randn(3, 2, requires_grad=True)
+    bank.update(w, torch.tensor([2, 2, 2]))
+    assert not bank.contrast()[0].requires_grad
+    with pytest.raises(ValueError, match="dim"):
+        ct.MemoryBank(3, 2, 0)
+    with pytest.raises(ValueError, match="z must be"):
+        bank.update(torch.randn(2, 5), torch.zeros(2, dtype=torch.int64))
+
+
+def test_memory_bank_feeds_the_loss():
+    bank = ct.MemoryBank(num_classes=3, size_per_class=4, dim=5)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        bank.update(torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g))
+    z = torch.randn(6, 5, generator=g, requires_grad=True)
+    loss = ct.supcon_loss(z, torch.tensor([0, 1, 2, 0, 1, 2]), contrast=bank.contrast(), backend="torch")
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(z.grad).all()
