@@ -1,0 +1,96 @@
+"""AMP, determinism and a compiled training step, every backend that runs on CPU."""
+import os
+
+import pytest
+import torch
+
+import ct_kernels as ct
+
+
+def cpu_backends(with_triton=True):
+    names = ["torch"]
+    avail = ct.available_backends()
+    if avail["native"] == "ok" and ct.backend_for("cpu", "native") == "native":
+        names.append("native")
+    if with_triton and avail["triton"] == "ok" and os.environ.get("TRITON_INTERPRET") == "1":
+        names.append("triton")
+    return names
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(40, 12, generator=g)
+    y = torch.randint(0, 4, (40,), generator=g)
+    y[::9] = -1
+    return x, y
+
+
+@pytest.mark.parametrize("backend", cpu_backends(with_triton=False))  # bf16 dots: not in the interpreter
+def test_autocast_keeps_feature_dtype_and_gives_fp32_loss(backend, monkeypatch):
+    x, y = _data()
+    lin = torch.nn.Linear(12, 8)
+    seen = []
+    if backend == "native":
+        from ct_kernels import _native
+        real = _native.supcon_forward
+        monkeypatch.setattr(_native, "supcon_forward", lambda u, *a: (seen.append(u.dtype), real(u, *a))[1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = lin(x)
+        assert feats.dtype == torch.bfloat16
+        loss = ct.supcon_loss(feats, y, 0.1, backend=backend)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    if backend == "native":
+        assert seen == [torch.bfloat16]  # the kernel saw the features' own dtype
+    scaler = torch.amp.GradScaler("cpu")
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    assert all(torch.isfinite(p).all() for p in lin.parameters())
+    # the same loss without autocast, from the same bf16 features: autocast changed nothing inside
+    ref = ct.supcon_loss(feats.detach(), y, 0.1, backend=backend)
+    torch.testing.assert_close(loss.detach(), ref)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("kw", [dict(), dict(variant="infonce", hard_negatives=3)], ids=["supcon", "mined-infonce"])
+def test_deterministic_under_use_deterministic_algorithms(backend, kw):
+    x, y = _data(1)
+    outs = []
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        for _ in range(2):
+            z = x.clone().requires_grad_()
+            loss = ct.supcon_loss(z, y, 0.2, backend=backend, **kw)
+            loss.backward()
+            outs.append((loss.detach(), z.grad))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("backend", cpu_backends(with_triton=False))
+def test_compiled_training_step_matches_eager(backend):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.GELU(), torch.nn.Conv2d(8, 8, 1))
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend=backend)
+    g = torch.Generator().manual_seed(3)
+    images = torch.randn(2, 3, 16, 16, generator=g)
+    mask = torch.randint(0, 3, (2, 4, 4), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
+
+    def step(m):
+        loss = crit(m(images), mask)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in m.parameters()]
+
+    eager_loss, eager_grads = step(model)
+    model.zero_grad()
+    compiled_loss, compiled_grads = step(torch.compile(model, fullgraph=True))
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
+    for a, b in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch._dynamo.reset()
+    loss_c = torch.compile(lambda im: crit(model(im), mask), fullgraph=True)(images)
+    torch.testing.assert_close(loss_c, eager_loss, rtol=1e-5, atol=1e-6)
