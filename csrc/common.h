@@ -1,4 +1,7 @@
-// Shared argument checks for the ATen-side wrappers (CPU and CUDA).
+// Shared argument checks for the ATen-side wrappers (CPU and CUDA), defined once in checks.cpp.
+// Out of line on purpose: on the GPU machine (torch 2.11) a TORCH_CHECK thrown from
+// check_patch_labels_args crashed the process (not reproducible on this CPU machine, torch 2.14).
+// The suspect, not confirmed, is the inline copy emitted in two translation units.
 #pragma once
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -10,34 +13,12 @@ namespace ct_kernels {
 // so that both backends accept the same inputs (ct_kernels._native.MAX_CLASSES).
 constexpr int64_t kMaxClasses = 1024;
 
-inline void check_patch_labels_args(const at::Tensor& mask, int64_t ph, int64_t pw,
-                                    int64_t num_classes) {
-  TORCH_CHECK(mask.dim() == 3, "patch_labels: mask must be 3-D (B, H, W), got ", mask.dim(),
-              " dims");
-  auto st = mask.scalar_type();
-  TORCH_CHECK(st == at::kByte || st == at::kChar || st == at::kShort || st == at::kInt ||
-                  st == at::kLong || st == at::kBool,
-              "patch_labels: mask must be an integer or bool tensor, got ", st);
-  TORCH_CHECK(ph > 0 && pw > 0, "patch_labels: patch size must be positive, got (", ph, ", ", pw,
-              ")");
-  TORCH_CHECK(mask.size(1) % ph == 0 && mask.size(2) % pw == 0, "patch_labels: H, W = (",
-              mask.size(1), ", ", mask.size(2), ") must be divisible by the patch size (", ph,
-              ", ", pw, ")");
-  TORCH_CHECK(num_classes >= 1 && num_classes <= kMaxClasses,
-              "patch_labels: num_classes must be in [1, ", kMaxClasses,
-              "] for the native backend, got num_classes=", num_classes);
-  TORCH_CHECK(ph * pw <= (int64_t(1) << 30), "patch_labels: patch area too large");
-}
+void check_patch_labels_args(const at::Tensor& mask, int64_t ph, int64_t pw, int64_t num_classes);
 
 // Variant codes for the supcon kernels.
 enum Variant : int { kSupCon = 0, kInfoNCE = 1 };
 
-inline int parse_variant(const std::string& v) {
-  if (v == "supcon") return kSupCon;
-  if (v == "infonce") return kInfoNCE;
-  TORCH_CHECK(false, "supcon: variant must be 'supcon' or 'infonce', got '", v, "'");
-  return -1;
-}
+int parse_variant(const std::string& v);
 
 // saved tensors of supcon_forward (acc = float64 for float64 input, float32 otherwise):
 //   npos    (M,)   int32  |P_i| after mining
@@ -48,18 +29,7 @@ inline int parse_variant(const std::string& v) {
 //                         positives: s_ij < tv || (s_ij == tv && j <= tc)
 //                         negatives: s_ij > tv || (s_ij == tv && j <= tc)
 //                         no mining on a side: tv = +inf (pos) / -inf (neg), tc = M.
-inline void check_supcon_args(const at::Tensor& u, const at::Tensor& labels, int64_t kp,
-                              int64_t kn) {
-  TORCH_CHECK(u.dim() == 2, "supcon: u must be 2-D (M, D), got ", u.dim(), " dims");
-  auto st = u.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
-              "supcon: u must be float32/float64/float16/bfloat16, got ", st);
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == u.size(0),
-              "supcon: labels must be (M,) with M = u.size(0)");
-  TORCH_CHECK(labels.scalar_type() == at::kLong, "supcon: labels must be int64");
-  TORCH_CHECK(labels.device() == u.device(), "supcon: labels and u must be on the same device");
-  TORCH_CHECK(kp >= 0 && kn >= 0, "supcon: kp, kn must be >= 0 (0 = all)");
-}
+void check_supcon_args(const at::Tensor& u, const at::Tensor& labels, int64_t kp, int64_t kn);
 
 inline at::ScalarType acc_type_of(at::ScalarType st) {
   return st == at::kDouble ? at::kDouble : at::kFloat;
