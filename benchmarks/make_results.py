@@ -117,7 +117,7 @@ def _ms(rows, op, impl, n, prec, dtype=None):
 
 
 def goals_table(rows):
-    """The performance goals of the Triton issue, read off one run (ct_triton rows)."""
+    """The GPU performance goals of the Triton and native issues, read off one run."""
     out = ["| goal | measured | met |", "|---|---|---|"]
 
     def line(text, value, limit, unit="ms"):
@@ -138,6 +138,10 @@ def goals_table(rows):
     for n in (8192, 32768):
         mined, plain = _ms(rows, "supcon_mined64", "ct_triton", n, "bf16"), _ms(rows, "supcon", "ct_triton", n, "bf16")
         line(f"mined (kp=kn=64) / unmined (bf16, N={n}) <= 2.5", mined and plain and mined["ms"] / plain["ms"], 2.5, "x")
+    for prec in ("bf16", "tf32", "fp32"):
+        nat, tri = (_ms(rows, "supcon", i, 32768, prec) for i in ("ct_native", "ct_triton"))
+        line(f"native CUDA / triton, supcon N=32768 {prec} <= 1.5 (native issue)", nat and tri and nat["ms"] / tri["ms"],
+             1.5, "x")
     for dt in ("uint8", "int64"):
         pl, cp = (_ms(rows, "patch_labels", i, 16777216, "-", dt) for i in ("ct_triton", "mask_copy"))
         line(f"patch labels {dt} <= 1.5x one mask copy", pl and cp and pl["ms"] / cp["ms"], 1.5, "x")
@@ -161,7 +165,7 @@ def run_section(run, rows, title):
 
 {floor}
 
-### Goals (Triton backend; issue "Triton kernels")
+### Goals (issues "Triton kernels" and "Native extension")
 
 {goals_table(rows)}
 
