@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
-import os
 import sys
 import time
 from pathlib import Path

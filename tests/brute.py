@@ -1,6 +1,5 @@
 """Brute-force loss written with Python loops, independent of ct_kernels.reference: the second
 oracle for the cases where pytorch-metric-learning's definition differs or does not exist."""
-import math
 
 import torch
 

@@ -1,20 +1,10 @@
 """AMP, determinism and a compiled training step, every backend that runs on CPU."""
-import os
 
 import pytest
 import torch
 
 import ct_kernels as ct
-
-
-def cpu_backends(with_triton=True):
-    names = ["torch"]
-    avail = ct.available_backends()
-    if avail["native"] == "ok" and ct.backend_for("cpu", "native") == "native":
-        names.append("native")
-    if with_triton and avail["triton"] == "ok" and os.environ.get("TRITON_INTERPRET") == "1":
-        names.append("triton")
-    return names
+from cpu_backends import cpu_backends
 
 
 def _data(seed=0):

@@ -1,7 +1,7 @@
 """python/train.py and python/demo.py: one training step of each configuration on tiny sizes
 (ViT and hierarchical backbones, with and without the contrastive term, both minings), the
 metrics, and the demo's table/verdict. Kept fast: the whole file runs in well under a minute."""
-import dataclasses
+
 import os
 import sys
 

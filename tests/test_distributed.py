@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import ct_kernels as ct
+from cpu_backends import cpu_backends
 
 CASES = [dict(variant="supcon"), dict(variant="infonce"),
          dict(variant="supcon", hard_positives=2, hard_negatives=3)]
@@ -44,16 +45,6 @@ def _worker(rank, world, init_file, backend, out_dir):
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
-
-
-def cpu_backends():
-    names = ["torch"]
-    avail = ct.available_backends()
-    if avail["native"] == "ok" and ct.backend_for("cpu", "native") == "native":
-        names.append("native")
-    if avail["triton"] == "ok" and os.environ.get("TRITON_INTERPRET") == "1":
-        names.append("triton")
-    return names
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -1,21 +1,11 @@
 """supcon_loss(contrast=(zc, yc)) and MemoryBank, every backend that runs on CPU."""
-import os
 
 import pytest
 import torch
 
 import ct_kernels as ct
+from cpu_backends import cpu_backends
 from brute import brute_rows
-
-
-def cpu_backends():
-    names = ["torch"]
-    avail = ct.available_backends()
-    if avail["native"] == "ok" and ct.backend_for("cpu", "native") == "native":
-        names.append("native")
-    if avail["triton"] == "ok" and os.environ.get("TRITON_INTERPRET") == "1":
-        names.append("triton")
-    return names
 
 
 @pytest.mark.parametrize("backend", cpu_backends())

@@ -1,11 +1,11 @@
 """patch_labels against a brute-force count, every mask dtype, every backend that runs on CPU."""
 import collections
-import os
 
 import pytest
 import torch
 
 import ct_kernels as ct
+from cpu_backends import cpu_backends
 
 
 def brute_patch_labels(mask, ph, pw, ignore_index):
@@ -24,16 +24,6 @@ def brute_patch_labels(mask, ph, pw, ignore_index):
                 labels[n, r, c] = min(k for k, v in counts.items() if v == top)
                 purity[n, r, c] = top / (ph * pw)
     return labels, purity
-
-
-def cpu_backends():
-    names = ["torch"]
-    avail = ct.available_backends()
-    if avail["native"] == "ok" and ct.backend_for("cpu", "native", "patch_labels") == "native":
-        names.append("native")
-    if avail["triton"] == "ok" and os.environ.get("TRITON_INTERPRET") == "1":
-        names.append("triton")
-    return names
 
 
 def _random_mask(shape, classes, ignore, seed, dtype):
