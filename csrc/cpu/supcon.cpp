@@ -197,6 +197,17 @@ struct Anchor {
   T lse, w, g, gnp;
 };
 
+// Mined-set membership of column j for a row with threshold (tv, tc) (see common.h): a positive
+// is below the threshold or tied with it at a column not after it; a negative is above it or tied.
+template <typename T>
+__attribute__((always_inline)) inline bool mined_low(T v, T tv, int32_t j, int32_t tc) {
+  return (v < tv) | ((v == tv) & (j <= tc));
+}
+template <typename T>
+__attribute__((always_inline)) inline bool mined_high(T v, T tv, int32_t j, int32_t tc) {
+  return (v > tv) | ((v == tv) & (j <= tc));
+}
+
 // kMode 0: members of A_i (positives and negatives); kMode 1: negatives only.
 // Returns max over members, and |P_i| and the sum of s over P_i.
 template <typename T, int kMode>
@@ -214,8 +225,8 @@ __attribute__((always_inline)) inline void row_max(const T* __restrict s, int32_
     const T v = s[j];
     const bool same = c == ci;
     const bool ok = (c >= 0) & (j != ai);
-    const bool mp = (v < tpv) | ((v == tpv) & (j <= tpc));
-    const bool mn = (v > tnv) | ((v == tnv) & (j <= tnc));
+    const bool mp = mined_low(v, tpv, j, tpc);
+    const bool mn = mined_high(v, tnv, j, tnc);
     const bool pos = ok & same & mp;
     const bool neg = ok & !same & mn;
     const bool mem = kMode == 0 ? (pos | neg) : neg;
@@ -240,8 +251,8 @@ __attribute__((always_inline)) inline T row_sumexp(const T* __restrict s, int32_
     const T v = s[j];
     const bool same = c == ci;
     const bool ok = (c >= 0) & (j != ai);
-    const bool mp = (v < tpv) | ((v == tpv) & (j <= tpc));
-    const bool mn = (v > tnv) | ((v == tnv) & (j <= tnc));
+    const bool mp = mined_low(v, tpv, j, tpc);
+    const bool mn = mined_high(v, tnv, j, tnc);
     const bool mem = kMode == 0 ? ok & ((same & mp) | (!same & mn)) : ok & !same & mn;
     const T e = fexp(v - mx);
     sum += mem ? e : T(0);
@@ -275,16 +286,16 @@ __attribute__((always_inline)) inline void row_grad(const T* __restrict s, T* __
     const bool same = c == ci;
     const bool ok = (c >= 0) & (j != i);
     // anchor i, column j
-    const bool mpi = (v < atpv) | ((v == atpv) & (j <= atpc));
-    const bool mni = (v > atnv) | ((v == atnv) & (j <= atnc));
+    const bool mpi = mined_low(v, atpv, j, atpc);
+    const bool mni = mined_high(v, atnv, j, atnc);
     const bool memi = ok & act_i & ((same & mpi) | (!same & mni));  // no ?: on bools: it blocks vectorization
     const T ei = fexp(v - alse);
     T gi;
     if (kVariant == kSupCon) gi = ag * ei - (same ? agnp : T(0));
     else gi = same ? -agnp / (T(1) + ei) : agw * ei;
     // anchor j, column i
-    const bool mpj = (v < tpv[b]) | ((v == tpv[b]) & (i <= tpc[b]));
-    const bool mnj = (v > tnv[b]) | ((v == tnv[b]) & (i <= tnc[b]));
+    const bool mpj = mined_low(v, tpv[b], i, tpc[b]);
+    const bool mnj = mined_high(v, tnv[b], i, tnc[b]);
     const bool memj = ok & (act[b] != 0) & ((same & mpj) | (!same & mnj));
     const T ej = fexp(v - lse[b]);
     T gj;
