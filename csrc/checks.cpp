@@ -41,4 +41,12 @@ void check_supcon_args(const at::Tensor& u, const at::Tensor& labels, int64_t kp
   TORCH_CHECK(kp >= 0 && kn >= 0, "supcon: kp, kn must be >= 0 (0 = all)");
 }
 
+int64_t anchor_count(int64_t M, int64_t row_start, int64_t row_count) {
+  const int64_t count = row_count < 0 ? M - row_start : row_count;
+  TORCH_CHECK(row_start >= 0 && row_start <= M && count >= 0 && row_start + count <= M,
+              "supcon: anchor rows [", row_start, ", ", row_start + count,
+              ") must lie inside the ", M, " rows of u");
+  return count;
+}
+
 }  // namespace ct_kernels

@@ -31,6 +31,12 @@ int parse_variant(const std::string& v);
 //                         no mining on a side: tv = +inf (pos) / -inf (neg), tc = M.
 void check_supcon_args(const at::Tensor& u, const at::Tensor& labels, int64_t kp, int64_t kn);
 
+// Anchor slice of the supcon ops: rows [row_start, row_start + count) of u are the anchors, every
+// row a column (row_count -1: to the end). Forward outputs and dU have `count` rows; the backward's
+// saved tensors and grad_rows cover all M rows (zeros, npos 0, for rows that were never anchors).
+// Returns count after checking the slice lies inside [0, M).
+int64_t anchor_count(int64_t M, int64_t row_start, int64_t row_count);
+
 inline at::ScalarType acc_type_of(at::ScalarType st) {
   return st == at::kDouble ? at::kDouble : at::kFloat;
 }

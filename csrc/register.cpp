@@ -6,13 +6,14 @@
 TORCH_LIBRARY(ct_kernels, m) {
   m.def("patch_labels(Tensor mask, int ph, int pw, int num_classes, int ignore_index) "
         "-> (Tensor labels, Tensor purity, Tensor bad)");
-  // saved = (npos, stats, thr_val, thr_col): O(M) tensors, see csrc/common.h.
+  // saved = (npos, stats, thr_val, thr_col): O(M) tensors; anchors are the rows row_start ..
+  // row_start + row_count (-1: to the end), see csrc/common.h.
   m.def("supcon_forward(Tensor u, Tensor labels, int ignore_index, float inv_temp, str variant, "
-        "int kp, int kn, bool allow_tf32) "
+        "int kp, int kn, bool allow_tf32, int row_start=0, int row_count=-1) "
         "-> (Tensor loss_rows, Tensor npos, Tensor stats, Tensor thr_val, Tensor thr_col)");
   m.def("supcon_backward(Tensor u, Tensor labels, int ignore_index, float inv_temp, str variant, "
         "int kp, int kn, bool allow_tf32, Tensor npos, Tensor stats, Tensor thr_val, "
-        "Tensor thr_col, Tensor grad_rows) -> Tensor");
+        "Tensor thr_col, Tensor grad_rows, int row_start=0, int row_count=-1) -> Tensor");
 }
 
 static PyModuleDef ct_kernels_c_module = {PyModuleDef_HEAD_INIT, "_C",

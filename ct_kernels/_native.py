@@ -6,7 +6,7 @@ and reached as ``torch.ops.ct_kernels.*``; this module adds fake (meta) kernels 
 ``torch.compile`` traces them, and the wrappers with the kernel-contract signatures of
 ``ct_kernels.backends``.
 
-``saved`` of :func:`supcon_forward` is ``(npos, stats, thr_val, thr_col)`` (all O(M)):
+``saved`` of :func:`supcon_forward` is ``(npos, stats, thr_val, thr_col)`` (one row per anchor):
 ``stats`` (M, 2) [log-sum-exp, infonce weight], ``thr_val``/``thr_col`` (M, 2) the per-row
 hard-mining thresholds [positive side, negative side] (value and column); see csrc/common.h.
 """
@@ -93,8 +93,9 @@ if available():
         return labels, purity, bad
 
     @torch.library.register_fake("ct_kernels::supcon_forward")
-    def _supcon_forward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-        m = u.shape[0]
+    def _supcon_forward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, row_start=0,
+                             row_count=-1):
+        m = u.shape[0] - row_start if row_count < 0 else row_count
         acc = _acc_dtype(u.dtype)
         return (u.new_empty((m,), dtype=acc), u.new_empty((m,), dtype=torch.int32),
                 u.new_empty((m, 2), dtype=acc), u.new_empty((m, 2), dtype=acc),
@@ -102,8 +103,9 @@ if available():
 
     @torch.library.register_fake("ct_kernels::supcon_backward")
     def _supcon_backward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
-                              npos, stats, thr_val, thr_col, grad_rows):
-        return torch.empty_like(u)
+                              npos, stats, thr_val, thr_col, grad_rows, row_start=0, row_count=-1):
+        m = u.shape[0] - row_start if row_count < 0 else row_count
+        return u.new_empty((m, u.shape[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,15 +125,17 @@ def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_
 
 
 def supcon_forward(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float,
-                   variant: str, kp: int, kn: int, allow_tf32: bool):
+                   variant: str, kp: int, kn: int, allow_tf32: bool, start: int = 0, count: int | None = None):
     loss_rows, npos, stats, thr_val, thr_col = torch.ops.ct_kernels.supcon_forward(
-        u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32))
+        u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32),
+        int(start), -1 if count is None else int(count))
     return loss_rows, npos, (npos, stats, thr_val, thr_col)
 
 
 def supcon_backward(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float,
-                    variant: str, kp: int, kn: int, allow_tf32: bool, saved, grad_rows: torch.Tensor):
+                    variant: str, kp: int, kn: int, allow_tf32: bool, saved, grad_rows: torch.Tensor,
+                    start: int = 0, count: int | None = None):
     npos, stats, thr_val, thr_col = saved
     return torch.ops.ct_kernels.supcon_backward(
         u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32),
-        npos, stats, thr_val, thr_col, grad_rows)
+        npos, stats, thr_val, thr_col, grad_rows, int(start), -1 if count is None else int(count))

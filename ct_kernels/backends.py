@@ -3,16 +3,24 @@
 Kernel contract shared by every fused backend module (``ct_kernels.triton_ops`` and
 ``ct_kernels._native``); the autograd Function in ``supcon.py`` is written against it once:
 
-``supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)``
+``supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None)``
     -> ``(loss_rows, npos, saved)``
     u: (M, D) contiguous rows as they enter the similarity (normalised already when requested),
        float32 / bfloat16 / float16 / float64; rows whose label == ignore_index are all zero.
     labels: (M,) int64 contiguous on u's device. kp / kn: hard-mining k, 0 meaning "all".
-    loss_rows: (M,) l_i for anchors with |P_i| > 0, exactly 0 elsewhere; float64 for float64
-       input, float32 otherwise. npos: (M,) int32, |P_i| after mining.
-    saved: tuple of O(M) tensors the backward needs (backend-defined, never M x M).
-``supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows)``
-    -> ``du`` (M, D) in u's dtype: d(sum_i grad_rows_i * l_i) / du with s_ij = inv_temp <u_i, u_j>.
+    Anchors are the rows start .. start + count of u (DESIGN.md: a contiguous slice; count None:
+       to the end); every row of u is a column. The work is count x M tiles, not M x M.
+    loss_rows: (count,) l_i for anchors with |P_i| > 0, exactly 0 elsewhere; float64 for float64
+       input, float32 otherwise. npos: (count,) int32, |P_i| after mining.
+    saved: tuple of per-anchor tensors, each with count rows first (or None where unused);
+       never M x M.
+``supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows,
+start=0, count=None)`` -> ``du`` (count, D) in u's dtype: rows start .. start + count of
+    d(sum_i grad_rows_i * l_i) / du with s_ij = inv_temp <u_i, u_j>, each row both as anchor and
+    as column. ``saved`` and ``grad_rows`` cover all M rows: the forward's tensors of every
+    anchor slice at their rows (``place_rows``), zeros elsewhere; a row with npos == 0 (and
+    grad 0) takes no part as an anchor, so rows that were never anchors (memory-bank rows,
+    another rank's padding) are zero-filled.
 ``patch_labels(mask, ph, pw, num_classes, ignore_index)`` -> ``(labels, purity, bad)``
     labels (B, H/ph, W/pw) int64, purity float32, bad: int32 tensor of one element counting
     pixels outside [0, num_classes) that are not ignore_index (read by the caller afterwards).
@@ -25,6 +33,20 @@ import types
 import torch
 
 BACKENDS = ("auto", "torch", "triton", "native")
+
+
+def place_rows(saved: tuple, start: int, total: int) -> tuple:
+    """The forward's per-anchor ``saved`` tensors of rows start .. start + count, placed in
+    zero-filled tensors of ``total`` rows (None stays None): what supcon_backward reads."""
+    out = []
+    for t in saved:
+        if t is None or (start == 0 and t.shape[0] == total):
+            out.append(t)
+            continue
+        full = t.new_zeros((total,) + tuple(t.shape[1:]))
+        full[start:start + t.shape[0]] = t
+        out.append(full)
+    return tuple(out)
 
 
 def check_backend_name(backend: str) -> None:

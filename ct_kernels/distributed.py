@@ -1,12 +1,12 @@
 """Global negatives over ``torch.distributed``: each rank's anchors are its own rows, the contrast
 set is every rank's rows (DESIGN.md, "Distributed").
 
-Forward gathers the normalised rows U (O(N·D)) and the labels; backward gathers only the O(N)
-upstream row weights. Every rank runs the fused kernels over the whole gathered batch, so the
-per-row statistics the backward needs are already local, and each rank's backward yields the exact
-gradient of the global weighted loss with respect to its own rows, as anchors and as columns: no
-N x D reduce-scatter, no atomics, deterministic. The price is compute: each rank does the whole
-N_global^2·D work rather than its n_rank x N_global share (anchor-slice kernels would remove it).
+Forward gathers the normalised rows U (O(N·D)) and the labels, and each rank runs the fused
+kernels on its own anchor slice against every gathered row: n_rank x N_global tiles. Backward
+gathers only O(N) vectors: the upstream row weights and the forward's per-row statistics of
+every rank; with them each rank computes the exact gradient of the global weighted loss with
+respect to its own rows, as anchors and as columns (the symmetric backward of DESIGN.md), again
+n_rank x N_global tiles: no N x D reduce-scatter, no atomics, deterministic.
 
 Ranks may hold different numbers of rows: the gathers are padded to the largest count (one
 all_gather of the counts, a host synchronisation) and the padding is dropped, never real rows.
@@ -21,23 +21,26 @@ from .reference import supcon_rows_reference
 
 class ReferenceKernels:
     """The dense torch backend behind the fused-kernel contract of ``backends.py``, so that the
-    distributed path has one implementation for every backend."""
+    distributed path has one implementation for every backend. Its backward differentiates the
+    whole N x N reference (it is the oracle, not a fast path)."""
 
     @staticmethod
-    def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+    def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
         with torch.no_grad():
             rows, npos = supcon_rows_reference(u, labels, labels != ignore_index, 1.0 / inv_temp, variant,
-                                               kp or None, kn or None)
+                                               kp or None, kn or None, start, count)
         return rows, npos.to(torch.int32), ()
 
     @staticmethod
-    def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows):
+    def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows,
+                        start=0, count=None):
+        count = u.shape[0] - start if count is None else count
         with torch.enable_grad():
             leaf = u.detach().requires_grad_()
             rows, _ = supcon_rows_reference(leaf, labels, labels != ignore_index, 1.0 / inv_temp, variant,
                                             kp or None, kn or None)
             (du,) = torch.autograd.grad(rows, leaf, grad_rows.to(rows.dtype))
-        return du.to(u.dtype)
+        return du[start:start + count].to(u.dtype)
 
 
 def _gather_padded(t: torch.Tensor, sizes: list[int], group, fill) -> torch.Tensor:
@@ -50,6 +53,14 @@ def _gather_padded(t: torch.Tensor, sizes: list[int], group, fill) -> torch.Tens
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
+def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Number of valid rows whose class has another row: |P_i| > 0 depends on the labels alone
+    (mining keeps at least one positive), so every rank counts the global anchors locally."""
+    valid = labels != ignore_index
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    return (valid & (counts[inverse] > 1)).sum()
+
+
 class _GatheredSupCon(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, labels, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
@@ -60,25 +71,25 @@ class _GatheredSupCon(torch.autograd.Function):
         sizes = [int(c.item()) for c in counts]
         u_all = _gather_padded(u.detach(), sizes, group, 0.0)
         labels_all = _gather_padded(labels, sizes, group, ignore_index)
-        rows_all, npos_all, saved = kernels.supcon_forward(u_all, labels_all, ignore_index, inv_temp, variant,
-                                                           kp, kn, allow_tf32)
         start = sum(sizes[:rank])
+        rows, npos, saved = kernels.supcon_forward(u_all, labels_all, ignore_index, inv_temp, variant,
+                                                   kp, kn, allow_tf32, start, u.shape[0])
         ctx.save_for_backward(u_all, labels_all, *saved)
         ctx.args = (kernels, group, sizes, start, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
-        anchors_all = (npos_all > 0).sum()  # every rank sees the whole batch: no extra collective
-        npos = npos_all[start:start + u.shape[0]]
+        anchors_all = _anchors_with_positives(labels_all, ignore_index)
         ctx.mark_non_differentiable(npos, anchors_all)
-        return rows_all[start:start + u.shape[0]], npos, anchors_all
+        return rows, npos, anchors_all
 
     @staticmethod
     def backward(ctx, grad_rows, _grad_npos, _grad_anchors):
         u_all, labels_all, *saved = ctx.saved_tensors
         kernels, group, sizes, start, ignore_index, inv_temp, variant, kp, kn, allow_tf32 = ctx.args
+        # every rank's row weights and per-row statistics (O(N) each): the columns' side of G
         g_all = _gather_padded(grad_rows.contiguous(), sizes, group, 0.0)
-        du_all = kernels.supcon_backward(u_all, labels_all, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
-                                         tuple(saved), g_all.contiguous())
-        n = sizes[dist.get_rank(group)]
-        return du_all[start:start + n], None, None, None, None, None, None, None, None, None
+        saved_all = tuple(None if t is None else _gather_padded(t, sizes, group, 0) for t in saved)
+        du = kernels.supcon_backward(u_all, labels_all, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
+                                     saved_all, g_all.contiguous(), start, sizes[dist.get_rank(group)])
+        return du, None, None, None, None, None, None, None, None, None
 
 
 def gathered_rows(u, labels, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):

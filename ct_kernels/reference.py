@@ -24,13 +24,15 @@ def _stable_rank_select(keys: torch.Tensor, member: torch.Tensor, k: int, larges
 
 
 def pair_masks(s: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
-               hard_positives: int | None, hard_negatives: int | None):
-    """Positive and negative masks (M x M, bool) after hard mining; a constant for autograd."""
+               hard_positives: int | None, hard_negatives: int | None, start: int = 0):
+    """Positive and negative masks (count x M, bool) after hard mining; a constant for autograd.
+    ``s`` holds the rows start .. start + count of the similarity (anchors), every column."""
     with torch.no_grad():
-        m = labels.shape[0]
-        eye = torch.eye(m, dtype=torch.bool, device=labels.device)
-        pair_ok = valid[:, None] & valid[None, :] & ~eye
-        same = labels[:, None] == labels[None, :]
+        count = s.shape[0]
+        rows = torch.arange(start, start + count, device=labels.device)
+        self_pair = rows[:, None] == torch.arange(labels.shape[0], device=labels.device)[None, :]
+        pair_ok = valid[rows][:, None] & valid[None, :] & ~self_pair
+        same = labels[rows][:, None] == labels[None, :]
         pos = pair_ok & same
         neg = pair_ok & ~same
         if hard_positives is not None:
@@ -58,15 +60,18 @@ def _masked_logsumexp(s: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
 
 def supcon_rows_reference(u: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                           temperature: float, variant: str = "supcon",
-                          hard_positives: int | None = None, hard_negatives: int | None = None):
-    """Per-row losses l_i (0 for rows without positives) and |P_i| after mining.
+                          hard_positives: int | None = None, hard_negatives: int | None = None,
+                          start: int = 0, count: int | None = None):
+    """Per-row losses l_i (0 for rows without positives) and |P_i| after mining, for the anchor
+    rows start .. start + count (default: all) against every row of ``u`` as a column.
 
     ``u`` are the rows as they enter the similarity (already normalised if requested);
     computation is in ``u``'s dtype for float32/float64 and in float32 for half types.
     """
     work = u if u.dtype in (torch.float32, torch.float64) else u.float()
-    s = (work @ work.T) / temperature
-    pos, neg = pair_masks(s, labels, valid, hard_positives, hard_negatives)
+    count = work.shape[0] - start if count is None else count
+    s = (work[start:start + count] @ work.T) / temperature
+    pos, neg = pair_masks(s, labels, valid, hard_positives, hard_negatives, start)
     npos = pos.sum(1)
     has_pos = npos > 0
     pos_count = npos.clamp(min=1).to(s.dtype)

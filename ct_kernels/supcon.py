@@ -60,23 +60,34 @@ def _check_inputs(z: torch.Tensor, labels: torch.Tensor) -> None:
 
 
 class _FusedSupCon(torch.autograd.Function):
-    """Row losses from a fused backend; the mining selection is a constant for autograd."""
+    """Row losses from a fused backend; the mining selection is a constant for autograd.
+
+    The anchors are the rows of ``u``; ``uc`` (or None) are extra contrast rows (a memory bank):
+    columns only, so the kernels run m x (m + K) tiles and ``uc`` gets no gradient."""
 
     @staticmethod
-    def forward(ctx, u, labels, kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-        loss_rows, npos, saved = kernels.supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
+    def forward(ctx, u, labels, uc, yc, kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+        m = u.shape[0]
+        if uc is not None:
+            u, labels = torch.cat([u, uc]), torch.cat([labels, yc])
+        loss_rows, npos, saved = kernels.supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn,
+                                                        allow_tf32, 0, m)
         ctx.save_for_backward(u, labels, *saved)
-        ctx.args = (kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
+        ctx.args = (kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, m)
         ctx.mark_non_differentiable(npos)
         return loss_rows, npos
 
     @staticmethod
     def backward(ctx, grad_rows, _grad_npos):
         u, labels, *saved = ctx.saved_tensors
-        kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32 = ctx.args
+        kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, m = ctx.args
+        total = u.shape[0]
+        grad = grad_rows.contiguous()
+        if total > m:  # memory-bank rows: never anchors (npos 0, weight 0)
+            grad = torch.cat([grad, grad.new_zeros(total - m)])
         du = kernels.supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
-                                     tuple(saved), grad_rows.contiguous())
-        return du, None, None, None, None, None, None, None, None
+                                     backends.place_rows(tuple(saved), 0, total), grad, 0, m)
+        return du, None, None, None, None, None, None, None, None, None, None
 
 
 def _reduce(rows: torch.Tensor, npos: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -146,33 +157,35 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
     # autocast would move normalize / the reference's matmul to another dtype behind the kernels' back
     with torch.autocast(z.device.type, enabled=False):
         u, labels = _prepared_rows(z, labels, ignore_index, normalize)
-        m = u.shape[0]
+        uc = yc = None
         if extra is not None:
             uc, yc = _prepared_rows(extra[0], extra[1], ignore_index, normalize)
-            u, labels = torch.cat([u, uc]), torch.cat([labels, yc])
+        finite = [u] if uc is None else [u, uc]
 
         if process_group is not None:
             from .distributed import gathered_rows
             rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), kernels, process_group,
                                                        int(ignore_index), 1.0 / float(temperature), variant, kp, kn,
                                                        tf32)
-            return _reduce_distributed(_poison_non_finite(rows, u), anchors, world, reduction)
+            return _reduce_distributed(_poison_non_finite(rows, finite), anchors, world, reduction)
         if kernels is None:
-            rows, npos = supcon_rows_reference(u, labels, labels != ignore_index, float(temperature), variant,
-                                               kp or None, kn or None)
+            u_all = u if uc is None else torch.cat([u, uc])
+            labels_all = labels if yc is None else torch.cat([labels, yc])
+            rows, npos = supcon_rows_reference(u_all, labels_all, labels_all != ignore_index, float(temperature),
+                                               variant, kp or None, kn or None, 0, u.shape[0])
         else:
-            rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(), kernels, int(ignore_index),
-                                            1.0 / float(temperature), variant, kp, kn, tf32)
-            rows = _poison_non_finite(rows, u)
-        # memory-bank rows are columns only: their own anchor rows are dropped here
-        return _reduce(rows[:m], npos[:m], reduction)
+            rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(),
+                                            None if uc is None else uc.contiguous(), yc, kernels,
+                                            int(ignore_index), 1.0 / float(temperature), variant, kp, kn, tf32)
+            rows = _poison_non_finite(rows, finite)
+        return _reduce(rows, npos, reduction)
 
 
-def _poison_non_finite(rows: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _poison_non_finite(rows: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
     """The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would not.
     A non-finite valid row makes every row NaN, as it would there (checked on device, no sync;
     ignored rows were zeroed before and cannot trigger it)."""
-    all_finite = torch.isfinite(u.detach()).all()
+    all_finite = torch.stack([torch.isfinite(t.detach()).all() for t in inputs]).all()
     return torch.where(all_finite, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
 
 

@@ -6,11 +6,14 @@
 // every pass: the mining thresholds found in the forward decide membership identically in the
 // backward, for (i, j) and for (j, i).
 //
+// Anchors are the rows a0 .. a1 of U (one rank's rows, or a batch before its memory-bank rows);
+// every row is a column. Only the row blocks that meet [a0, a1) run, with the whole-batch block
+// grid, so the tiles (and the bits of s) are those of a whole-batch call.
 // forward, per row block (parallel): the block's rows of s (kBlock x M, recomputed per tile
 // with at::mm) -> per-row mining thresholds (nth_element on (value, column)) -> loss terms.
 // backward, per row block (parallel): for each column block J, recompute the tile, form
-// H_ij = G_ij + G_ji from the saved per-row statistics of i and j, and dU_I += H U_J (at::mm);
-// no atomics, one writer per row.
+// H_ij = G_ij + G_ji from the saved per-row statistics of i and j (all M rows), and
+// dU_I += H U_J (at::mm); no atomics, one writer per row.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -53,6 +56,8 @@ struct Thr {
 template <typename T>
 struct Problem {
   int64_t M = 0, D = 0, nb = 0;
+  int64_t a0 = 0, a1 = 0;  // anchor rows [a0, a1); row blocks b_lo .. b_hi meet them
+  int64_t b_lo = 0, b_hi = 0;
   const int64_t* y = nullptr;
   int64_t ignore = 0;
   T inv_temp = 0;
@@ -61,6 +66,7 @@ struct Problem {
   at::Tensor U;  // (M, D) acc dtype, contiguous, no grad
 
   bool valid(int64_t i) const { return y[i] != ignore; }
+  bool anchor(int64_t i) const { return i >= a0 && i < a1 && y[i] != ignore; }
   int64_t r0(int64_t I) const { return I * kBlock; }
   int64_t r1(int64_t I) const { return std::min(M, (I + 1) * kBlock); }
 };
@@ -360,17 +366,19 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
   const T inf = std::numeric_limits<T>::infinity();
   const int64_t M = P.M;
   const std::vector<int32_t> cls = dense_classes(P.y, M, P.ignore);
-  at::parallel_for(0, P.nb, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(P.b_lo, P.b_hi, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> R(static_cast<size_t>(std::min(kBlock, M) * M));
     std::vector<T> scratch;
     for (int64_t I = b0; I < b1; ++I) {
       const int64_t ri = P.r0(I), ni = P.r1(I) - ri;
       bool any_valid = false;
-      for (int64_t a = 0; a < ni; ++a) any_valid |= P.valid(ri + a);
+      for (int64_t a = 0; a < ni; ++a) any_valid |= P.anchor(ri + a);
       if (any_valid)
         for (int64_t J = 0; J < P.nb; ++J) canonical_tile(P, I, J, R.data() + P.r0(J), M);
       for (int64_t a = 0; a < ni; ++a) {
         const int64_t i = ri + a;
+        if (i < P.a0 || i >= P.a1) continue;
+        const int64_t o = i - P.a0;  // outputs hold the anchor rows only
         Thr<T> t{inf, -inf, M, M};
         T st0 = -inf, st1 = 0, li = 0;
         int64_t np = 0;
@@ -402,14 +410,14 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
             }
           }
         }
-        loss[i] = li;
-        npos_out[i] = static_cast<int32_t>(np);
-        stats[2 * i] = st0;
-        stats[2 * i + 1] = st1;
-        thr_val[2 * i] = t.pv;
-        thr_val[2 * i + 1] = t.nv;
-        thr_col[2 * i] = t.pc;
-        thr_col[2 * i + 1] = t.nc;
+        loss[o] = li;
+        npos_out[o] = static_cast<int32_t>(np);
+        stats[2 * o] = st0;
+        stats[2 * o + 1] = st1;
+        thr_val[2 * o] = t.pv;
+        thr_val[2 * o + 1] = t.nv;
+        thr_col[2 * o] = t.pc;
+        thr_col[2 * o + 1] = t.nc;
       }
     }
   });
@@ -437,14 +445,14 @@ void backward_impl(const Problem<T>& P, const int32_t* npos, const T* stats, con
                   lse.data(), w.data(), g.data(), gnp.data(), act.data()};
   T* du = dU.data_ptr<T>();
   std::vector<uint8_t> mismatch(static_cast<size_t>(P.nb), 0);
-  at::parallel_for(0, P.nb, 1, [&](int64_t b0, int64_t b1) {
+  at::parallel_for(P.b_lo, P.b_hi, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> S(static_cast<size_t>(kBlock * kBlock));
     for (int64_t I = b0; I < b1; ++I) {
       const int64_t ri = P.r0(I), ni = P.r1(I) - ri;
       bool row_valid = false, row_active = false;
       for (int64_t a = 0; a < ni; ++a) {
-        row_valid |= P.valid(ri + a);
-        row_active |= act[ri + a] != 0;
+        row_valid |= P.anchor(ri + a);
+        row_active |= P.anchor(ri + a) && act[ri + a] != 0;
       }
       if (!row_valid) continue;
       at::Tensor acc = at::zeros({ni, D}, P.U.options());
@@ -460,7 +468,7 @@ void backward_impl(const Problem<T>& P, const int32_t* npos, const T* stats, con
         for (int64_t a = 0; a < ni; ++a) {
           const int64_t i = ri + a;
           T* hrow = h + a * nj;
-          if (!P.valid(i)) {
+          if (!P.anchor(i)) {
             std::fill(hrow, hrow + nj, T(0));
             continue;
           }
@@ -472,9 +480,12 @@ void backward_impl(const Problem<T>& P, const int32_t* npos, const T* stats, con
         acc.addmm_(H, P.U.slice(0, rj, rj + nj));
       }
       for (int64_t a = 0; a < ni; ++a)
-        if (act[ri + a] && seen[a] != npos[ri + a]) mismatch[I] = 1;
+        if (P.anchor(ri + a) && act[ri + a] && seen[a] != npos[ri + a]) mismatch[I] = 1;
       acc.mul_(P.inv_temp);
-      std::copy(acc.const_data_ptr<T>(), acc.const_data_ptr<T>() + ni * D, du + ri * D);
+      // the block's rows inside the anchor slice; du holds the slice's rows only
+      const int64_t lo = std::max(ri, P.a0), hi = std::min(ri + ni, P.a1);
+      std::copy(acc.const_data_ptr<T>() + (lo - ri) * D, acc.const_data_ptr<T>() + (hi - ri) * D,
+                du + (lo - P.a0) * D);
     }
   });
   for (auto m : mismatch)
@@ -484,13 +495,18 @@ void backward_impl(const Problem<T>& P, const int32_t* npos, const T* stats, con
 
 template <typename T>
 Problem<T> make_problem(const at::Tensor& u, const at::Tensor& labels, int64_t ignore_index,
-                        double inv_temp, const std::string& variant, int64_t kp, int64_t kn) {
+                        double inv_temp, const std::string& variant, int64_t kp, int64_t kn,
+                        int64_t a0, int64_t a1) {
   TORCH_CHECK(u.size(0) < (int64_t(1) << 31), "supcon (CPU kernel): too many rows (M >= 2^31)");
   Problem<T> P;
   P.U = u.detach().to(acc_type_of(u.scalar_type())).contiguous();
   P.M = u.size(0);
   P.D = u.size(1);
   P.nb = (P.M + kBlock - 1) / kBlock;
+  P.a0 = a0;
+  P.a1 = a1;
+  P.b_lo = a0 / kBlock;
+  P.b_hi = a1 > a0 ? (a1 + kBlock - 1) / kBlock : P.b_lo;
   P.y = labels.const_data_ptr<int64_t>();
   P.ignore = ignore_index;
   P.inv_temp = static_cast<T>(inv_temp);
@@ -502,12 +518,13 @@ Problem<T> make_problem(const at::Tensor& u, const at::Tensor& labels, int64_t i
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_forward_cpu(
     const at::Tensor& u, const at::Tensor& labels_in, int64_t ignore_index, double inv_temp,
-    c10::string_view variant, int64_t kp, int64_t kn, bool allow_tf32) {
+    c10::string_view variant, int64_t kp, int64_t kn, bool allow_tf32, int64_t row_start,
+    int64_t row_count) {
   (void)allow_tf32;
   check_supcon_args(u, labels_in, kp, kn);
   TORCH_CHECK(u.device().is_cpu(), "supcon_forward (CPU kernel): u must be on CPU");
   const at::Tensor labels = labels_in.contiguous();
-  const int64_t M = u.size(0);
+  const int64_t M = anchor_count(u.size(0), row_start, row_count);
   const auto acc = acc_type_of(u.scalar_type());
   auto opts = u.options().dtype(acc);
   at::Tensor loss = at::empty({M}, opts), stats = at::empty({M, 2}, opts),
@@ -516,7 +533,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fo
   at::Tensor thr_col = at::empty({M, 2}, u.options().dtype(at::kLong));
   const std::string var(variant);
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_forward_cpu", [&] {
-    auto P = make_problem<scalar_t>(u, labels, ignore_index, inv_temp, var, kp, kn);
+    auto P = make_problem<scalar_t>(u, labels, ignore_index, inv_temp, var, kp, kn, row_start, row_start + M);
     forward_impl<scalar_t>(P, loss.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(),
                            stats.data_ptr<scalar_t>(), thr_val.data_ptr<scalar_t>(),
                            thr_col.data_ptr<int64_t>());
@@ -528,11 +545,13 @@ at::Tensor supcon_backward_cpu(const at::Tensor& u, const at::Tensor& labels_in,
                                int64_t ignore_index, double inv_temp, c10::string_view variant,
                                int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
                                const at::Tensor& stats_in, const at::Tensor& thr_val_in,
-                               const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in) {
+                               const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in,
+                               int64_t row_start, int64_t row_count) {
   (void)allow_tf32;
   check_supcon_args(u, labels_in, kp, kn);
   TORCH_CHECK(u.device().is_cpu(), "supcon_backward (CPU kernel): u must be on CPU");
   const int64_t M = u.size(0), D = u.size(1);
+  const int64_t count = anchor_count(M, row_start, row_count);
   const auto acc = acc_type_of(u.scalar_type());
   TORCH_CHECK(npos_in.numel() == M && stats_in.numel() == 2 * M && thr_val_in.numel() == 2 * M &&
                   thr_col_in.numel() == 2 * M && grad_rows_in.numel() == M,
@@ -543,10 +562,11 @@ at::Tensor supcon_backward_cpu(const at::Tensor& u, const at::Tensor& labels_in,
   const at::Tensor thr_val = thr_val_in.to(acc).contiguous();
   const at::Tensor thr_col = thr_col_in.to(at::kLong).contiguous();
   const at::Tensor grad_rows = grad_rows_in.detach().to(acc).contiguous();
-  at::Tensor dU = at::zeros({M, D}, u.options().dtype(acc));
+  at::Tensor dU = at::zeros({count, D}, u.options().dtype(acc));
   const std::string var(variant);
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cpu", [&] {
-    auto P = make_problem<scalar_t>(u, labels, ignore_index, inv_temp, var, kp, kn);
+    auto P = make_problem<scalar_t>(u, labels, ignore_index, inv_temp, var, kp, kn, row_start,
+                                    row_start + count);
     backward_impl<scalar_t>(P, npos.const_data_ptr<int32_t>(), stats.const_data_ptr<scalar_t>(),
                             thr_val.const_data_ptr<scalar_t>(), thr_col.const_data_ptr<int64_t>(),
                             grad_rows.const_data_ptr<scalar_t>(), dU);

@@ -37,9 +37,18 @@ int tc_kind(const at::Tensor& u, bool allow_tf32) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_forward_cuda(
-    const at::Tensor& u_in, const at::Tensor& labels_in, int64_t ignore_index, double inv_temp,
-    c10::string_view variant, int64_t kp, int64_t kn, bool allow_tf32) {
+// Anchor slices (row_start, row_count; see common.h) are served by running every row and keeping
+// the slice's: correct, but the work is still M x M. Offsetting the kernels' row grid as the CPU
+// and Triton kernels do is the remaining step (it needs a GPU to test).
+at::Tensor anchor_rows(const at::Tensor& t, int64_t start, int64_t count) {
+  return (start == 0 && count == t.size(0)) ? t : t.narrow(0, start, count).clone();
+}
+
+using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+ForwardOut supcon_forward_all_rows(const at::Tensor& u_in, const at::Tensor& labels_in,
+                                   int64_t ignore_index, double inv_temp, c10::string_view variant,
+                                   int64_t kp, int64_t kn, bool allow_tf32) {
   check_supcon_args(u_in, labels_in, kp, kn);
   TORCH_CHECK(u_in.is_cuda(), "supcon_forward (CUDA kernel): u must be a CUDA tensor");
   c10::cuda::CUDAGuard guard(u_in.device());
@@ -79,11 +88,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fo
   return {loss, npos, stats, thr_val, thr_col};
 }
 
-at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels_in,
-                                int64_t ignore_index, double inv_temp, c10::string_view variant,
-                                int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
-                                const at::Tensor& stats_in, const at::Tensor& thr_val_in,
-                                const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in) {
+ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_in,
+                               int64_t ignore_index, double inv_temp, c10::string_view variant,
+                               int64_t kp, int64_t kn, bool allow_tf32, int64_t row_start,
+                               int64_t row_count) {
+  check_supcon_args(u_in, labels_in, kp, kn);
+  const int64_t count = anchor_count(u_in.size(0), row_start, row_count);
+  auto [loss, npos, stats, thr_val, thr_col] =
+      supcon_forward_all_rows(u_in, labels_in, ignore_index, inv_temp, variant, kp, kn, allow_tf32);
+  return {anchor_rows(loss, row_start, count), anchor_rows(npos, row_start, count),
+          anchor_rows(stats, row_start, count), anchor_rows(thr_val, row_start, count),
+          anchor_rows(thr_col, row_start, count)};
+}
+
+at::Tensor supcon_backward_all_rows(const at::Tensor& u_in, const at::Tensor& labels_in,
+                                    int64_t ignore_index, double inv_temp, c10::string_view variant,
+                                    int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
+                                    const at::Tensor& stats_in, const at::Tensor& thr_val_in,
+                                    const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in) {
   check_supcon_args(u_in, labels_in, kp, kn);
   TORCH_CHECK(u_in.is_cuda(), "supcon_backward (CUDA kernel): u must be a CUDA tensor");
   c10::cuda::CUDAGuard guard(u_in.device());
@@ -127,6 +149,20 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   });
   dU.mul_(inv_temp);
   return dU.to(u_in.scalar_type());
+}
+
+at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels_in,
+                                int64_t ignore_index, double inv_temp, c10::string_view variant,
+                                int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
+                                const at::Tensor& stats_in, const at::Tensor& thr_val_in,
+                                const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in,
+                                int64_t row_start, int64_t row_count) {
+  check_supcon_args(u_in, labels_in, kp, kn);
+  const int64_t count = anchor_count(u_in.size(0), row_start, row_count);
+  at::Tensor du = supcon_backward_all_rows(u_in, labels_in, ignore_index, inv_temp, variant, kp, kn,
+                                           allow_tf32, npos_in, stats_in, thr_val_in, thr_col_in,
+                                           grad_rows_in);
+  return anchor_rows(du, row_start, count);
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 """Host wrappers of the fused SupCon / InfoNCE kernels (the KERNEL CONTRACT of backends.py).
 
-saved = (a, q, npos, thr_pos, col_pos, thr_neg, col_neg), all of length M (the thresholds are
-1-element placeholders when that side is not mined): see supcon_kernels for what they hold.
+saved = (a, q, npos, thr_pos, col_pos, thr_neg, col_neg), one entry per anchor row (q is None
+for supcon, the thresholds None on a side that is not mined): see supcon_kernels for what they hold.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import math
 import torch
 import triton
 
+from ..backends import place_rows
 from . import tuning
 from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel
 
@@ -41,7 +42,7 @@ def _buffer_width(k: int, block: int) -> int:
 class _Call:
     """Everything one forward or backward launch needs, derived the same way both times."""
 
-    def __init__(self, u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+    def __init__(self, u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
         _check_args(u, labels, variant, kp, kn)
         self.u = u if u.is_contiguous() else u.contiguous()
         self.labels = labels.to(torch.int64).contiguous()
@@ -53,6 +54,10 @@ class _Call:
         self.cls = torch.where(valid, first, torch.full_like(first, -1)).to(torch.int32)
         self.count = torch.searchsorted(srt, self.labels, right=True) - first
         self.m, self.d = u.shape
+        self.r0 = int(start)
+        self.r = self.m - self.r0 if count is None else int(count)
+        if not (0 <= self.r0 and 0 <= self.r and self.r0 + self.r <= self.m):
+            raise ValueError(f"anchor rows {self.r0}..{self.r0 + self.r} are not inside the {self.m} rows of u")
         self.ignore_index = int(ignore_index)
         self.infonce = variant == "infonce"
         self.kp, self.kn = int(kp), int(kn)
@@ -63,8 +68,11 @@ class _Call:
         self.temp = torch.tensor([float(inv_temp) * math.log2(math.e), float(inv_temp)], dtype=self.acc,
                                  device=u.device)
         mine_width = tuning.next_pow2(max(self.kp, self.kn, 1))
+        # A slice (one rank's anchors) is keyed apart from whole batches, and a mined slice is never
+        # timed (tuning.pick): every rank must tile the same way for the thresholds to match.
+        self.sliced = self.r != self.m
         self.key = (self.d, u.dtype, tuning.next_pow2(self.m), variant, self.kp > 0, self.kn > 0,
-                    mine_width, self.prec, u.device)
+                    mine_width, self.prec, u.device, self.sliced)
         self.mine_width = mine_width
 
     @property
@@ -89,53 +97,67 @@ class _Call:
     def config(self) -> tuning.Config:
         def trial(cfg):
             loss, npos, saved = self.forward(cfg)
-            self.backward(cfg, saved, torch.ones_like(loss))
+            self.backward(cfg, place_rows(saved, self.r0, self.m), loss.new_ones(self.m))
         return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, self.mine_width, trial,
-                           mined=self.mined, tf32=self.prec == "tf32")
+                           mined=self.mined, tf32=self.prec == "tf32", timed=not (self.sliced and self.mined))
+
+    def grid(self, bm: int, d_programs: int = 1) -> tuple:
+        """Row blocks of the whole-batch grid that meet the anchor slice (see supcon_kernels)."""
+        return (triton.cdiv(self.r0 + self.r, bm) - self.r0 // bm, d_programs)
 
     def npos(self) -> torch.Tensor:
-        """|P_i| after mining, from the labels alone (O(M log M), no host sync)."""
-        npos = torch.where(self.cls >= 0, self.count - 1, torch.zeros_like(self.count))
+        """|P_i| of the anchors after mining, from the labels alone (O(M log M), no host sync)."""
+        cls, count = self.cls[self.r0:self.r0 + self.r], self.count[self.r0:self.r0 + self.r]
+        npos = torch.where(cls >= 0, count - 1, torch.zeros_like(count))
         if self.kp > 0:
             npos = npos.clamp(max=self.kp)
         return npos.to(torch.int32)
 
     def forward(self, cfg: tuning.Config):
-        m, dev = self.m, self.u.device
-        placeholder_t = torch.empty(1, dtype=self.acc, device=dev)
-        placeholder_c = torch.empty(1, dtype=torch.int32, device=dev)
-        thrp = colp = thrn = coln = None
+        r, dev = self.r, self.u.device
+        thrp = colp = thrn = coln = q = None
         if self.kp > 0:
-            thrp, colp = torch.empty(m, dtype=self.acc, device=dev), torch.empty(m, dtype=torch.int32, device=dev)
+            thrp, colp = torch.empty(r, dtype=self.acc, device=dev), torch.empty(r, dtype=torch.int32, device=dev)
         if self.kn > 0:
-            thrn, coln = torch.empty(m, dtype=self.acc, device=dev), torch.empty(m, dtype=torch.int32, device=dev)
-        thrp = placeholder_t if thrp is None else thrp
-        colp = placeholder_c if colp is None else colp
-        thrn = placeholder_t if thrn is None else thrn
-        coln = placeholder_c if coln is None else coln
+            thrn, coln = torch.empty(r, dtype=self.acc, device=dev), torch.empty(r, dtype=torch.int32, device=dev)
+        if self.infonce:
+            q = torch.zeros(r, dtype=self.acc, device=dev)
+        loss = torch.zeros(r, dtype=self.acc, device=dev)
+        npos = self.npos()
+        a = torch.empty(r, dtype=self.acc, device=dev)
+        saved = (a, q, npos, thrp, colp, thrn, coln)
+        if r == 0:
+            return loss, npos, saved
+        tp, cp, tn, cn = self._thresholds(thrp, colp, thrn, coln)
         c = self.consts(cfg)
         if self.mined:
-            grid = (triton.cdiv(m, cfg.block),)
             kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
-            supcon_mine_kernel[grid](
-                self.u, self.cls, self.temp, thrp, colp, thrn, coln, self.kp, self.kn,
-                m, self.d, self.u.stride(0),
+            supcon_mine_kernel[self.grid(cfg.block)[:1]](
+                self.u, self.cls, self.temp, tp, cp, tn, cn, self.kp, self.kn,
+                self.m, self.r0, r, self.d, self.u.stride(0),
                 MINE_P=c["MINE_P"], MINE_N=c["MINE_N"], KBP=kbp, LOG_KBP=kbp.bit_length() - 1,
                 KBN=kbn, LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block,
                 LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
                 ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        loss = torch.empty(m, dtype=self.acc, device=dev)
-        npos = self.npos()
-        a = torch.empty(m, dtype=self.acc, device=dev)
-        q = torch.zeros(m, dtype=self.acc, device=dev) if self.infonce else placeholder_t
-        grid = (triton.cdiv(m, cfg.bm),)
-        supcon_fwd_kernel[grid](self.u, self.cls, self.temp, thrp, colp, thrn, coln,
-                                loss, npos, a, q, m, self.d, self.u.stride(0), **c)
-        return loss, npos, (a, q, npos, thrp, colp, thrn, coln)
+        supcon_fwd_kernel[self.grid(cfg.bm)[:1]](
+            self.u, self.cls, self.temp, tp, cp, tn, cn, loss, npos, a, self._or_placeholder(q),
+            self.m, self.r0, r, self.d, self.u.stride(0), **c)
+        return loss, npos, saved
+
+    def _or_placeholder(self, t, dtype=None):
+        """Kernels take a pointer for every array; an unused one gets a 1-element stand-in."""
+        return torch.empty(1, dtype=dtype or self.acc, device=self.u.device) if t is None else t
+
+    def _thresholds(self, thrp, colp, thrn, coln):
+        return (self._or_placeholder(thrp), self._or_placeholder(colp, torch.int32),
+                self._or_placeholder(thrn), self._or_placeholder(coln, torch.int32))
 
     def backward(self, cfg: tuning.Config, saved, grad_rows: torch.Tensor) -> torch.Tensor:
+        """saved and grad_rows cover all M rows (backends.place_rows); dU of the anchor slice."""
         a, q, npos, thrp, colp, thrn, coln = saved
-        du = torch.empty_like(self.u)
+        du = torch.empty((self.r, self.d), dtype=self.u.dtype, device=self.u.device)
+        if self.r == 0:
+            return du
         grad = grad_rows.to(device=self.u.device, dtype=self.acc)
         has = npos > 0
         g = torch.where(has, grad, torch.zeros_like(grad))
@@ -143,30 +165,21 @@ class _Call:
         gn = (g / npos.clamp(min=1).to(self.acc)).contiguous()
         w1 = (g * q if self.infonce else g).contiguous()
         one = self.one_pass(cfg)
-        grid = (triton.cdiv(self.m, cfg.bm), 1 if one else triton.cdiv(self.d, cfg.bdo))
-        supcon_bwd_kernel[grid](self.u, self.cls, self.temp, thrp, colp, thrn, coln,
-                                a_eff, w1, gn, du, self.m, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one, **self.consts(cfg))
+        supcon_bwd_kernel[self.grid(cfg.bm, 1 if one else triton.cdiv(self.d, cfg.bdo))](
+            self.u, self.cls, self.temp, *self._thresholds(thrp, colp, thrn, coln),
+            a_eff, w1, gn, du, self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
+            **self.consts(cfg))
         return du
 
 
-def _empty_result(u: torch.Tensor):
-    acc = _acc_dtype(u.dtype)
-    z = torch.zeros(0, dtype=acc, device=u.device)
-    n = torch.zeros(0, dtype=torch.int32, device=u.device)
-    return z, n, (z, z, n, z, n, z, n)
+def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
+    """-> (loss_rows (count,), npos (count,) int32, saved): see backends.py."""
+    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
+    return call.forward(call.config() if call.r > 0 else None)
 
 
-def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-    """-> (loss_rows (M,), npos (M,) int32, saved): see backends.py."""
-    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
-    if call.m == 0:
-        return _empty_result(u)
-    return call.forward(call.config())
-
-
-def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows):
-    """-> du (M, D) in u's dtype: d(sum_i grad_rows_i * l_i) / du."""
-    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
-    if call.m == 0:
-        return torch.zeros_like(u)
-    return call.backward(call.config(), saved, grad_rows)
+def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows,
+                    start=0, count=None):
+    """-> du (count, D) in u's dtype: rows start .. start + count of d(sum_i grad_rows_i * l_i) / du."""
+    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
+    return call.backward(call.config() if call.r > 0 else None, saved, grad_rows)

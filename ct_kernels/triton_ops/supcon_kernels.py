@@ -15,7 +15,14 @@ and each tile is one dot over the whole (padded) D, as flash attention keeps its
 backward then also reuses the column block of the similarity for the G·U product (ONE_PASS,
 BDO >= D). Otherwise D is streamed in BD chunks and dU in BDO-wide programs.
 
-Per-row statistics (length M, what the backward needs):
+Anchor slice: the anchors are the rows R0 .. R0 + R of U (one rank's rows, or a batch before
+its memory-bank rows), every row of U is a column. Programs take the row blocks of the
+single-process grid (multiples of BM) that meet the slice and store only the slice's rows, so
+every tile, and hence every s_ij bit, is the one a whole-batch call computes: the thresholds
+found by one rank's forward are exact in another rank's backward. Outputs of the forward and
+dU are indexed from R0; the backward reads the per-row statistics of all M rows.
+
+Per-row statistics (what the backward needs):
   supcon : a = log2 sum over A_i of 2^s2,            q unused
   infonce: a = log2 sum_{n in N_i} 2^s2 (lseN, base 2), q = (1/|P_i|) sum_p sigmoid(lseN - s_ip)
   npos   : |P_i| after mining, computed on the host from the labels (it is label-only).
@@ -97,9 +104,16 @@ def _load_rows(lab_ptr, idx, M):
     return lab, lab >= 0
 
 
-@triton.jit(do_not_specialize=["M"])
+@triton.jit
+def _slice_rows(R0, R, BM: tl.constexpr):
+    """Rows of this program (a block of the whole-batch grid) and which of them are anchors."""
+    rows = (R0 // BM + tl.program_id(0)) * BM + tl.arange(0, BM)
+    return rows, (rows >= R0) & (rows < R0 + R)
+
+
+@triton.jit(do_not_specialize=["M", "R0", "R"])
 def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
-                       kp, kn, M, D, stride,
+                       kp, kn, M, R0, R, D, stride,
                        MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                        KBP: tl.constexpr, LOG_KBP: tl.constexpr, KBN: tl.constexpr, LOG_KBN: tl.constexpr,
                        BLOCK: tl.constexpr, LOG_BLOCK: tl.constexpr, BD: tl.constexpr,
@@ -111,8 +125,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
     pair of some row in the block. Rows with fewer than k candidates keep an empty slot
     (+inf, BIG_COL) as their threshold, which selects all of them.
     """
-    pid = tl.program_id(0)
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    rows, live = _slice_rows(R0, R, BLOCK)
     lab_r, ok_r = _load_rows(lab_ptr, rows, M)
     scale = tl.load(temp_ptr)
     ur = 0.0
@@ -145,46 +158,47 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
                 bkn, bcn = topk_merge(bkn, bcn, key, tl.where(neg, col2, BIG_COL),
                                       BLOCK, LOG_BLOCK, KBN, LOG_KBN)
                 kth_n, _cn = kth_pair(bkn, bcn, kn, KBN)
-    live = rows < M
+    out = rows - R0
     if MINE_P:
         tp, cp = kth_pair(bkp, bcp, kp, KBP)
-        tl.store(thrp_ptr + rows, tp, mask=live)
-        tl.store(colp_ptr + rows, cp, mask=live)
+        tl.store(thrp_ptr + out, tp, mask=live)
+        tl.store(colp_ptr + out, cp, mask=live)
     if MINE_N:
         tn, cn = kth_pair(bkn, bcn, kn, KBN)
-        tl.store(thrn_ptr + rows, -tn, mask=live)
-        tl.store(coln_ptr + rows, cn, mask=live)
+        tl.store(thrn_ptr + out, -tn, mask=live)
+        tl.store(coln_ptr + out, cn, mask=live)
 
 
 @triton.jit
-def _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+def _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, base, n,
                  MINE_P: tl.constexpr, MINE_N: tl.constexpr):
-    """Apply the anchor rows' thresholds to a [rows, cols] tile."""
-    live = rows < M
+    """Apply the anchor rows' thresholds to a [rows, cols] tile; row r's threshold is entry
+    r - base of arrays of n entries (forward: the slice's own, base R0; backward: all rows)."""
+    idx = rows - base
+    live = (idx >= 0) & (idx < n)
     if MINE_P:
-        thr = tl.load(thrp_ptr + rows, mask=live, other=0.0)
-        col = tl.load(colp_ptr + rows, mask=live, other=0)
+        thr = tl.load(thrp_ptr + idx, mask=live, other=0.0)
+        col = tl.load(colp_ptr + idx, mask=live, other=0)
         pos = pos & _keep_low(s, cols[None, :], thr[:, None], col[:, None])
     if MINE_N:
-        thr = tl.load(thrn_ptr + rows, mask=live, other=0.0)
-        col = tl.load(coln_ptr + rows, mask=live, other=0)
+        thr = tl.load(thrn_ptr + idx, mask=live, other=0.0)
+        col = tl.load(coln_ptr + idx, mask=live, other=0)
         neg = neg & _keep_high(s, cols[None, :], thr[:, None], col[:, None])
     return pos, neg
 
 
-@triton.jit(do_not_specialize=["M"])
+@triton.jit(do_not_specialize=["M", "R0", "R"])
 def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                       loss_ptr, npos_ptr, a_ptr, q_ptr,
-                      M, D, stride,
+                      M, R0, R, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
                       PREC: tl.constexpr, ACC: tl.constexpr):
     """Loss rows and per-row statistics. supcon: one pass (lse over A and the positive sum).
     infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it. npos is an
     input (counted on the host)."""
-    pid = tl.program_id(0)
-    rows = pid * BM + tl.arange(0, BM)
-    live = rows < M
+    rows, live = _slice_rows(R0, R, BM)
+    out = rows - R0
     lab_r, ok_r = _load_rows(lab_ptr, rows, M)
     scale = tl.load(temp_ptr)
     ur = 0.0
@@ -201,7 +215,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
         s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
         pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
-        pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+        pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
                                 MINE_P, MINE_N)
         if INFONCE:
             m, l = _online_lse2(m, l, s, neg)
@@ -209,7 +223,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             m, l = _online_lse2(m, l, s, pos | neg)
             psum += tl.sum(tl.where(pos, s, 0.0), 1)
     lse = tl.where(l > 0, m + tl.log2(tl.where(l > 0, l, 1.0)), float("-inf"))  # -inf: empty set
-    npos = tl.load(npos_ptr + rows, mask=live, other=0)
+    npos = tl.load(npos_ptr + out, mask=live, other=0)
     has = npos > 0
     cnt = tl.maximum(npos, 1).to(ACC)
     if INFONCE:
@@ -223,7 +237,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
                 uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
             s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
             pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
-            pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+            pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
                                     MINE_P, MINE_N)
             # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
             t = lse[:, None] - s  # base 2
@@ -231,11 +245,11 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             sp_sum += tl.sum(tl.where(pos, tl.maximum(t, 0.0) + tl.log2(1.0 + e), 0.0), 1)
             sg_sum += tl.sum(tl.where(pos, tl.where(t >= 0, 1.0, e) / (1.0 + e), 0.0), 1)
         loss = tl.where(has, sp_sum / cnt * LN2, 0.0)
-        tl.store(q_ptr + rows, tl.where(has, sg_sum / cnt, 0.0), mask=live)
+        tl.store(q_ptr + out, tl.where(has, sg_sum / cnt, 0.0), mask=live)
     else:
         loss = tl.where(has, (lse - psum / cnt) * LN2, 0.0)
-    tl.store(loss_ptr + rows, loss, mask=live)
-    tl.store(a_ptr + rows, tl.where(has, lse, 0.0), mask=live)
+    tl.store(loss_ptr + out, loss, mask=live)
+    tl.store(a_ptr + out, tl.where(has, lse, 0.0), mask=live)
 
 
 @triton.jit
@@ -258,25 +272,24 @@ def _row_stats(a_ptr, w1_ptr, gn_ptr, idx, M):
     return a, w1, gn
 
 
-@triton.jit(do_not_specialize=["M"])
+@triton.jit(do_not_specialize=["M", "R0", "R"])
 def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                       a_ptr, w1_ptr, gn_ptr, du_ptr,
-                      M, D, stride,
+                      M, R0, R, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
                       BDO: tl.constexpr, ONE_PASS: tl.constexpr,
                       PREC: tl.constexpr, ACC: tl.constexpr):
-    """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block and one BDO-wide chunk of D
-    (ONE_PASS: all of D, reusing the column block of the similarity).
+    """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block of the anchor slice and one
+    BDO-wide chunk of D (ONE_PASS: all of D, reusing the column block of the similarity).
 
     Row-stationary and symmetric: G_ji is formed from row j's saved statistics, so nothing
     is accumulated across programs (no atomics, deterministic). With mining, the transposed
     tile is recomputed in row j's own orientation so that row j's thresholds are tested on the
     very bits the forward saw.
     """
-    pid_m = tl.program_id(0)
     pid_d = tl.program_id(1)
-    rows = pid_m * BM + tl.arange(0, BM)
+    rows, live = _slice_rows(R0, R, BM)
     lab_r, ok_r = _load_rows(lab_ptr, rows, M)
     scale = tl.load(temp_ptr)
     inv_temp = tl.load(temp_ptr + 1)
@@ -301,12 +314,12 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
         pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)  # symmetric in (i, j)
         if MINED:
-            pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+            pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M,
                                         MINE_P, MINE_N)
             w = _dl_ds(s, pos_r, neg_r, a_r[:, None], w1_r[:, None], gn_r[:, None], INFONCE)
             st = _sim_tile(u_ptr, stride, cols, rows, uc, ur, M, D, scale, BN, BM, BD, SINGLE_D, PREC, ACC)
             pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
-                                        thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M, MINE_P, MINE_N)
+                                        thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M, MINE_P, MINE_N)
             wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], w1_c[:, None], gn_c[:, None], INFONCE)
             w += tl.trans(wt)
         else:
@@ -326,5 +339,6 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
                          mask=(cols[:, None] < M) & (offs_do[None, :] < D), other=0.0)
             acc = tl.dot(w.to(uo.dtype), uo, acc, input_precision=PREC, out_dtype=ACC)
     du = acc * inv_temp
-    tl.store(du_ptr + rows.to(tl.int64)[:, None] * stride + offs_do[None, :], du.to(du_ptr.dtype.element_ty),
-             mask=(rows[:, None] < M) & (offs_do[None, :] < D))
+    out = (rows - R0).to(tl.int64)  # du holds the slice's rows, contiguous like u
+    tl.store(du_ptr + out[:, None] * stride + offs_do[None, :], du.to(du_ptr.dtype.element_ty),
+             mask=live[:, None] & (offs_do[None, :] < D))

@@ -90,8 +90,10 @@ _CACHE: dict[tuple, Config] = {}
 
 
 def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype, mine_width: int,
-         run_fwd_bwd: Callable[[Config], None], mined: bool = False, tf32: bool = False) -> Config:
-    """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once.
+         run_fwd_bwd: Callable[[Config], None], mined: bool = False, tf32: bool = False,
+         timed: bool = True) -> Config:
+    """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once
+    (``timed=False``: the first candidate, the same on every process).
     CT_KERNELS_TRITON_CONFIG="bm,bn,bd,bdo,warps,stages" forces one (tests); mined calls
     then use bn = bm."""
     forced = os.environ.get("CT_KERNELS_TRITON_CONFIG")
@@ -104,7 +106,7 @@ def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype, mine_width: int,
     if cfg is not None:
         return cfg
     cands = gpu_candidates(d, dtype, mine_width, mined, tf32)
-    if (os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1
+    if (not timed or os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1
             or torch.cuda.is_current_stream_capturing()):
         cfg = cands[0]
     else:
