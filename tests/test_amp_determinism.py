@@ -60,7 +60,7 @@ def test_deterministic_under_use_deterministic_algorithms(backend, kw):
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
 
 
-@pytest.mark.parametrize("backend", cpu_backends(with_triton=False))
+@pytest.mark.parametrize("backend", cpu_backends())
 def test_compiled_training_step_matches_eager(backend):
     torch._dynamo.reset()
     torch.manual_seed(0)

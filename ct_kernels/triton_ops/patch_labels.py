@@ -71,6 +71,14 @@ def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_
     ph, pw = int(ph), int(pw)
     if ph < 1 or pw < 1 or h % ph or w % pw:
         raise ValueError(f"patch size ({ph}, {pw}) must divide the mask size ({h}, {w})")
+    return _patch_labels_op(mask, ph, pw, int(num_classes), int(ignore_index))
+
+
+# A custom op, so torch.compile sees one opaque node (see supcon.py for why).
+@torch.library.custom_op("ct_kernels_triton::patch_labels", mutates_args=())
+def _patch_labels_op(mask: torch.Tensor, ph: int, pw: int, num_classes: int,
+                     ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, h, w = mask.shape
     mask = mask.contiguous()
     gh, gw = h // ph, w // pw
     labels = torch.empty((b, gh, gw), dtype=torch.int64, device=mask.device)
@@ -83,6 +91,14 @@ def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_
     target = 256 if interpreting() else 2048
     pb = max(1, min(next_pow2(gw), target // (php * pwp)))
     grid = (b * gh * triton.cdiv(gw, pb),)
-    patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, int(num_classes), int(ignore_index),
+    patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, num_classes, ignore_index,
                               PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, num_warps=4)
     return labels, purity, bad
+
+
+@_patch_labels_op.register_fake
+def _patch_labels_fake(mask, ph, pw, num_classes, ignore_index):
+    b, h, w = mask.shape
+    shape = (b, h // ph, w // pw)
+    return (mask.new_empty(shape, dtype=torch.int64), mask.new_empty(shape, dtype=torch.float32),
+            mask.new_empty(1, dtype=torch.int32))

@@ -172,14 +172,72 @@ class _Call:
         return du
 
 
+# The kernel-contract entry points are torch.library custom ops: torch.compile then treats each
+# launch sequence (label relabelling, tuner, kernels) as one opaque node with a fake kernel,
+# instead of tracing Triton's launcher (which it cannot do for the interpreter, and which would
+# put the tuner's host logic in the graph on GPUs). Outputs must be tensors, so sides that are
+# not used travel as 0-element stand-ins and become None again in the wrappers below.
+
+_SAVED = ("a", "q", "npos", "thr_pos", "col_pos", "thr_neg", "col_neg")
+
+
+def _used(variant: str, kp: int, kn: int) -> tuple[bool, ...]:
+    """Which entries of saved a call fills (the others are None)."""
+    return (True, variant == "infonce", True, kp > 0, kp > 0, kn > 0, kn > 0)
+
+
+@torch.library.custom_op("ct_kernels_triton::supcon_forward", mutates_args=())
+def _forward_op(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float, variant: str,
+                kp: int, kn: int, allow_tf32: bool, start: int, count: int) -> list[torch.Tensor]:
+    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
+    loss, npos, saved = call.forward(call.config() if call.r > 0 else None)
+    stand_in = loss.new_empty(0)
+    # npos appears once (outputs may not alias each other): the wrapper puts it back into saved
+    return [loss, npos] + [stand_in.clone() if t is None else t
+                           for name, t in zip(_SAVED, saved) if name != "npos"]
+
+
+@_forward_op.register_fake
+def _forward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count):
+    acc = _acc_dtype(u.dtype)
+    used = _used(variant, kp, kn)
+    dtypes = {"a": acc, "q": acc, "thr_pos": acc, "thr_neg": acc, "col_pos": torch.int32, "col_neg": torch.int32}
+    out = [u.new_empty(count, dtype=acc), u.new_empty(count, dtype=torch.int32)]
+    for name, use in zip(_SAVED, used):
+        if name != "npos":
+            out.append(u.new_empty(count if use else 0, dtype=dtypes[name]))
+    return out
+
+
+@torch.library.custom_op("ct_kernels_triton::supcon_backward", mutates_args=())
+def _backward_op(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float, variant: str,
+                 kp: int, kn: int, allow_tf32: bool, saved: list[torch.Tensor | None], grad_rows: torch.Tensor,
+                 start: int, count: int) -> torch.Tensor:
+    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
+    return call.backward(call.config() if call.r > 0 else None, tuple(saved), grad_rows)
+
+
+@_backward_op.register_fake
+def _backward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows, start, count):
+    return u.new_empty((count, u.shape[1]))
+
+
+def _count(u: torch.Tensor, start: int, count: int | None) -> int:
+    return u.shape[0] - int(start) if count is None else int(count)
+
+
 def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
     """-> (loss_rows (count,), npos (count,) int32, saved): see backends.py."""
-    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
-    return call.forward(call.config() if call.r > 0 else None)
+    _check_args(u, labels, variant, kp, kn)
+    loss, npos, *rest = _forward_op(u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn),
+                                    bool(allow_tf32), int(start), _count(u, start, count))
+    rest.insert(_SAVED.index("npos"), npos)
+    saved = tuple(t if use else None for t, use in zip(rest, _used(variant, kp, kn)))
+    return loss, npos, saved
 
 
 def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows,
                     start=0, count=None):
     """-> du (count, D) in u's dtype: rows start .. start + count of d(sum_i grad_rows_i * l_i) / du."""
-    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
-    return call.backward(call.config() if call.r > 0 else None, saved, grad_rows)
+    return _backward_op(u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32),
+                        list(saved), grad_rows, int(start), _count(u, start, count))

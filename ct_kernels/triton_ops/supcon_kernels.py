@@ -73,6 +73,29 @@ def _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c):
 
 
 @triton.jit
+def _load_rows(lab_ptr, idx, M):
+    """Class ids relabelled on the host to int32 in [0, M), -1 for ignored rows: half the
+    registers of int64 labels for the per-column vectors, and validity is a sign test."""
+    lab = tl.load(lab_ptr + idx, mask=idx < M, other=-1)
+    return lab, lab >= 0
+
+
+@triton.jit
+def _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                 BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
+                 PREC: tl.constexpr, ACC: tl.constexpr):
+    """What every pass does per column block: (the block of U when SINGLE_D, the tile of s2,
+    candidate positives, candidate negatives), the same code everywhere so s2 is bitwise equal."""
+    lab_c, ok_c = _load_rows(lab_ptr, cols, M)
+    uc = 0.0
+    if SINGLE_D:
+        uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
+    s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
+    pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+    return uc, s, pos, neg
+
+
+@triton.jit
 def _keep_low(s, idx, thr, col):
     """Mined positive: below the row's threshold, or tied with it at a column not after it.
     ``idx == col`` keeps the threshold element itself whatever rounding did (belt and braces)."""
@@ -94,14 +117,6 @@ def _online_lse2(m, l, s, member):
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     l = l * tl.exp2(m - m_safe) + tl.sum(tl.exp2(sm - m_safe[:, None]), 1)
     return m_new, l
-
-
-@triton.jit
-def _load_rows(lab_ptr, idx, M):
-    """Class ids relabelled on the host to int32 in [0, M), -1 for ignored rows: half the
-    registers of int64 labels for the per-column vectors, and validity is a sign test."""
-    lab = tl.load(lab_ptr + idx, mask=idx < M, other=-1)
-    return lab, lab >= 0
 
 
 @triton.jit
@@ -139,12 +154,8 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
     kth_n = tl.full([BLOCK], float("inf"), ACC)
     for c0 in range(0, M, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
-        lab_c, ok_c = _load_rows(lab_ptr, cols, M)
-        uc = 0.0
-        if SINGLE_D:
-            uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
-        s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
-        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+        _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                                        BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
         col2 = tl.broadcast_to(cols[None, :], [BLOCK, BLOCK])
         if MINE_P:
             key = tl.where(pos, s, float("inf"))
@@ -209,12 +220,8 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     psum = tl.zeros([BM], ACC)
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
-        lab_c, ok_c = _load_rows(lab_ptr, cols, M)
-        uc = 0.0
-        if SINGLE_D:
-            uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
-        s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
-        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+        _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                                        BM, BN, BD, SINGLE_D, PREC, ACC)
         pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
                                 MINE_P, MINE_N)
         if INFONCE:
@@ -231,12 +238,8 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         sg_sum = tl.zeros([BM], ACC)
         for c0 in range(0, M, BN):
             cols = c0 + tl.arange(0, BN)
-            lab_c, ok_c = _load_rows(lab_ptr, cols, M)
-            uc = 0.0
-            if SINGLE_D:
-                uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
-            s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
-            pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)
+            _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                                            BM, BN, BD, SINGLE_D, PREC, ACC)
             pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
                                     MINE_P, MINE_N)
             # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
@@ -306,13 +309,10 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     MINED: tl.constexpr = MINE_P or MINE_N
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
-        lab_c, ok_c = _load_rows(lab_ptr, cols, M)
         a_c, w1_c, gn_c = _row_stats(a_ptr, w1_ptr, gn_ptr, cols, M)
-        uc = 0.0
-        if SINGLE_D:
-            uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
-        s = _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale, BM, BN, BD, SINGLE_D, PREC, ACC)
-        pos, neg = _pair_masks(rows, cols, lab_r, lab_c, ok_r, ok_c)  # symmetric in (i, j)
+        # pos / neg before mining are symmetric in (i, j)
+        uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                                       BM, BN, BD, SINGLE_D, PREC, ACC)
         if MINED:
             pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M,
                                         MINE_P, MINE_N)
