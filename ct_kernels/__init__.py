@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 
 
 def available_backends() -> dict[str, str]:
-    """Each backend and whether it can run here ('ok', or why not)."""
+    """Each backend and whether it is installed ('ok', or why not). Where it runs is another
+    question: triton takes CUDA tensors (CPU ones only under TRITON_INTERPRET=1), native what the
+    build holds; ``backend_for(device, backend)`` answers for a device, with the reason if not."""
     out = {"torch": "ok"}
     out["triton"] = "ok" if _backends._load_triton() is not None else _backends.triton_unavailable_reason()
     from . import _native
