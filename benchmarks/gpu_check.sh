@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # The one prepared device run: build the extension, GPU tests, sanitizer, headline benchmark.
 # Usage on the GPU machine, from the repo root: OUT=/some/dir bash benchmarks/gpu_check.sh [bench-mode]
-# Defaults fit one 600 s device call (build ~30 s, tests <= 240 s, sanitizer <= 40 s, bench <= 240 s);
-# TESTS, WORKERS, TEST_TIMEOUT, SAN_TIMEOUT and BENCH_BUDGET override them.
+# PHASES (default "tests sanitize bench") picks what runs after the build. All three need more than
+# one 600 s device call (build ~30 s, tests <= 240 s, sanitizer <= 2 x 40 s, bench <= BENCH_BUDGET + 60 s),
+# so a session with 15 device minutes makes two calls:
+#   PHASES="tests sanitize" bash benchmarks/gpu_check.sh
+#   PHASES=bench BENCH_BUDGET=420 bash benchmarks/gpu_check.sh headline
+# TESTS, WORKERS, TEST_TIMEOUT, SAN_TIMEOUT and BENCH_BUDGET override the other defaults.
 # Peers that the machine lacks travel as wheels in .whl/ (see benchmarks/README.md).
 set -u
 OUT=${OUT:-/tmp/ct_gpu_out}
 MODE=${1:-headline}
+PHASES=${PHASES:-tests sanitize bench}
+has_phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -24,18 +30,28 @@ python3 -c "import ct_kernels as ct; print(ct.available_backends())" | tee -a "$
 
 # The files with CUDA cases (the CPU-only files ran in CI); Triton compiles dominate the time.
 GPU_TESTS="tests/test_triton_supcon.py tests/test_triton_patch_labels.py tests/test_native_cuda.py \
-tests/test_native_patch_labels.py tests/test_hostile.py tests/test_supcon_errors.py"
+tests/test_native_patch_labels.py tests/test_hostile.py tests/test_supcon_errors.py tests/test_anchor_slice.py \
+tests/test_compile_cuda.py"
+if has_phase tests; then
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-$GPU_TESTS} -q -ra -p no:cacheprovider --durations=15 \
   -n ${WORKERS:-16} > "$OUT/tests.log" 2>&1
 echo "tests rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 tail -30 "$OUT/tests.log"
+fi
 
-if [ -f benchmarks/sanitize_native.py ] && command -v compute-sanitizer >/dev/null; then
+if has_phase sanitize && [ -f benchmarks/sanitize_native.py ] && command -v compute-sanitizer >/dev/null; then
   timeout ${SAN_TIMEOUT:-40} compute-sanitizer --tool memcheck --error-exitcode 9 python3 benchmarks/sanitize_native.py > "$OUT/sanitizer.log" 2>&1
   echo "sanitizer rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
   tail -5 "$OUT/sanitizer.log"
+  # the hostile-input catalogue on the native CUDA kernels (issue 7)
+  timeout ${SAN_TIMEOUT:-40} compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_hostile.py \
+    -k "native-cuda" -q -p no:cacheprovider > "$OUT/sanitizer_hostile.log" 2>&1
+  echo "sanitizer hostile rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+  tail -5 "$OUT/sanitizer_hostile.log"
 fi
 
+if has_phase bench; then
 timeout $(( ${BENCH_BUDGET:-180} + 60 )) python3 benchmarks/gpu_bench.py --mode "$MODE" --time-budget ${BENCH_BUDGET:-180} --out "$OUT/records.json" > "$OUT/bench.log" 2>&1
 echo "bench rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 cat "$OUT/bench.log" | cut -c1-160 | tail -80
+fi

@@ -1,5 +1,7 @@
-"""Hostile inputs, every backend that runs on CPU here: a finite, correct result (checked against the
-dense float64 reference) or a clear error; never NaN from a masked row, never a crash."""
+"""Hostile inputs, every backend that runs on CPU here, and the fused backends on CUDA tensors where
+a GPU is at hand (benchmarks/gpu_check.sh also runs the CUDA cases under compute-sanitizer): a
+finite, correct result (checked against the dense float64 reference on CPU) or a clear error; never
+NaN from a masked row, never a crash."""
 
 import pytest
 import torch
@@ -8,10 +10,22 @@ import ct_kernels as ct
 from cpu_backends import cpu_backends
 
 
-def _check(z, y, backend, temperature=0.1, dtype=torch.float64, **kw):
-    z1 = z.to(dtype).requires_grad_()
+def _cases():
+    cases = [(b, "cpu") for b in cpu_backends()]
+    if torch.cuda.is_available():
+        for b in ("native", "triton"):
+            try:
+                if ct.backend_for("cuda", b) == b:
+                    cases.append((b, "cuda"))
+            except RuntimeError:
+                pass
+    return cases
+
+
+def _check(z, y, backend, device, temperature=0.1, dtype=torch.float64, **kw):
+    z1 = z.to(dtype).to(device).requires_grad_()
     z2 = z.double().requires_grad_()
-    out = ct.supcon_loss(z1, y, temperature, backend=backend, **kw)
+    out = ct.supcon_loss(z1, y.to(device), temperature, backend=backend, **kw).cpu()
     ref = ct.supcon_loss(z2, y, temperature, backend="torch", **kw)
     assert torch.isfinite(out).all()
     out.sum().backward()
@@ -19,7 +33,7 @@ def _check(z, y, backend, temperature=0.1, dtype=torch.float64, **kw):
     assert torch.isfinite(z1.grad).all()
     tol = 1e-9 if dtype == torch.float64 else 1e-4
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
-    torch.testing.assert_close(z1.grad.double(), z2.grad, rtol=tol * 10, atol=tol * 10)
+    torch.testing.assert_close(z1.grad.double().cpu(), z2.grad, rtol=tol * 10, atol=tol * 10)
     return out
 
 
@@ -28,74 +42,74 @@ def _rand(m, d, classes, seed=0):
     return torch.randn(m, d, generator=g), torch.randint(0, classes, (m,), generator=g)
 
 
-@pytest.mark.parametrize("backend", cpu_backends())
+@pytest.mark.parametrize("backend,device", _cases(), ids=[f"{b}-{d}" for b, d in _cases()])
 class TestHostile:
-    def test_extreme_temperatures(self, backend):
+    def test_extreme_temperatures(self, backend, device):
         z, y = _rand(21, 5, 3)
-        _check(z, y, backend, temperature=0.01)
-        _check(z, y, backend, temperature=100.0)
-        _check(z, y, backend, temperature=0.01, variant="infonce", hard_negatives=3)
+        _check(z, y, backend, device, temperature=0.01)
+        _check(z, y, backend, device, temperature=100.0)
+        _check(z, y, backend, device, temperature=0.01, variant="infonce", hard_negatives=3)
 
-    def test_identical_embeddings_and_zero_vectors(self, backend):
+    def test_identical_embeddings_and_zero_vectors(self, backend, device):
         z = torch.ones(9, 4)
         y = torch.tensor([0, 1, 0, 1, 2, 2, 0, 1, 2])
-        _check(z, y, backend)
+        _check(z, y, backend, device)
         z[3] = 0.0
         z[5] = 0.0
-        _check(z, y, backend, hard_positives=1, hard_negatives=2)
+        _check(z, y, backend, device, hard_positives=1, hard_negatives=2)
 
-    def test_single_and_no_valid_row(self, backend):
+    def test_single_and_no_valid_row(self, backend, device):
         z, _ = _rand(6, 3, 2)
         one = torch.tensor([-1, -1, 4, -1, -1, -1])
-        assert _check(z, one, backend).item() == 0.0
+        assert _check(z, one, backend, device).item() == 0.0
         none = torch.full((6,), -1)
-        assert _check(z, none, backend).item() == 0.0
+        assert _check(z, none, backend, device).item() == 0.0
 
-    def test_one_class_and_other_negative_labels(self, backend):
+    def test_one_class_and_other_negative_labels(self, backend, device):
         z, _ = _rand(10, 4, 1)
-        _check(z, torch.zeros(10, dtype=torch.int64), backend)
+        _check(z, torch.zeros(10, dtype=torch.int64), backend, device)
         # labels are arbitrary ids for supcon_loss: -7 is a class like any other, -1 is ignored
-        _check(z, torch.tensor([-7, -7, 3, 3, -1, -7, 3, 2, 2, -1]), backend, variant="infonce")
+        _check(z, torch.tensor([-7, -7, 3, 3, -1, -7, 3, 2, 2, -1]), backend, device, variant="infonce")
 
-    def test_many_rows_odd_count(self, backend):
-        m = 131 if backend == "triton" else 300
+    def test_many_rows_odd_count(self, backend, device):
+        m = 131 if (backend, device) == ("triton", "cpu") else 300
         z, y = _rand(m, 3, 4, seed=2)
-        _check(z, y, backend, hard_positives=5, hard_negatives=7)
+        _check(z, y, backend, device, hard_positives=5, hard_negatives=7)
 
-    def test_feature_widths(self, backend):
+    def test_feature_widths(self, backend, device):
         z, y = _rand(7, 1, 2, seed=3)
-        _check(z, y, backend)
-        z, y = _rand(6, 1100 if backend == "triton" else 4096, 2, seed=4)
-        _check(z, y, backend)
+        _check(z, y, backend, device)
+        z, y = _rand(6, 1100 if (backend, device) == ("triton", "cpu") else 4096, 2, seed=4)
+        _check(z, y, backend, device)
 
-    def test_empty_batch(self, backend):
-        z = torch.zeros(0, 4, dtype=torch.float64, requires_grad=True)
-        out = ct.supcon_loss(z, torch.zeros(0, dtype=torch.int64), backend=backend)
+    def test_empty_batch(self, backend, device):
+        z = torch.zeros(0, 4, dtype=torch.float64, device=device, requires_grad=True)
+        out = ct.supcon_loss(z, torch.zeros(0, dtype=torch.int64, device=device), backend=backend)
         assert out.item() == 0.0
         out.backward()
         assert z.grad.shape == (0, 4)
 
-    def test_inf_in_ignored_row_does_not_leak(self, backend):
+    def test_inf_in_ignored_row_does_not_leak(self, backend, device):
         z, y = _rand(8, 3, 2, seed=5)
         z[2] = float("inf")
         z[5, 1] = float("nan")
         y[2] = -1
         y[5] = -1
-        out = _check(z, y, backend)
+        out = _check(z, y, backend, device)
         assert torch.isfinite(out)
 
-    def test_nan_in_a_valid_row_propagates(self, backend):
+    def test_nan_in_a_valid_row_propagates(self, backend, device):
         z, y = _rand(8, 3, 2, seed=6)
         z[1, 0] = float("nan")
-        out = ct.supcon_loss(z.double(), y, backend=backend)
+        out = ct.supcon_loss(z.double().to(device), y.to(device), backend=backend)
         assert torch.isnan(out)  # like PyTorch: propagated, never hidden as a wrong finite number
 
-    def test_half_inputs_low_temperature(self, backend):
-        if backend == "triton":
+    def test_half_inputs_low_temperature(self, backend, device):
+        if backend == "triton" and device == "cpu":
             pytest.skip("the Triton interpreter mis-computes bf16 tl.dot; bf16 runs on GPUs")
         z, y = _rand(20, 8, 3, seed=7)
         zb = z.to(torch.bfloat16)
-        out = ct.supcon_loss(zb, y, 0.01, backend=backend)
+        out = ct.supcon_loss(zb.to(device), y.to(device), 0.01, backend=backend).cpu()
         ref = ct.supcon_loss(zb.double(), y, 0.01, backend="torch")
         assert torch.isfinite(out) and out.dtype == torch.float32
         assert abs(out.item() - ref.item()) <= 0.05 * abs(ref.item()) + 1e-3
