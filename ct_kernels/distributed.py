@@ -13,6 +13,8 @@ all_gather of the counts, a host synchronisation) and the padding is dropped, ne
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 
@@ -53,6 +55,21 @@ def _gather_padded(t: torch.Tensor, sizes: list[int], group, fill) -> torch.Tens
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])
 
 
+def _gather_rows_packed(tensors: list[torch.Tensor], sizes: list[int], group) -> list[torch.Tensor]:
+    """_gather_padded of several per-row tensors in one collective: packed side by side as float64
+    columns (exact for the float32/float64 statistics and for integers below 2^53), unpacked after."""
+    n = tensors[0].shape[0]
+    cols = [t.reshape(n, math.prod(t.shape[1:])) for t in tensors]  # not -1: n may be 0
+    packed = torch.cat([c.to(torch.float64) for c in cols], dim=1)
+    gathered = _gather_padded(packed, sizes, group, 0.0)
+    out, at = [], 0
+    for t, c in zip(tensors, cols):
+        part = gathered[:, at:at + c.shape[1]]
+        at += c.shape[1]
+        out.append(part.to(t.dtype).reshape((gathered.shape[0],) + tuple(t.shape[1:])).contiguous())
+    return out
+
+
 def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Number of valid rows whose class has another row: |P_i| > 0 depends on the labels alone
     (mining keeps at least one positive), so every rank counts the global anchors locally."""
@@ -84,11 +101,14 @@ class _GatheredSupCon(torch.autograd.Function):
     def backward(ctx, grad_rows, _grad_npos, _grad_anchors):
         u_all, labels_all, *saved = ctx.saved_tensors
         kernels, group, sizes, start, ignore_index, inv_temp, variant, kp, kn, allow_tf32 = ctx.args
-        # every rank's row weights and per-row statistics (O(N) each): the columns' side of G
-        g_all = _gather_padded(grad_rows.contiguous(), sizes, group, 0.0)
-        saved_all = tuple(None if t is None else _gather_padded(t, sizes, group, 0) for t in saved)
+        # every rank's row weights and per-row statistics (O(N) each, one collective): the columns'
+        # side of G; padding rows arrive as zeros, i.e. npos 0: not anchors
+        present = [t for t in saved if t is not None]
+        g_all, *gathered = _gather_rows_packed([grad_rows.contiguous()] + present, sizes, group)
+        it = iter(gathered)
+        saved_all = tuple(None if t is None else next(it) for t in saved)
         du = kernels.supcon_backward(u_all, labels_all, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
-                                     saved_all, g_all.contiguous(), start, sizes[dist.get_rank(group)])
+                                     saved_all, g_all, start, sizes[dist.get_rank(group)])
         return du, None, None, None, None, None, None, None, None, None
 
 
