@@ -10,6 +10,9 @@ n_rank x N_global tiles: no N x D reduce-scatter, no atomics, deterministic.
 
 Ranks may hold different numbers of rows: the gathers are padded to the largest count (one
 all_gather of the counts, a host synchronisation) and the padding is dropped, never real rows.
+Extra contrast rows (``contrast=``, a memory bank) are appended after the gathered rows on each
+rank, as columns only; the number of anchors with positives is then summed over ranks (each
+rank's own bank may give its anchors positives).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import math
 import torch
 import torch.distributed as dist
 
+from . import backends
 from .reference import supcon_rows_reference
 
 
@@ -72,7 +76,8 @@ def _gather_rows_packed(tensors: list[torch.Tensor], sizes: list[int], group) ->
 
 def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Number of valid rows whose class has another row: |P_i| > 0 depends on the labels alone
-    (mining keeps at least one positive), so every rank counts the global anchors locally."""
+    (mining keeps at least one positive), so without extra rows every rank counts the global
+    anchors locally, with no collective."""
     valid = labels != ignore_index
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     return (valid & (counts[inverse] > 1)).sum()
@@ -80,7 +85,7 @@ def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Te
 
 class _GatheredSupCon(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, labels, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+    def forward(ctx, u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
         world, rank = dist.get_world_size(group), dist.get_rank(group)
         count = torch.tensor([u.shape[0]], dtype=torch.int64, device=u.device)
         counts = [torch.empty_like(count) for _ in range(world)]
@@ -89,11 +94,17 @@ class _GatheredSupCon(torch.autograd.Function):
         u_all = _gather_padded(u.detach(), sizes, group, 0.0)
         labels_all = _gather_padded(labels, sizes, group, ignore_index)
         start = sum(sizes[:rank])
+        if uc is not None:  # this rank's extra contrast rows: columns after every rank's rows
+            u_all, labels_all = torch.cat([u_all, uc]), torch.cat([labels_all, yc])
         rows, npos, saved = kernels.supcon_forward(u_all, labels_all, ignore_index, inv_temp, variant,
                                                    kp, kn, allow_tf32, start, u.shape[0])
         ctx.save_for_backward(u_all, labels_all, *saved)
         ctx.args = (kernels, group, sizes, start, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
-        anchors_all = _anchors_with_positives(labels_all, ignore_index)
+        if uc is None:
+            anchors_all = _anchors_with_positives(labels_all, ignore_index)
+        else:
+            anchors_all = (npos > 0).sum()
+            dist.all_reduce(anchors_all, group=group)
         ctx.mark_non_differentiable(npos, anchors_all)
         return rows, npos, anchors_all
 
@@ -106,17 +117,19 @@ class _GatheredSupCon(torch.autograd.Function):
         present = [t for t in saved if t is not None]
         g_all, *gathered = _gather_rows_packed([grad_rows.contiguous()] + present, sizes, group)
         it = iter(gathered)
-        saved_all = tuple(None if t is None else next(it) for t in saved)
+        # extra contrast rows after the gathered ones: never anchors (zeros, npos 0)
+        saved_all = backends.place_rows(tuple(None if t is None else next(it) for t in saved), 0, u_all.shape[0])
+        g_all = backends.place_rows((g_all,), 0, u_all.shape[0])[0]
         du = kernels.supcon_backward(u_all, labels_all, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
                                      saved_all, g_all, start, sizes[dist.get_rank(group)])
-        return du, None, None, None, None, None, None, None, None, None
+        return du, None, None, None, None, None, None, None, None, None, None, None
 
 
-def gathered_rows(u, labels, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+def gathered_rows(u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
     """(local row losses, local |P_i|, anchors with positives on all ranks, world size)."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("process_group was given but torch.distributed is not initialised "
                            "(call torch.distributed.init_process_group first)")
-    rows, npos, anchors = _GatheredSupCon.apply(u, labels, kernels or ReferenceKernels, group, ignore_index,
-                                                inv_temp, variant, kp, kn, allow_tf32)
+    rows, npos, anchors = _GatheredSupCon.apply(u, labels, uc, yc, kernels or ReferenceKernels, group,
+                                                ignore_index, inv_temp, variant, kp, kn, allow_tf32)
     return rows, npos, anchors, dist.get_world_size(group)

@@ -119,7 +119,7 @@ def _prepared_rows(z: torch.Tensor, labels: torch.Tensor, ignore_index: int, nor
     return (torch.nn.functional.normalize(z, dim=1, eps=_NORM_EPS) if normalize else z), labels
 
 
-def _check_contrast(contrast, z: torch.Tensor, process_group):
+def _check_contrast(contrast, z: torch.Tensor):
     if contrast is None:
         return None
     if not isinstance(contrast, (tuple, list)) or len(contrast) != 2:
@@ -131,8 +131,6 @@ def _check_contrast(contrast, z: torch.Tensor, process_group):
         raise type(exc)(f"contrast (zc, yc): {exc}") from None
     if zc.shape[1] != z.shape[1] or zc.device != z.device:
         raise ValueError(f"contrast rows zc must be (K, {z.shape[1]}) on {z.device}, got {tuple(zc.shape)} on {zc.device}")
-    if process_group is not None:
-        raise ValueError("contrast= and process_group= do not combine yet: gather the memory bank yourself")
     return zc.detach().to(z.dtype), yc
 
 
@@ -145,12 +143,15 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
     See DESIGN.md ("The loss, exactly") for the formula. Rows whose label equals
     ``ignore_index`` take no part. The result is float32 for half inputs, else z's dtype.
     ``contrast=(zc, yc)`` adds detached rows (a memory bank, ``ct_kernels.MemoryBank``) to the
-    contrast set: they are columns only, never anchors, and get no gradient.
+    contrast set: they are columns only, never anchors, and get no gradient. With
+    ``process_group`` each rank's anchors see every rank's rows plus the contrast rows given on
+    that rank: give every rank the same ones (a bank updated with gathered rows) and the result is
+    the single-process loss of the concatenated batch with that bank.
     Under ``torch.autocast`` the rows keep the dtype they come in (accumulation is float32).
     """
     kp, kn = check_loss_options(temperature, variant, hard_positives, hard_negatives, reduction, backend)
     _check_inputs(z, labels)
-    extra = _check_contrast(contrast, z, process_group)
+    extra = _check_contrast(contrast, z)
     tf32 = z.dtype == torch.float32 and z.is_cuda and fp32_matmul_allows_tf32()
     name, kernels = backends.resolve(backend, z.device, "supcon_loss", z.dtype, tf32)
 
@@ -164,9 +165,9 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
 
         if process_group is not None:
             from .distributed import gathered_rows
-            rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), kernels, process_group,
-                                                       int(ignore_index), 1.0 / float(temperature), variant, kp, kn,
-                                                       tf32)
+            rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), uc, yc, kernels,
+                                                       process_group, int(ignore_index), 1.0 / float(temperature),
+                                                       variant, kp, kn, tf32)
             return _reduce_distributed(_poison_non_finite(rows, finite), anchors, world, reduction)
         if kernels is None:
             u_all = u if uc is None else torch.cat([u, uc])

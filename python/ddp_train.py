@@ -83,6 +83,7 @@ def main(argv=None) -> int:
         if rank == 0:
             print(f"step {step}: cross-entropy {logged[0]:.4f}  contrastive (global) {logged[1]:.4f}  "
                   f"patches in the loss, all ranks: {int(n_patches)}  backend {criterion.last_backend}")
+    dist.barrier()  # no rank tears down while a peer's last sends are in flight
     dist.destroy_process_group()
     return 0
 

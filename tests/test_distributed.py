@@ -15,7 +15,9 @@ import ct_kernels as ct
 from cpu_backends import cpu_backends
 
 CASES = [dict(variant="supcon"), dict(variant="infonce"),
-         dict(variant="supcon", hard_positives=2, hard_negatives=3)]
+         dict(variant="supcon", hard_positives=2, hard_negatives=3),
+         # the same memory bank on every rank (columns only): class 3 has positives only there
+         dict(variant="infonce", hard_negatives=4, bank=True)]
 SPLITS = {2: [9, 14], 3: [7, 0, 16]}  # uneven, and one rank without rows
 
 
@@ -24,7 +26,18 @@ def _batch():
     z = torch.randn(23, 5, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (23,), generator=g)
     y[[1, 10, 20]] = -1
+    y[5] = 3  # its only positives are in the memory bank of the last case
     return z, y
+
+
+def _bank():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(6, 5, generator=g, dtype=torch.float64), torch.tensor([3, 0, 3, -1, 1, 2])
+
+
+def _kwargs(kw):
+    kw = dict(kw)
+    return dict(kw, contrast=_bank()) if kw.pop("bank", False) else kw
 
 
 def _worker(rank, world, init_file, backend, out_dir):
@@ -39,10 +52,13 @@ def _worker(rank, world, init_file, backend, out_dir):
         results = []
         for kw in CASES:
             zr = z[lo:hi].clone().requires_grad_()
-            loss = ct.supcon_loss(zr, y[lo:hi], 0.2, backend=backend, process_group=dist.group.WORLD, **kw)
+            loss = ct.supcon_loss(zr, y[lo:hi], 0.2, backend=backend, process_group=dist.group.WORLD, **_kwargs(kw))
             loss.backward()
             results.append((loss.detach(), zr.grad))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        # every rank done before any tears down: a rank leaving while a peer's gloo sends are in
+        # flight aborted the process now and then ("terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -59,7 +75,7 @@ def test_gloo_matches_single_process(tmp_path, world, backend):
         bounds.append(bounds[-1] + n)
     for c, kw in enumerate(CASES):
         zz = z.clone().requires_grad_()
-        ref = ct.supcon_loss(zz, y, 0.2, backend=backend, **kw)
+        ref = ct.supcon_loss(zz, y, 0.2, backend=backend, **_kwargs(kw))
         ref.backward()
         losses = torch.stack([per_rank[r][c][0] for r in range(world)])
         torch.testing.assert_close(losses.mean(), ref.detach(), rtol=1e-9, atol=1e-12)
