@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ct_kernels as ct
+from compiled_step import check_compiled_step
 from cpu_backends import cpu_backends
 
 
@@ -62,25 +63,4 @@ def test_deterministic_under_use_deterministic_algorithms(backend, kw):
 
 @pytest.mark.parametrize("backend", cpu_backends())
 def test_compiled_training_step_matches_eager(backend):
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.GELU(), torch.nn.Conv2d(8, 8, 1))
-    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend=backend)
-    g = torch.Generator().manual_seed(3)
-    images = torch.randn(2, 3, 16, 16, generator=g)
-    mask = torch.randint(0, 3, (2, 4, 4), generator=g).repeat_interleave(4, 1).repeat_interleave(4, 2)
-
-    def step(m):
-        loss = crit(m(images), mask)
-        loss.backward()
-        return loss.detach(), [p.grad.clone() for p in m.parameters()]
-
-    eager_loss, eager_grads = step(model)
-    model.zero_grad()
-    compiled_loss, compiled_grads = step(torch.compile(model, fullgraph=True))
-    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-5, atol=1e-6)
-    for a, b in zip(compiled_grads, eager_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    torch._dynamo.reset()
-    loss_c = torch.compile(lambda im: crit(model(im), mask), fullgraph=True)(images)
-    torch.testing.assert_close(loss_c, eager_loss, rtol=1e-5, atol=1e-6)
+    check_compiled_step(backend)
