@@ -273,11 +273,42 @@ def bench_patch_labels(rec):
                         status=f"error: {type(exc).__name__}: {exc}"[:300])
 
 
+def bench_anchor_slice(rec, backend_names, n=32768, d=128, world=8):
+    """One rank's share under process_group: its n/world anchors against all n rows (kernel
+    contract, start/count), next to the whole batch, bf16, fwd+bwd. Ideal ratio 1/world."""
+    from ct_kernels import backends
+    g = torch.Generator(device="cuda").manual_seed(7)
+    u = F.normalize(torch.randn(n, d, device="cuda", generator=g), dim=1).to(torch.bfloat16)
+    y = torch.randint(0, NUM_CLASSES, (n,), device="cuda", generator=g)
+    grad = torch.ones(n, device="cuda")
+    for b in backend_names:
+        try:
+            kernels = backends.resolve(b, u.device, "supcon_loss", u.dtype)[1]
+        except RuntimeError as exc:
+            print(f"ct_{b}: {exc}")
+            continue
+        for count in (n, n // world):
+            def fwd_bwd(z, labels, count=count, kernels=kernels):
+                _, _, saved = kernels.supcon_forward(z, labels, -1, 1.0 / TEMP, "supcon", 0, 0, False, 0, count)
+                return kernels.supcon_backward(z, labels, -1, 1.0 / TEMP, "supcon", 0, 0, False,
+                                               backends.place_rows(saved, 0, n), grad, 0, count)
+            meta = dict(op="supcon_rank_slice", impl=f"ct_{b}", n=n, d=d, dtype="bfloat16", precision="bf16",
+                        mode="fwd+bwd", anchors=count)
+            if time.time() > DEADLINE[0]:
+                rec.add(**meta, ms=None, peak_mib=None, status="skipped: over --time-budget")
+                continue
+            try:
+                ms, peak = measure(fwd_bwd, [(u, y)], "fwd")
+                rec.add(**meta, ms=ms, peak_mib=peak)
+            except Exception as exc:
+                rec.add(**meta, ms=None, peak_mib=None, status=f"error: {type(exc).__name__}: {exc}"[:300])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["headline", "full", "smoke"], default="headline")
     ap.add_argument("--out", default=None, help="records file (default benchmarks/results/<card>-<date>.json)")
-    ap.add_argument("--only", default=None, help="comma list of sections: supcon,variants,mining,patch")
+    ap.add_argument("--only", default=None, help="comma list of sections: supcon,variants,mining,patch,slice")
     ap.add_argument("--time-budget", type=float, default=None,
                     help="seconds; measurements past it are recorded as skipped")
     args = ap.parse_args()
@@ -303,7 +334,7 @@ def main():
         have_infcl = False
         print("inf-cl missing: its rows are left out")
     impls = make_impls(have_pml, have_infcl)
-    sections = set((args.only or "supcon,variants,mining,patch").split(","))
+    sections = set((args.only or "supcon,variants,mining,patch,slice").split(","))
     t0 = time.time()
     if args.mode == "smoke":
         ns, ds, precs = [4096], [128], ["bf16", "fp32"]
@@ -332,6 +363,8 @@ def main():
         run_loss_grid(rec, mined, [8192, 32768], [128], ["bf16"], op="supcon_mined64")
     if "patch" in sections:
         bench_patch_labels(rec)
+    if "slice" in sections:
+        bench_anchor_slice(rec, [k[3:] for k in ct_impls])
     if "supcon" in sections:
         for n in rest:
             run_loss_grid(rec, impls, [n], ds, precs)

@@ -30,7 +30,7 @@ def by_run(rows):
     Ratios are only ever taken inside one run."""
     runs = defaultdict(dict)
     for r in rows:
-        key = (r["op"], r["impl"], r.get("n"), r.get("d"), r.get("dtype"), r.get("precision"))
+        key = (r["op"], r["impl"], r.get("n"), r.get("d"), r.get("dtype"), r.get("precision"), r.get("anchors"))
         runs[r.get("run") or r.get("time", "")][key] = r
     return [(run, list(recs.values())) for run, recs in sorted(runs.items(), reverse=True)]
 
@@ -75,6 +75,19 @@ def simple_table(rows, op):
     sel = sorted([r for r in rows if r["op"] == op], key=lambda r: (r.get("dtype"), r.get("n"), r["impl"]))
     lines = ["| impl | N | dtype | precision | time, peak extra memory |", "|---|---|---|---|---|"]
     lines += [f"| {r['impl']} | {r.get('n')} | {r.get('dtype')} | {r.get('precision')} | {fmt(r)} |" for r in sel]
+    return "\n".join(lines)
+
+
+def slice_table(rows):
+    """One rank's anchor slice (process_group) against the whole batch, per backend."""
+    sel = [r for r in rows if r["op"] == "supcon_rank_slice"]
+    if not sel:
+        return "(not measured in this run)"
+    lines = ["| impl | N | anchors | time, peak extra memory | time / whole batch |", "|---|---|---|---|---|"]
+    whole = {r["impl"]: r.get("ms") for r in sel if r.get("anchors") == r.get("n")}
+    for r in sorted(sel, key=lambda r: (r["impl"], -r["anchors"])):
+        ratio = f"{r['ms'] / whole[r['impl']]:.2f}" if r.get("ms") and whole.get(r["impl"]) else "—"
+        lines.append(f"| {r['impl']} | {r['n']} | {r['anchors']} | {fmt(r)} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -178,6 +191,10 @@ def run_section(run, rows, title):
 ### Patch labels, 16 x 1024 x 1024 masks, patch 16, 6 classes (CUDA graphs)
 
 {simple_table(rows, "patch_labels")}
+
+### One rank of eight under process_group: N/8 anchors against all N rows, bf16, fwd+bwd
+
+{slice_table(rows)}
 """
 
 
@@ -204,7 +221,8 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   planned replacement.
 - **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2
   under CUDA graphs (7 us = 4.6 TB/s); the kernel loops over classes per patch, so its cost grows
-  with num_classes while the copy's does not.
+  with num_classes while the copy's does not. From the next run on, the bench cycles through at
+  least 256 MiB of masks, so neither side reads its mask from L2.
 """
 
 
