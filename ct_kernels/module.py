@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .confidence import confidence_supcon, patch_confidence
+from .memory_bank import MemoryBank
 from .patch import as_patch_size, check_mask, check_num_classes, kept_row_labels, patch_labels_unchecked
 from .supcon import backend_for, check_loss_options, supcon_loss
 
@@ -57,13 +58,18 @@ class ContrastivePatchLoss(nn.Module):
     ``hard_negatives``). ``mining="confidence"`` is the paper's selection by the segmentation head's
     confidence (``ct_kernels.confidence``): ``forward`` then needs ``logits``, and selecting per
     class reads counts on the host.
+
+    ``memory_bank=ct.MemoryBank(num_classes, size, D)`` (one feature stage): each forward adds the
+    bank's rows to the contrast set (columns only) and then pushes the step's kept patch rows into
+    it, detached. It is a submodule: ``.to(device)`` moves it, the state dict holds it. With
+    ``process_group`` each rank's bank holds that rank's rows.
     """
 
     def __init__(self, num_classes: int, temperature: float = 0.1, ignore_index: int = 255,
                  min_purity: float = 1.0, variant: str = "supcon", hard_positives: int | None = None,
                  hard_negatives: int | None = None, num_prefix_tokens: int = 0, backend: str = "auto",
                  process_group=None, *, mining: str = "similarity", confidence_fraction: float = 0.4,
-                 max_per_class: int = 128, min_per_class: int = 10):
+                 max_per_class: int = 128, min_per_class: int = 10, memory_bank: MemoryBank | None = None):
         super().__init__()
         check_num_classes(num_classes)
         check_loss_options(temperature, variant, hard_positives, hard_negatives, "mean", backend)
@@ -85,6 +91,15 @@ class ContrastivePatchLoss(nn.Module):
             for name, v in (("max_per_class", max_per_class), ("min_per_class", min_per_class)):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if memory_bank is not None:
+            if not isinstance(memory_bank, MemoryBank):
+                raise TypeError(f"memory_bank must be a ct_kernels.MemoryBank, got {type(memory_bank).__name__}")
+            if memory_bank.num_classes != num_classes:
+                raise ValueError(f"memory_bank holds {memory_bank.num_classes} classes, the loss {num_classes}")
+            if mining == "confidence":
+                raise ValueError("memory_bank works with mining='similarity'; the confidence selection does "
+                                 "not take extra contrast rows")
+        self.memory_bank = memory_bank
         self.mining = mining
         self.confidence_fraction = confidence_fraction
         self.max_per_class = max_per_class
@@ -172,14 +187,27 @@ class ContrastivePatchLoss(nn.Module):
         return kept_row_labels(labels, purity, ph, pw, self.ignore_index, self.min_purity, _ROW_IGNORE)
 
     # -- forward --------------------------------------------------------------------------------
+    def _bank_contrast(self, rows: torch.Tensor):
+        bank = self.memory_bank
+        if rows.shape[1] != bank.dim or rows.device != bank.store.device:
+            raise ValueError(f"memory_bank holds ({bank.dim},) rows on {bank.store.device}, the features are "
+                             f"({rows.shape[1]},) on {rows.device} (move the loss with .to(): the bank is a submodule)")
+        zc, yc = bank.contrast()
+        return zc, torch.where(yc == bank.ignore_index, torch.full_like(yc, _ROW_IGNORE), yc)
+
     def _stage_loss(self, rows, row_labels, mask, h, w, logits):
+        contrast = self._bank_contrast(rows) if self.memory_bank is not None else None
+
         def loss_fn(z, y, reduction="mean"):
             return supcon_loss(z, y, self.temperature, variant=self.variant,
                                hard_positives=self.hard_positives, hard_negatives=self.hard_negatives,
                                ignore_index=_ROW_IGNORE, reduction=reduction, backend=self.backend,
-                               process_group=self.process_group)
+                               process_group=self.process_group, contrast=contrast)
         if self.mining == "similarity":
-            return loss_fn(rows, row_labels)
+            loss = loss_fn(rows, row_labels)
+            if self.memory_bank is not None:  # after the loss: a row is never its own positive
+                self.memory_bank.update(rows.detach(), row_labels)
+            return loss
         ph, pw = mask.shape[1] // h, mask.shape[2] // w
         conf = patch_confidence(logits, tuple(mask.shape[1:]), ph, pw)
         return confidence_supcon(rows, row_labels, conf, self.num_classes, loss_fn, self.confidence_fraction,
@@ -191,6 +219,8 @@ class ContrastivePatchLoss(nn.Module):
         stages = list(features) if isinstance(features, (list, tuple)) else [features]
         if not stages:
             raise ValueError("features must hold at least one stage")
+        if self.memory_bank is not None and len(stages) > 1:
+            raise ValueError(f"memory_bank serves one feature stage, got {len(stages)}: use one loss per stage")
         check_mask(mask, 1, 1)
         grids = grid if (grid is not None and len(stages) > 1) else [grid] * len(stages)
         if len(grids) != len(stages):

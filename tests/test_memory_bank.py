@@ -44,26 +44,65 @@ def test_contrast_bad_input():
         ct.supcon_loss(z, y, contrast=(torch.randn(2, 3), torch.zeros(3, dtype=torch.int64)))
 
 
+def _filled(bank):
+    zc, yc = bank.contrast()
+    keep = yc != bank.ignore_index
+    return zc[keep], yc[keep]
+
+
 def test_memory_bank_ring():
     bank = ct.MemoryBank(num_classes=3, size_per_class=2, dim=2)
     zc, yc = bank.contrast()
-    assert zc.shape == (0, 2) and yc.shape == (0,)
+    assert zc.shape == (6, 2) and yc.tolist() == [-1] * 6  # fixed shape: every slot, empty ones ignored
     z = torch.arange(12.0).reshape(6, 2)
     bank.update(z, torch.tensor([0, 1, 0, 0, -1, 7]))   # class 0 gets rows 0, 2, 3 (ring of 2: 2 and 3)
-    zc, yc = bank.contrast()
+    zc, yc = _filled(bank)
     assert yc.tolist() == [0, 0, 1]
     assert sorted(map(tuple, zc[:2].tolist())) == [(4.0, 5.0), (6.0, 7.0)]
     assert zc[2].tolist() == [2.0, 3.0]
     bank.update(torch.tensor([[100.0, 101.0]]), torch.tensor([0]))  # overwrites the oldest slot of class 0
-    zc, yc = bank.contrast()
+    zc, yc = _filled(bank)
     assert sorted(map(tuple, zc[:2].tolist())) == [(6.0, 7.0), (100.0, 101.0)]
     w = torch.randn(3, 2, requires_grad=True)
     bank.update(w, torch.tensor([2, 2, 2]))
     assert not bank.contrast()[0].requires_grad
     with pytest.raises(ValueError, match="dim"):
         ct.MemoryBank(3, 2, 0)
+    with pytest.raises(ValueError, match="ignore_index"):
+        ct.MemoryBank(3, 2, 4, ignore_index=1)
     with pytest.raises(ValueError, match="z must be"):
         bank.update(torch.randn(2, 5), torch.zeros(2, dtype=torch.int64))
+
+
+def test_memory_bank_matches_a_python_ring():
+    """Random batches (classes over- and under-filling the ring, ignored and out-of-range labels)
+    against a plain per-class deque."""
+    from collections import deque
+    g = torch.Generator().manual_seed(5)
+    bank = ct.MemoryBank(num_classes=4, size_per_class=3, dim=2)
+    rings = [deque(maxlen=3) for _ in range(4)]
+    for step in range(12):
+        m = int(torch.randint(0, 9, (1,), generator=g))
+        z = torch.randn(m, 2, generator=g)
+        y = torch.randint(-2, 6, (m,), generator=g)
+        bank.update(z, y)
+        for row, label in zip(z.tolist(), y.tolist()):
+            if 0 <= label < 4:
+                rings[label].append(tuple(row))
+        zc, yc = _filled(bank)
+        for c in range(4):
+            assert sorted(map(tuple, zc[yc == c].tolist())) == sorted(rings[c])
+
+
+def test_memory_bank_update_is_deterministic():
+    prev = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        bank = ct.MemoryBank(num_classes=2, size_per_class=2, dim=3)
+        bank.update(torch.randn(7, 3), torch.tensor([0, 0, 0, 1, -1, -1, 9]))
+    finally:
+        torch.use_deterministic_algorithms(prev)
+    assert _filled(bank)[1].tolist() == [0, 0, 1]
 
 
 def test_memory_bank_feeds_the_loss():

@@ -192,3 +192,56 @@ def test_torch_compile_fullgraph_matches_eager(backend):
     out.backward()
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fmap.grad, grad_eager, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_memory_bank_in_the_module(backend):
+    """Each step: the loss of supcon_loss with the bank as it was before the step, then the step's
+    kept rows pushed into the bank (checked against a bank fed by hand)."""
+    torch.manual_seed(0)
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend=backend, hard_negatives=5,
+                                   memory_bank=ct.MemoryBank(3, 8, 16, dtype=torch.float64))
+    shadow = ct.MemoryBank(3, 8, 16, dtype=torch.float64)
+    for step in range(3):
+        fmap = torch.randn(2, 16, 4, 4, dtype=torch.float64, requires_grad=True)
+        mask = _mask(2, 16, 16, seed=step)
+        loss = crit(fmap, mask)
+        rows = fmap.detach().permute(0, 2, 3, 1).reshape(-1, 16).clone().requires_grad_()
+        labels = crit._row_labels(mask, 4, 4)
+        ref = ct.supcon_loss(rows, labels, 0.1, hard_negatives=5, backend="torch", contrast=shadow.contrast())
+        torch.testing.assert_close(loss, ref, rtol=1e-9, atol=1e-12)
+        loss.backward()
+        ref.backward()
+        torch.testing.assert_close(fmap.grad.permute(0, 2, 3, 1).reshape(-1, 16), rows.grad, rtol=1e-8, atol=1e-12)
+        shadow.update(rows.detach(), labels)
+        torch.testing.assert_close(crit.memory_bank.store, shadow.store)
+    assert int(crit.memory_bank.filled.sum()) > 0 and "memory_bank.store" in crit.state_dict()
+
+
+def test_memory_bank_bad_uses():
+    bank = ct.MemoryBank(3, 4, 16)
+    with pytest.raises(TypeError, match="memory_bank"):
+        ct.ContrastivePatchLoss(3, memory_bank=object())
+    with pytest.raises(ValueError, match="memory_bank holds 3 classes"):
+        ct.ContrastivePatchLoss(4, memory_bank=bank)
+    with pytest.raises(ValueError, match="memory_bank"):
+        ct.ContrastivePatchLoss(3, mining="confidence", memory_bank=bank)
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, memory_bank=bank, backend="torch")
+    mask = _mask(2, 16, 16, seed=1)
+    with pytest.raises(ValueError, match="memory_bank serves one feature stage"):
+        crit([torch.randn(2, 16, 4, 4)] * 2, mask)
+    with pytest.raises(ValueError, match=r"memory_bank holds \(16,\) rows"):
+        crit(torch.randn(2, 8, 4, 4), mask)
+
+
+def test_memory_bank_module_compiles_fullgraph():
+    """The bank's update and contrast have fixed shapes and no host reads: no graph break."""
+    torch._dynamo.reset()
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch", memory_bank=ct.MemoryBank(3, 8, 16))
+    twin = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch", memory_bank=ct.MemoryBank(3, 8, 16))
+    compiled = torch.compile(crit, fullgraph=True)
+    for step in range(2):
+        fmap = torch.randn(2, 16, 4, 4)
+        mask = _mask(2, 16, 16, seed=step)
+        torch.testing.assert_close(compiled(fmap, mask), twin(fmap, mask), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(crit.memory_bank.store, twin.memory_bank.store)
