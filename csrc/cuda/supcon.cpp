@@ -37,18 +37,14 @@ int tc_kind(const at::Tensor& u, bool allow_tf32) {
   }
 }
 
-// Anchor slices (row_start, row_count; see common.h) are served by running every row and keeping
-// the slice's: correct, but the work is still M x M. Offsetting the kernels' row grid as the CPU
-// and Triton kernels do is the remaining step (it needs a GPU to test).
-at::Tensor anchor_rows(const at::Tensor& t, int64_t start, int64_t count) {
-  return (start == 0 && count == t.size(0)) ? t : t.narrow(0, start, count).clone();
-}
-
 using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
-ForwardOut supcon_forward_all_rows(const at::Tensor& u_in, const at::Tensor& labels_in,
-                                   int64_t ignore_index, double inv_temp, c10::string_view variant,
-                                   int64_t kp, int64_t kn, bool allow_tf32) {
+// Anchors are the rows [row_start, row_start + count) of u (see common.h): the kernels run only the
+// row blocks that meet them; per-row outputs have `count` rows.
+ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_in,
+                               int64_t ignore_index, double inv_temp, c10::string_view variant,
+                               int64_t kp, int64_t kn, bool allow_tf32, int64_t row_start,
+                               int64_t row_count) {
   check_supcon_args(u_in, labels_in, kp, kn);
   TORCH_CHECK(u_in.is_cuda(), "supcon_forward (CUDA kernel): u must be a CUDA tensor");
   c10::cuda::CUDAGuard guard(u_in.device());
@@ -59,20 +55,22 @@ ForwardOut supcon_forward_all_rows(const at::Tensor& u_in, const at::Tensor& lab
   const at::Tensor labels = labels_in.contiguous();
   const int64_t M = u.size(0), D = u.size(1);
   TORCH_CHECK(M < (int64_t(1) << 31), "supcon_forward: too many rows (M >= 2^31)");
+  const int64_t R = anchor_count(M, row_start, row_count);
+  const cuda::RowSlice rows{row_start, row_start + R};
   auto opts = u.options().dtype(acc);
-  at::Tensor loss = at::empty({M}, opts), stats = at::empty({M, 2}, opts),
-             thr_val = at::empty({M, 2}, opts);
-  at::Tensor npos = at::empty({M}, opts.dtype(at::kInt));
-  at::Tensor thr_col = at::empty({M, 2}, opts.dtype(at::kLong));
-  at::Tensor pv = at::empty({2 * M}, opts.dtype(at::kLong)), pc = at::empty({2 * M}, opts.dtype(at::kInt)),
-             rem = at::empty({2 * M}, opts.dtype(at::kLong)), flag = at::empty({2 * M}, opts.dtype(at::kInt));
+  at::Tensor loss = at::empty({R}, opts), stats = at::empty({R, 2}, opts),
+             thr_val = at::empty({R, 2}, opts);
+  at::Tensor npos = at::empty({R}, opts.dtype(at::kInt));
+  at::Tensor thr_col = at::empty({R, 2}, opts.dtype(at::kLong));
+  at::Tensor pv = at::empty({2 * R}, opts.dtype(at::kLong)), pc = at::empty({2 * R}, opts.dtype(at::kInt)),
+             rem = at::empty({2 * R}, opts.dtype(at::kLong)), flag = at::empty({2 * R}, opts.dtype(at::kInt));
   cuda::SelectScratch st{reinterpret_cast<uint64_t*>(pv.data_ptr<int64_t>()),
                          reinterpret_cast<uint32_t*>(pc.data_ptr<int32_t>()), rem.data_ptr<int64_t>(),
                          flag.data_ptr<int32_t>()};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   if (kind >= 0) {
     C10_CUDA_CHECK(cuda::launch_supcon_forward_tc(
-        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,
+        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
         static_cast<float>(inv_temp), var, kp, kn, st, loss.data_ptr<float>(),
         npos.data_ptr<int32_t>(), stats.data_ptr<float>(), thr_val.data_ptr<float>(),
         thr_col.data_ptr<int64_t>(), stream));
@@ -80,7 +78,7 @@ ForwardOut supcon_forward_all_rows(const at::Tensor& u_in, const at::Tensor& lab
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_forward_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_supcon_forward<scalar_t>(
-        u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,
+        u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
         static_cast<scalar_t>(inv_temp), var, kp, kn, st, loss.data_ptr<scalar_t>(),
         npos.data_ptr<int32_t>(), stats.data_ptr<scalar_t>(), thr_val.data_ptr<scalar_t>(),
         thr_col.data_ptr<int64_t>(), stream));
@@ -88,24 +86,13 @@ ForwardOut supcon_forward_all_rows(const at::Tensor& u_in, const at::Tensor& lab
   return {loss, npos, stats, thr_val, thr_col};
 }
 
-ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_in,
-                               int64_t ignore_index, double inv_temp, c10::string_view variant,
-                               int64_t kp, int64_t kn, bool allow_tf32, int64_t row_start,
-                               int64_t row_count) {
-  check_supcon_args(u_in, labels_in, kp, kn);
-  const int64_t count = anchor_count(u_in.size(0), row_start, row_count);
-  auto [loss, npos, stats, thr_val, thr_col] =
-      supcon_forward_all_rows(u_in, labels_in, ignore_index, inv_temp, variant, kp, kn, allow_tf32);
-  return {anchor_rows(loss, row_start, count), anchor_rows(npos, row_start, count),
-          anchor_rows(stats, row_start, count), anchor_rows(thr_val, row_start, count),
-          anchor_rows(thr_col, row_start, count)};
-}
-
-at::Tensor supcon_backward_all_rows(const at::Tensor& u_in, const at::Tensor& labels_in,
-                                    int64_t ignore_index, double inv_temp, c10::string_view variant,
-                                    int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
-                                    const at::Tensor& stats_in, const at::Tensor& thr_val_in,
-                                    const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in) {
+// The saved tensors and grad_rows cover all M rows; dU has the anchor slice's rows.
+at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels_in,
+                                int64_t ignore_index, double inv_temp, c10::string_view variant,
+                                int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
+                                const at::Tensor& stats_in, const at::Tensor& thr_val_in,
+                                const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in,
+                                int64_t row_start, int64_t row_count) {
   check_supcon_args(u_in, labels_in, kp, kn);
   TORCH_CHECK(u_in.is_cuda(), "supcon_backward (CUDA kernel): u must be a CUDA tensor");
   c10::cuda::CUDAGuard guard(u_in.device());
@@ -115,8 +102,10 @@ at::Tensor supcon_backward_all_rows(const at::Tensor& u_in, const at::Tensor& la
   const int64_t M = u_in.size(0), D = u_in.size(1);
   TORCH_CHECK(npos_in.numel() == M && stats_in.numel() == 2 * M && thr_val_in.numel() == 2 * M &&
                   thr_col_in.numel() == 2 * M && grad_rows_in.numel() == M,
-              "supcon_backward: saved tensors / grad_rows do not match u's row count");
+              "supcon_backward: saved tensors / grad_rows must cover u's ", M, " rows");
   TORCH_CHECK(M < (int64_t(1) << 31), "supcon_backward: too many rows (M >= 2^31)");
+  const int64_t R = anchor_count(M, row_start, row_count);
+  const cuda::RowSlice rows{row_start, row_start + R};
   const at::Tensor u = kind >= 0 ? u_in.detach().contiguous() : u_in.detach().to(acc).contiguous();
   const at::Tensor labels = labels_in.contiguous();
   const at::Tensor npos = npos_in.to(at::kInt).contiguous();
@@ -125,23 +114,26 @@ at::Tensor supcon_backward_all_rows(const at::Tensor& u_in, const at::Tensor& la
   const at::Tensor thr_col = thr_col_in.to(at::kLong).contiguous();
   const at::Tensor grad_rows = grad_rows_in.detach().to(acc).contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (R == 0) return at::zeros({0, D}, u_in.options());
   if (kind >= 0) {
-    const int64_t T = cuda::kTcTileRows;
-    const int64_t Mp = (M + T - 1) / T * T, Dp = (D + 15) / 16 * 16;
-    at::Tensor dUp = at::zeros({Mp, Dp}, u.options().dtype(at::kFloat));
+    // one 64-row block per row block that meets the slice (wmma stores whole 16-row fragments)
+    const int64_t T = cuda::kTcTileRows, b_lo = row_start / T;
+    const int64_t blocks = (row_start + R + T - 1) / T - b_lo;
+    const int64_t Dp = (D + 15) / 16 * 16;
+    at::Tensor dUp = at::zeros({blocks * T, Dp}, u.options().dtype(at::kFloat));
     C10_CUDA_CHECK(cuda::launch_supcon_backward_tc(
-        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,
+        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
         static_cast<float>(inv_temp), var, npos.const_data_ptr<int32_t>(),
         stats.const_data_ptr<float>(), thr_val.const_data_ptr<float>(),
         thr_col.const_data_ptr<int64_t>(), grad_rows.const_data_ptr<float>(),
         dUp.data_ptr<float>(), Dp, stream));
-    at::Tensor dU = dUp.narrow(0, 0, M).narrow(1, 0, D);
+    at::Tensor dU = dUp.narrow(0, row_start - b_lo * T, R).narrow(1, 0, D);
     return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
   }
-  at::Tensor dU = at::zeros({M, D}, u.options().dtype(acc));
+  at::Tensor dU = at::zeros({R, D}, u.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_supcon_backward<scalar_t>(
-        u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, D, ignore_index,
+        u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
         static_cast<scalar_t>(inv_temp), var, npos.const_data_ptr<int32_t>(),
         stats.const_data_ptr<scalar_t>(), thr_val.const_data_ptr<scalar_t>(),
         thr_col.const_data_ptr<int64_t>(), grad_rows.const_data_ptr<scalar_t>(),
@@ -149,20 +141,6 @@ at::Tensor supcon_backward_all_rows(const at::Tensor& u_in, const at::Tensor& la
   });
   dU.mul_(inv_temp);
   return dU.to(u_in.scalar_type());
-}
-
-at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels_in,
-                                int64_t ignore_index, double inv_temp, c10::string_view variant,
-                                int64_t kp, int64_t kn, bool allow_tf32, const at::Tensor& npos_in,
-                                const at::Tensor& stats_in, const at::Tensor& thr_val_in,
-                                const at::Tensor& thr_col_in, const at::Tensor& grad_rows_in,
-                                int64_t row_start, int64_t row_count) {
-  check_supcon_args(u_in, labels_in, kp, kn);
-  const int64_t count = anchor_count(u_in.size(0), row_start, row_count);
-  at::Tensor du = supcon_backward_all_rows(u_in, labels_in, ignore_index, inv_temp, variant, kp, kn,
-                                           allow_tf32, npos_in, stats_in, thr_val_in, thr_col_in,
-                                           grad_rows_in);
-  return anchor_rows(du, row_start, count);
 }
 
 }  // namespace

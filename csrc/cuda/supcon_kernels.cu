@@ -210,6 +210,7 @@ struct TcTraits<float> {
 };
 
 constexpr int kTcTile = 64;  // BM == BN: square tiles on one grid for the canonical orientation
+static_assert(kTcTile == kTcTileRows, "the host sizes dU_padded in kTcTileRows blocks");
 constexpr int kSsLd = kTcTile + 4;
 
 template <typename In>
@@ -344,11 +345,16 @@ __device__ __forceinline__ Thr<T> load_thr(const T* thr_val, const int64_t* thr_
 // mining selection.  flag: 0 value levels, 1 column levels, 2 no mining on this side (all),
 // 3 done by value (all ties at the threshold value are in: column = M), 4 done by column.
 
-__global__ void select_init_kernel(const int64_t* __restrict__ y, int64_t M, int64_t ignore,
-                                   int64_t kp, int64_t kn, SelectScratch st) {
+// Anchor slice [lo, hi): the forward's per-row arrays (scratch, thresholds, outputs) hold row i
+// of U at index i - lo. The row-block kernels run on the whole-batch grid up to hi and blocks
+// that do not meet the slice return at once, so every tile is the one a whole-batch call
+// computes, and the block index stays blockIdx.x (an offset block index held in a register cost
+// the tensor-core kernels 30-55 registers in sm_90 compiles).
+__global__ void select_init_kernel(const int64_t* __restrict__ y, int64_t lo, int64_t count,
+                                   int64_t ignore, int64_t kp, int64_t kn, SelectScratch st) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= 2 * M) return;
-  const int64_t i = idx / 2;
+  if (idx >= 2 * count) return;
+  const int64_t i = lo + idx / 2;
   const int side = static_cast<int>(idx % 2);
   const int64_t k = side ? kn : kp;
   st.prefix_v[idx] = 0;
@@ -360,8 +366,8 @@ __global__ void select_init_kernel(const int64_t* __restrict__ y, int64_t M, int
 template <typename P>
 __global__ void __launch_bounds__(kThreads)
     select_level_kernel(const typename P::In* __restrict__ U, const int64_t* __restrict__ y,
-                        int64_t M, int64_t D, int64_t ignore, typename P::Acc inv_temp, int level,
-                        SelectScratch st) {
+                        int64_t M, int64_t lo, int64_t hi, int64_t D, int64_t ignore,
+                        typename P::Acc inv_temp, int level, SelectScratch st) {
   constexpr int BM = P::BM, BN = P::BN, NV = P::NV;
   constexpr int TPR = kThreads / BM;
   __shared__ typename P::Smem sm;
@@ -369,13 +375,14 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int any_active;
   const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
+  if (r0 + BM <= lo) return;  // uniform: before the slice
   if (tid == 0) any_active = 0;
   for (int e = tid; e < BM * 2 * 16; e += kThreads) (&hist[0][0][0])[e] = 0;
   __syncthreads();
   if (tid < 2 * BM) {
     const int64_t i = r0 + tid / 2;
-    if (i < M) {
-      const int fl = st.flag[2 * i + tid % 2];
+    if (i >= lo && i < hi) {
+      const int fl = st.flag[2 * (i - lo) + tid % 2];
       if (fl == 0 || fl == 1) atomicOr(&any_active, 1);
     }
   }
@@ -384,16 +391,16 @@ __global__ void __launch_bounds__(kThreads)
 
   const int row = tid / TPR, sub = tid % TPR;
   const int64_t i = r0 + row;
-  const bool row_ok = i < M && y[i] != ignore;
+  const bool row_ok = i >= lo && i < hi && y[i] != ignore;
   const int64_t yi = row_ok ? y[i] : 0;
   int fl[2] = {2, 2};
   uint64_t pv[2] = {0, 0};
   uint32_t pc[2] = {0, 0};
   if (row_ok) {
     for (int side = 0; side < 2; ++side) {
-      fl[side] = st.flag[2 * i + side];
-      pv[side] = st.prefix_v[2 * i + side];
-      pc[side] = st.prefix_c[2 * i + side];
+      fl[side] = st.flag[2 * (i - lo) + side];
+      pv[side] = st.prefix_v[2 * (i - lo) + side];
+      pc[side] = st.prefix_c[2 * (i - lo) + side];
     }
   }
   const bool work = row_ok && (fl[0] <= 1 || fl[1] <= 1);
@@ -431,8 +438,8 @@ __global__ void __launch_bounds__(kThreads)
   if (tid < 2 * BM) {
     const int r = tid / 2, side = tid % 2;
     const int64_t ii = r0 + r;
-    if (ii < M) {
-      const int64_t idx = 2 * ii + side;
+    if (ii >= lo && ii < hi) {
+      const int64_t idx = 2 * (ii - lo) + side;
       const int f = st.flag[idx];
       const int* h = hist[r][side];
       int64_t rm = st.rem[idx];
@@ -467,10 +474,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T>
-__global__ void select_finalize_kernel(int64_t M, SelectScratch st, T* thr_val,
+__global__ void select_finalize_kernel(int64_t count, int64_t M, SelectScratch st, T* thr_val,
                                        int64_t* thr_col) {
   const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (idx >= 2 * M) return;
+  if (idx >= 2 * count) return;
   const int side = static_cast<int>(idx % 2);
   const int f = st.flag[idx];
   if (f == 3 || f == 4) {
@@ -507,7 +514,7 @@ __device__ __forceinline__ void lse_merge(T& m, T& sum, T m2, T sum2) {
 template <typename P>
 __global__ void __launch_bounds__(kThreads)
     loss_kernel(const typename P::In* __restrict__ U, const int64_t* __restrict__ y, int64_t M,
-                int64_t D, int64_t ignore, typename P::Acc inv_temp, int phase,
+                int64_t lo, int64_t hi, int64_t D, int64_t ignore, typename P::Acc inv_temp, int phase,
                 const typename P::Acc* __restrict__ thr_val, const int64_t* __restrict__ thr_col,
                 typename P::Acc* __restrict__ stats, typename P::Acc* __restrict__ loss,
                 int32_t* __restrict__ npos) {
@@ -517,16 +524,19 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ typename P::Smem sm;
   const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
+  if (r0 + BM <= lo) return;  // uniform: before the slice
   const int row = tid / TPR, sub = tid % TPR;
   const int64_t i = r0 + row;
-  const bool row_ok = i < M && y[i] != ignore;
+  const bool in_slice = i >= lo && i < hi;
+  const int64_t o = i - lo;  // row i's index in the per-row arrays
+  const bool row_ok = in_slice && y[i] != ignore;
   const int64_t yi = row_ok ? y[i] : 0;
   const T inf = inf_<T>();
   Thr<T> t{inf, -inf, M, M};
   T L = -inf;
   if (row_ok) {
-    t = load_thr(thr_val, thr_col, i);
-    if (phase == 2) L = stats[2 * i];
+    t = load_thr(thr_val, thr_col, o);
+    if (phase == 2) L = stats[2 * o];
   }
   T m = -inf, sum = T(0), a1 = T(0), a2 = T(0);
   int64_t np = 0;
@@ -568,26 +578,26 @@ __global__ void __launch_bounds__(kThreads)
     a2 += __shfl_xor_sync(0xffffffffu, a2, off);
     np += __shfl_xor_sync(0xffffffffu, np, off);
   }
-  if (sub != 0 || i >= M) return;
+  if (sub != 0 || !in_slice) return;
   const T lse = (m == -inf) ? -inf : m + log_(sum);
   if (!row_ok) {
-    loss[i] = T(0);
-    npos[i] = 0;
-    stats[2 * i] = -inf;
-    stats[2 * i + 1] = T(0);
+    loss[o] = T(0);
+    npos[o] = 0;
+    stats[2 * o] = -inf;
+    stats[2 * o + 1] = T(0);
     return;
   }
   if (phase == 0) {
-    stats[2 * i] = lse;
-    stats[2 * i + 1] = T(0);
-    loss[i] = np > 0 ? lse - a1 / static_cast<T>(np) : T(0);
-    npos[i] = static_cast<int32_t>(np);
+    stats[2 * o] = lse;
+    stats[2 * o + 1] = T(0);
+    loss[o] = np > 0 ? lse - a1 / static_cast<T>(np) : T(0);
+    npos[o] = static_cast<int32_t>(np);
   } else if (phase == 1) {
-    stats[2 * i] = lse;
+    stats[2 * o] = lse;
   } else {
-    loss[i] = np > 0 ? a1 / static_cast<T>(np) : T(0);
-    stats[2 * i + 1] = np > 0 ? a2 / static_cast<T>(np) : T(0);
-    npos[i] = static_cast<int32_t>(np);
+    loss[o] = np > 0 ? a1 / static_cast<T>(np) : T(0);
+    stats[2 * o + 1] = np > 0 ? a2 / static_cast<T>(np) : T(0);
+    npos[o] = static_cast<int32_t>(np);
   }
 }
 
@@ -645,10 +655,11 @@ __device__ __forceinline__ T grad_entry(const RowG<T>& r, int variant, int64_t y
   return r.g * r.w * exp_(s - r.lse);
 }
 
-// dU[r0:r0+BM, :] += H (BM x BN, in sm.Ss) @ U[c0:c0+BN, :] with FMA (Fma policy).
+// dU[r0:r0+BM, :] += H (BM x BN, in sm.Ss) @ U[c0:c0+BN, :] with FMA (Fma policy); dU holds the
+// anchor rows [lo, hi) only (row gr at gr - lo).
 template <typename T>
 __device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, int64_t r0,
-                               int64_t c0, SMem<T>& sm, T* __restrict__ dU) {
+                               int64_t c0, SMem<T>& sm, T* __restrict__ dU, int64_t lo, int64_t hi) {
   constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
   constexpr int TM = BM / 16, TN = BN / 16;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -682,11 +693,11 @@ __device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, in
 #pragma unroll
     for (int a = 0; a < TM; ++a) {
       const int64_t gr = r0 + ty * TM + a;
-      if (gr >= M) continue;
+      if (gr < lo || gr >= hi) continue;
 #pragma unroll
       for (int b = 0; b < TN; ++b) {
         const int64_t gd = d0 + tx * TN + b;
-        if (gd < D) dU[gr * D + gd] += acc[a][b];
+        if (gd < D) dU[(gr - lo) * D + gd] += acc[a][b];
       }
     }
   }
@@ -702,8 +713,9 @@ struct BwdTC {
   alignas(128) In Vs[TcTraits<In>::K][kVsLd];
 };
 
-// dU (Mp x Dp, padded to the tile grid, ld = Dp) rows r0.. += H @ U[c0:c0+64, :] on tensor
-// cores; each warp owns two 16 x 16 output fragments per 64-column chunk (RMW in global).
+// dU (padded to the tile grid, ld = Dp) rows r0.. += H @ U[c0:c0+64, :] on tensor cores, r0
+// counted from the slice's first row block; each warp owns two 16 x 16 output fragments per
+// 64-column chunk (RMW in global).
 template <typename In>
 __device__ void du_product_tc(const In* __restrict__ U, int64_t M, int64_t D, int64_t Dp,
                               int64_t r0, int64_t c0, SMemTC<In>& sm, BwdTC<In>& ex,
@@ -884,7 +896,8 @@ struct StagesH<__half> : std::true_type {};
 template <typename P, bool kTC>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const typename P::In* __restrict__ U, const int64_t* __restrict__ y, int64_t M,
-                    int64_t D, int64_t Dp, int64_t ignore, typename P::Acc inv_temp, int variant,
+                    int64_t lo, int64_t hi, int64_t D, int64_t Dp, int64_t ignore,
+                    typename P::Acc inv_temp, int variant,
                     const int32_t* __restrict__ npos, const typename P::Acc* __restrict__ stats,
                     const typename P::Acc* __restrict__ thr_val, const int64_t* __restrict__ thr_col,
                     const typename P::Acc* __restrict__ grad_rows, typename P::Acc* __restrict__ dU) {
@@ -903,10 +916,13 @@ __global__ void __launch_bounds__(kThreads)
   }
   const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
+  if (r0 + BM <= lo) return;  // uniform: before the slice
+  [[maybe_unused]] const int64_t r0_out = r0 - lo / BM * BM;  // row of dU_padded (tensor cores)
   const int row = tid / TPR, sub = tid % TPR;
   const int64_t i = r0 + row;
+  // statistics of every row (all M): row i as anchor here, rows j as anchors in G_ji
   const RowG<T> ri = load_rowg(i, M, y, ignore, npos, stats, thr_val, thr_col, grad_rows);
-  const bool vi = i < M && ri.y != ignore;
+  const bool vi = i >= lo && i < hi && ri.y != ignore;
   for (int64_t c0 = 0; c0 < M; c0 += BN) {
     __syncthreads();  // previous tile's readers of cols / Ss / Hs are done
     if (tid < BN)
@@ -932,13 +948,13 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if constexpr (kTC) {
       if (in_reg) du_accumulate_tc<In>(U, M, D, Dp, c0, sm, ex, racc);
-      else du_product_tc<In>(U, M, D, Dp, r0, c0, sm, ex, dU);
+      else du_product_tc<In>(U, M, D, Dp, r0_out, c0, sm, ex, dU);
     } else {
-      du_product_fma<T>(U, M, D, r0, c0, sm, dU);
+      du_product_fma<T>(U, M, D, r0, c0, sm, dU, lo, hi);
     }
   }
   if constexpr (kTC) {
-    if (in_reg) du_store_tc<In>(Dp, r0, racc, dU);
+    if (in_reg) du_store_tc<In>(Dp, r0_out, racc, dU);
   }
 }
 
@@ -950,120 +966,127 @@ inline unsigned blocks_for(int64_t n, int threads) {
 
 namespace {
 
+// Grid of the row-block kernels for the anchor rows [lo, hi): the whole-batch blocks up to hi
+// (those before lo return at once).
+inline unsigned slice_blocks(int64_t hi, int BM) {
+  return static_cast<unsigned>((hi + BM - 1) / BM);
+}
+
 template <typename P>
-cudaError_t forward_impl(const typename P::In* u, const int64_t* labels, int64_t M, int64_t D,
-                         int64_t ignore_index, typename P::Acc inv_temp, int variant, int64_t kp,
-                         int64_t kn, SelectScratch st, typename P::Acc* loss, int32_t* npos,
-                         typename P::Acc* stats, typename P::Acc* thr_val, int64_t* thr_col,
-                         cudaStream_t stream) {
+cudaError_t forward_impl(const typename P::In* u, const int64_t* labels, int64_t M, RowSlice rs,
+                         int64_t D, int64_t ignore_index, typename P::Acc inv_temp, int variant,
+                         int64_t kp, int64_t kn, SelectScratch st, typename P::Acc* loss,
+                         int32_t* npos, typename P::Acc* stats, typename P::Acc* thr_val,
+                         int64_t* thr_col, cudaStream_t stream) {
   using T = typename P::Acc;
-  if (M == 0) return cudaSuccess;
   if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  const unsigned nb = static_cast<unsigned>((M + P::BM - 1) / P::BM);
+  if (rs.lo < 0 || rs.hi > M || rs.hi < rs.lo) return cudaErrorInvalidValue;
+  const int64_t count = rs.hi - rs.lo;
+  if (count == 0) return cudaSuccess;
+  const unsigned nb = slice_blocks(rs.hi, P::BM);
   cudaError_t err;
-  select_init_kernel<<<blocks_for(2 * M, 256), 256, 0, stream>>>(labels, M, ignore_index, kp, kn,
-                                                                 st);
+  select_init_kernel<<<blocks_for(2 * count, 256), 256, 0, stream>>>(labels, rs.lo, count,
+                                                                     ignore_index, kp, kn, st);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (kp > 0 || kn > 0) {
     for (int level = 0; level < P::NV + NC; ++level) {
-      select_level_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp,
-                                                          level, st);
+      select_level_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, rs.lo, rs.hi, D,
+                                                          ignore_index, inv_temp, level, st);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
   }
-  select_finalize_kernel<T><<<blocks_for(2 * M, 256), 256, 0, stream>>>(M, st, thr_val, thr_col);
+  select_finalize_kernel<T><<<blocks_for(2 * count, 256), 256, 0, stream>>>(count, M, st, thr_val,
+                                                                            thr_col);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  if (variant == 0) {
-    loss_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 0,
-                                                thr_val, thr_col, stats, loss, npos);
-    return cudaGetLastError();
+  const int first = variant == 0 ? 0 : 1, last = variant == 0 ? 0 : 2;  // infonce: 1 then 2
+  for (int phase = first; phase <= last; ++phase) {
+    loss_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, rs.lo, rs.hi, D, ignore_index,
+                                                inv_temp, phase, thr_val, thr_col, stats, loss,
+                                                npos);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  loss_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 1, thr_val,
-                                              thr_col, stats, loss, npos);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  loss_kernel<P><<<nb, kThreads, 0, stream>>>(u, labels, M, D, ignore_index, inv_temp, 2, thr_val,
-                                              thr_col, stats, loss, npos);
-  return cudaGetLastError();
+  return cudaSuccess;
 }
 
 template <typename P, bool kTC>
-cudaError_t backward_impl(const typename P::In* u, const int64_t* labels, int64_t M, int64_t D,
-                          int64_t Dp, int64_t ignore_index, typename P::Acc inv_temp, int variant,
-                          const int32_t* npos, const typename P::Acc* stats,
+cudaError_t backward_impl(const typename P::In* u, const int64_t* labels, int64_t M, RowSlice rs,
+                          int64_t D, int64_t Dp, int64_t ignore_index, typename P::Acc inv_temp,
+                          int variant, const int32_t* npos, const typename P::Acc* stats,
                           const typename P::Acc* thr_val, const int64_t* thr_col,
                           const typename P::Acc* grad_rows, typename P::Acc* dU,
                           cudaStream_t stream) {
-  if (M == 0) return cudaSuccess;
   if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  const unsigned nb = static_cast<unsigned>((M + P::BM - 1) / P::BM);
-  backward_kernel<P, kTC><<<nb, kThreads, 0, stream>>>(u, labels, M, D, Dp, ignore_index, inv_temp,
-                                                       variant, npos, stats, thr_val, thr_col,
-                                                       grad_rows, dU);
+  if (rs.lo < 0 || rs.hi > M || rs.hi < rs.lo) return cudaErrorInvalidValue;
+  if (rs.hi == rs.lo) return cudaSuccess;
+  const unsigned nb = slice_blocks(rs.hi, P::BM);
+  backward_kernel<P, kTC><<<nb, kThreads, 0, stream>>>(u, labels, M, rs.lo, rs.hi, D, Dp,
+                                                       ignore_index, inv_temp, variant, npos, stats,
+                                                       thr_val, thr_col, grad_rows, dU);
   return cudaGetLastError();
 }
 
 }  // namespace
 
 template <typename T>
-cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, int64_t D,
-                                  int64_t ignore_index, T inv_temp, int variant, int64_t kp,
-                                  int64_t kn, SelectScratch st, T* loss, int32_t* npos, T* stats,
-                                  T* thr_val, int64_t* thr_col, cudaStream_t stream) {
-  return forward_impl<Fma<T>>(u, labels, M, D, ignore_index, inv_temp, variant, kp, kn, st, loss,
-                              npos, stats, thr_val, thr_col, stream);
+cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, RowSlice rows,
+                                  int64_t D, int64_t ignore_index, T inv_temp, int variant,
+                                  int64_t kp, int64_t kn, SelectScratch st, T* loss, int32_t* npos,
+                                  T* stats, T* thr_val, int64_t* thr_col, cudaStream_t stream) {
+  return forward_impl<Fma<T>>(u, labels, M, rows, D, ignore_index, inv_temp, variant, kp, kn, st,
+                              loss, npos, stats, thr_val, thr_col, stream);
 }
 
 template <typename T>
-cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M, int64_t D,
-                                   int64_t ignore_index, T inv_temp, int variant,
+cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M, RowSlice rows,
+                                   int64_t D, int64_t ignore_index, T inv_temp, int variant,
                                    const int32_t* npos, const T* stats, const T* thr_val,
                                    const int64_t* thr_col, const T* grad_rows, T* dU,
                                    cudaStream_t stream) {
-  return backward_impl<Fma<T>, false>(u, labels, M, D, D, ignore_index, inv_temp, variant, npos,
-                                      stats, thr_val, thr_col, grad_rows, dU, stream);
+  return backward_impl<Fma<T>, false>(u, labels, M, rows, D, D, ignore_index, inv_temp, variant,
+                                      npos, stats, thr_val, thr_col, grad_rows, dU, stream);
 }
 
 cudaError_t launch_supcon_forward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
-                                     int64_t D, int64_t ignore_index, float inv_temp, int variant,
-                                     int64_t kp, int64_t kn, SelectScratch st, float* loss,
-                                     int32_t* npos, float* stats, float* thr_val,
-                                     int64_t* thr_col, cudaStream_t stream) {
+                                     RowSlice rows, int64_t D, int64_t ignore_index,
+                                     float inv_temp, int variant, int64_t kp, int64_t kn,
+                                     SelectScratch st, float* loss, int32_t* npos, float* stats,
+                                     float* thr_val, int64_t* thr_col, cudaStream_t stream) {
   switch (in_kind) {
     case kInBf16:
-      return forward_impl<Tc<__nv_bfloat16>>(static_cast<const __nv_bfloat16*>(u), labels, M, D,
-                                             ignore_index, inv_temp, variant, kp, kn, st, loss,
+      return forward_impl<Tc<__nv_bfloat16>>(static_cast<const __nv_bfloat16*>(u), labels, M, rows,
+                                             D, ignore_index, inv_temp, variant, kp, kn, st, loss,
                                              npos, stats, thr_val, thr_col, stream);
     case kInFp16:
-      return forward_impl<Tc<__half>>(static_cast<const __half*>(u), labels, M, D, ignore_index,
-                                      inv_temp, variant, kp, kn, st, loss, npos, stats, thr_val,
-                                      thr_col, stream);
+      return forward_impl<Tc<__half>>(static_cast<const __half*>(u), labels, M, rows, D,
+                                      ignore_index, inv_temp, variant, kp, kn, st, loss, npos,
+                                      stats, thr_val, thr_col, stream);
     case kInTf32:
-      return forward_impl<Tc<float>>(static_cast<const float*>(u), labels, M, D, ignore_index,
-                                     inv_temp, variant, kp, kn, st, loss, npos, stats, thr_val,
-                                     thr_col, stream);
+      return forward_impl<Tc<float>>(static_cast<const float*>(u), labels, M, rows, D,
+                                     ignore_index, inv_temp, variant, kp, kn, st, loss, npos, stats,
+                                     thr_val, thr_col, stream);
     default:
       return cudaErrorInvalidValue;
   }
 }
 
 cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
-                                      int64_t D, int64_t ignore_index, float inv_temp,
-                                      int variant, const int32_t* npos, const float* stats,
-                                      const float* thr_val, const int64_t* thr_col,
-                                      const float* grad_rows, float* dU_padded, int64_t Dp,
-                                      cudaStream_t stream) {
+                                      RowSlice rows, int64_t D, int64_t ignore_index,
+                                      float inv_temp, int variant, const int32_t* npos,
+                                      const float* stats, const float* thr_val,
+                                      const int64_t* thr_col, const float* grad_rows,
+                                      float* dU_padded, int64_t Dp, cudaStream_t stream) {
   if (Dp % 16 != 0 || Dp < D) return cudaErrorInvalidValue;
   switch (in_kind) {
     case kInBf16:
       return backward_impl<Tc<__nv_bfloat16>, true>(
-          static_cast<const __nv_bfloat16*>(u), labels, M, D, Dp, ignore_index, inv_temp, variant,
-          npos, stats, thr_val, thr_col, grad_rows, dU_padded, stream);
+          static_cast<const __nv_bfloat16*>(u), labels, M, rows, D, Dp, ignore_index, inv_temp,
+          variant, npos, stats, thr_val, thr_col, grad_rows, dU_padded, stream);
     case kInFp16:
-      return backward_impl<Tc<__half>, true>(static_cast<const __half*>(u), labels, M, D, Dp,
+      return backward_impl<Tc<__half>, true>(static_cast<const __half*>(u), labels, M, rows, D, Dp,
                                              ignore_index, inv_temp, variant, npos, stats, thr_val,
                                              thr_col, grad_rows, dU_padded, stream);
     case kInTf32:
-      return backward_impl<Tc<float>, true>(static_cast<const float*>(u), labels, M, D, Dp,
+      return backward_impl<Tc<float>, true>(static_cast<const float*>(u), labels, M, rows, D, Dp,
                                             ignore_index, inv_temp, variant, npos, stats, thr_val,
                                             thr_col, grad_rows, dU_padded, stream);
     default:
@@ -1071,15 +1094,15 @@ cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t*
   }
 }
 
-#define CT_INSTANTIATE(T)                                                                      \
-  template cudaError_t launch_supcon_forward<T>(const T*, const int64_t*, int64_t, int64_t,   \
-                                                int64_t, T, int, int64_t, int64_t,            \
-                                                SelectScratch, T*, int32_t*, T*, T*, int64_t*, \
-                                                cudaStream_t);                                 \
-  template cudaError_t launch_supcon_backward<T>(const T*, const int64_t*, int64_t, int64_t,  \
-                                                 int64_t, T, int, const int32_t*, const T*,   \
-                                                 const T*, const int64_t*, const T*, T*,       \
-                                                 cudaStream_t);
+#define CT_INSTANTIATE(T)                                                                       \
+  template cudaError_t launch_supcon_forward<T>(const T*, const int64_t*, int64_t, RowSlice,   \
+                                                int64_t, int64_t, T, int, int64_t, int64_t,    \
+                                                SelectScratch, T*, int32_t*, T*, T*, int64_t*,  \
+                                                cudaStream_t);                                  \
+  template cudaError_t launch_supcon_backward<T>(const T*, const int64_t*, int64_t, RowSlice,  \
+                                                 int64_t, int64_t, T, int, const int32_t*,      \
+                                                 const T*, const T*, const int64_t*, const T*,  \
+                                                 T*, cudaStream_t);
 CT_INSTANTIATE(float)
 CT_INSTANTIATE(double)
 #undef CT_INSTANTIATE
