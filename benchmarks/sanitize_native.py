@@ -46,7 +46,7 @@ def run_supcon(m, d, g, dev):
                     assert torch.isfinite(rows).all() and torch.isfinite(du.float()).all()
                     # an anchor slice that starts and ends inside row blocks (one rank's rows)
                     lo, n = m // 3, m // 2
-                    r, _, sv = _native.supcon_forward(u, y, -1, 10.0, variant, kp, kn, tf32, lo, n)
+                    r, _, _ = _native.supcon_forward(u, y, -1, 10.0, variant, kp, kn, tf32, lo, n)
                     d = _native.supcon_backward(u, y, -1, 10.0, variant, kp, kn, tf32, saved,
                                                 grad.to(rows.dtype), lo, n)
                     assert torch.equal(r, rows[lo:lo + n]) and d.shape == (n, u.shape[1])
