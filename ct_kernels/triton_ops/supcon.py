@@ -6,6 +6,7 @@ for supcon, the thresholds None on a side that is not mined): see supcon_kernels
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -211,7 +212,8 @@ def _forward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32
 
 @torch.library.custom_op("ct_kernels_triton::supcon_backward", mutates_args=())
 def _backward_op(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float, variant: str,
-                 kp: int, kn: int, allow_tf32: bool, saved: list[torch.Tensor | None], grad_rows: torch.Tensor,
+                 kp: int, kn: int, allow_tf32: bool, saved: list[Optional[torch.Tensor]],  # noqa: UP045
+                 grad_rows: torch.Tensor,
                  start: int, count: int) -> torch.Tensor:
     call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
     return call.backward(call.config() if call.r > 0 else None, tuple(saved), grad_rows)
