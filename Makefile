@@ -8,7 +8,7 @@ CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda-13.0 /usr/local/cuda))
 export CUDA_HOME
 export MAX_JOBS ?= 2
 
-.PHONY: env build build-cuda test test-fast demo quickstart bench gpu-check clean
+.PHONY: env build build-cuda test test-fast test-torch211 demo quickstart bench gpu-check clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,22 @@ quickstart: build
 
 bench: build
 	$(PY) -m pytest benchmarks -q --benchmark-only
+
+# The GPU machine's software (torch 2.11 + CUDA 13.0, Triton 3.6) on this CPU, before a device
+# session spends time on it: its own venv and a copy of the tree (the extension is built against
+# that torch, CUDA kernels included), tests through Triton 3.6's interpreter, which needs
+# numpy < 2.3. Not part of `make test`; the first run downloads about 3 GB.
+COMPAT_VENV := .venv-torch211
+COMPAT_DIR  := build/compat-torch211
+test-torch211:
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install -q torch==2.11.0 torchvision==0.26.0 "numpy<2.3" timm pytest ninja \
+		setuptools wheel pytorch-metric-learning
+	rm -rf $(COMPAT_DIR) && mkdir -p $(COMPAT_DIR)
+	git ls-files -z | xargs -0 cp --parents -t $(COMPAT_DIR)
+	cd $(COMPAT_DIR) && CT_KERNELS_BUILD_CUDA=1 $(abspath $(COMPAT_VENV))/bin/pip install -q --no-build-isolation \
+		--no-deps -e .
+	cd $(COMPAT_DIR) && $(abspath $(COMPAT_VENV))/bin/python -m pytest tests -q -ra -p no:cacheprovider
 
 clean:
 	rm -rf build *.egg-info ct_kernels/_C*.so

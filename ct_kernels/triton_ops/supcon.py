@@ -231,11 +231,12 @@ def _count(u: torch.Tensor, start: int, count: int | None) -> int:
 def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
     """-> (loss_rows (count,), npos (count,) int32, saved): see backends.py."""
     _check_args(u, labels, variant, kp, kn)
-    loss, npos, *rest = _forward_op(u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn),
-                                    bool(allow_tf32), int(start), _count(u, start, count))
-    rest.insert(_SAVED.index("npos"), npos)
-    saved = tuple(t if use else None for t, use in zip(rest, _used(variant, kp, kn)))
-    return loss, npos, saved
+    # unpacked by name, not list surgery: torch 2.11's dynamo sees the op's output as a tuple
+    loss, npos, a, q, thr_pos, col_pos, thr_neg, col_neg = _forward_op(
+        u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32), int(start),
+        _count(u, start, count))
+    saved = (a, q, npos, thr_pos, col_pos, thr_neg, col_neg)  # the order of _SAVED
+    return loss, npos, tuple(t if use else None for t, use in zip(saved, _used(variant, kp, kn)))
 
 
 def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows,
