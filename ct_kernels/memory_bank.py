@@ -28,7 +28,8 @@ class MemoryBank(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
-            raise ValueError(f"ignore_index must be an int outside [0, num_classes={num_classes}), got {ignore_index!r}")
+            raise ValueError(f"ignore_index must be an int outside [0, num_classes={num_classes}), "
+                             f"got {ignore_index!r}")
         self.num_classes, self.size_per_class, self.dim = num_classes, size_per_class, dim
         self.ignore_index = ignore_index
         # all slots, class-major, plus one scratch row that receives the rows a batch does not keep

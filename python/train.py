@@ -85,6 +85,7 @@ class TrainConfig:
     confidence_fraction: float = 0.4
     max_per_class: int = 128
     min_per_class: int = 10
+    memory_bank: int = 0           # slots per class of a MemoryBank (0: none); one contrastive stage
     backend: str = "auto"
     # runtime
     device: str = "cpu"
@@ -155,6 +156,8 @@ def add_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None = Non
     g.add_argument("--confidence-fraction", type=float, default=d.confidence_fraction)
     g.add_argument("--max-per-class", type=int, default=d.max_per_class)
     g.add_argument("--min-per-class", type=int, default=d.min_per_class)
+    g.add_argument("--memory-bank", type=int, default=d.memory_bank,
+                   help="rows kept per class from past steps as extra contrast columns (0: none)")
     g.add_argument("--backend", choices=("auto", "torch", "triton", "native"), default=d.backend)
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default=d.device)
@@ -173,8 +176,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         seed=a.seed, dice_weight=a.dice_weight, contrastive_weight=a.contrastive_weight,
         temperature=a.temperature, variant=a.variant, min_purity=a.min_purity, hard_k=a.hard_k,
         mining=a.mining, confidence_fraction=a.confidence_fraction, max_per_class=a.max_per_class,
-        min_per_class=a.min_per_class, backend=a.backend, device=a.device, threads=a.threads,
-        eval_batch=a.eval_batch)
+        min_per_class=a.min_per_class, memory_bank=a.memory_bank, backend=a.backend, device=a.device,
+        threads=a.threads, eval_batch=a.eval_batch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,7 +268,9 @@ def build_criterion(cfg: TrainConfig) -> nn.Module:
     if cfg.mining == "confidence":
         return ct.ContrastivePatchLoss(NUM_CLASSES, mining="confidence", confidence_fraction=cfg.confidence_fraction,
                                        max_per_class=cfg.max_per_class, min_per_class=cfg.min_per_class, **common)
-    return ct.ContrastivePatchLoss(NUM_CLASSES, hard_positives=cfg.hard_k, hard_negatives=cfg.hard_k, **common)
+    bank = ct.MemoryBank(NUM_CLASSES, cfg.memory_bank, cfg.proj_dim) if cfg.memory_bank > 0 else None
+    return ct.ContrastivePatchLoss(NUM_CLASSES, hard_positives=cfg.hard_k, hard_negatives=cfg.hard_k,
+                                   memory_bank=bank, **common)
 
 
 class Segmenter(nn.Module):
@@ -283,6 +288,8 @@ class Segmenter(nn.Module):
         self.heads = nn.ModuleList()
         self.criterion = None
         if cfg.contrastive_weight > 0:
+            if cfg.memory_bank > 0 and (len(self.con_ids) > 1 or cfg.mining != "similarity"):
+                raise ValueError("--memory-bank takes one contrastive stage (--con-stages) and --mining similarity")
             self.heads = nn.ModuleList(ct.ProjectionHead(self.model.dims[i], cfg.proj_dim) for i in self.con_ids)
             self.criterion = build_criterion(cfg)
 

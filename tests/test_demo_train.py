@@ -144,3 +144,14 @@ def test_demo_table_and_verdict():
     assert "does NOT beat" in demo.verdict(worse, 2)
     _, one = demo.results_table(con[:1], base[:1])
     assert "does NOT beat" in demo.verdict(one, 1)
+
+
+def test_memory_bank_step(data32):
+    """--memory-bank: the bank is filled by the step and its rows join the next step's loss."""
+    cfg = _cfg(contrastive_weight=0.5, memory_bank=8, steps=2, **TINY_VIT)
+    res = T.train(cfg, data32, progress=_NullBar())
+    bank = res["model"].criterion.memory_bank
+    assert int(bank.filled.sum()) > 0 and np.isfinite(res["history"]["con"]).all()
+    with pytest.raises(ValueError, match="memory-bank"):
+        T.Segmenter(_cfg(contrastive_weight=0.5, memory_bank=8, **TINY_CNN))
+
