@@ -713,6 +713,63 @@ struct BwdTC {
   alignas(128) In Vs[TcTraits<In>::K][kVsLd];
 };
 
+#if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800)
+// Steps shared by the two tensor-core dU products below.
+template <typename In>
+using HFrag = wmma::fragment<wmma::matrix_a, 16, 16, TcTraits<In>::K, typename TcTraits<In>::Frag,
+                             wmma::row_major>;
+template <typename In>
+using DuFrag = wmma::fragment<wmma::accumulator, 16, 16, TcTraits<In>::K, float>;
+
+// ex.Vs = U[row0 .. row0 + K, d0 .. d0 + WIDTH), zero outside M x D; 16-byte loads where allowed.
+template <typename In, int WIDTH>
+__device__ __forceinline__ void stage_u_rows(const In* __restrict__ U, int64_t M, int64_t D,
+                                             int64_t row0, int64_t d0, bool vec_ok, BwdTC<In>& ex) {
+  constexpr int K = TcTraits<In>::K, VEC = 16 / sizeof(In);
+  const int tid = threadIdx.x;
+  if (vec_ok) {
+    for (int e = tid; e < K * (WIDTH / VEC); e += kThreads) {
+      const int kk = e / (WIDTH / VEC), dd = (e % (WIDTH / VEC)) * VEC;
+      const int64_t gc = row0 + kk, gd = d0 + dd;
+      uint4 v = make_uint4(0u, 0u, 0u, 0u);
+      if (gc < M && gd < D) v = *reinterpret_cast<const uint4*>(U + gc * D + gd);
+      *reinterpret_cast<uint4*>(&ex.Vs[kk][dd]) = v;
+    }
+  } else {
+    for (int e = tid; e < K * WIDTH; e += kThreads) {
+      const int kk = e / WIDTH, dd = e % WIDTH;
+      const int64_t gc = row0 + kk, gd = d0 + dd;
+      ex.Vs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : zero_in<In>();
+    }
+  }
+}
+
+// Rows 16 rm .. of H, columns b0 .. b0 + K: from Ss rounded to tf32, or from Hs (16-bit types).
+template <typename In>
+__device__ __forceinline__ void load_h_fragment(HFrag<In>& a, SMemTC<In>& sm, BwdTC<In>& ex, int rm,
+                                                int b0) {
+  if constexpr (TcTraits<In>::kTf32) {
+    wmma::load_matrix_sync(a, &sm.Ss[16 * rm][b0], kSsLd);
+#pragma unroll
+    for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
+  } else {
+    wmma::load_matrix_sync(a, &ex.Hs[16 * rm][b0], kTcTile + 8);
+  }
+}
+
+// acc += a @ ex.Vs[:, col .. col + 16)
+template <typename In>
+__device__ __forceinline__ void mma_staged(DuFrag<In>& acc, const HFrag<In>& a, BwdTC<In>& ex, int col) {
+  wmma::fragment<wmma::matrix_b, 16, 16, TcTraits<In>::K, typename TcTraits<In>::Frag, wmma::row_major> b;
+  wmma::load_matrix_sync(b, &ex.Vs[0][col], BwdTC<In>::kVsLd);
+  if constexpr (TcTraits<In>::kTf32) {
+#pragma unroll
+    for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
+  }
+  wmma::mma_sync(acc, a, b, acc);
+}
+#endif
+
 // dU (padded to the tile grid, ld = Dp) rows r0.. += H @ U[c0:c0+64, :] on tensor cores, r0
 // counted from the slice's first row block; each warp owns two 16 x 16 output fragments per
 // 64-column chunk (RMW in global).
@@ -723,15 +780,14 @@ __device__ void du_product_tc(const In* __restrict__ U, int64_t M, int64_t D, in
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
-  using Tr = TcTraits<In>;
-  constexpr int K = Tr::K;
+  constexpr int K = TcTraits<In>::K;
   const int tid = threadIdx.x, warp = tid / 32;
   const int rm = warp / 2, cn0 = (warp % 2) * 2;
   constexpr int VEC = 16 / sizeof(In);
   static_assert((BwdTC<In>::kVsLd * sizeof(In)) % 16 == 0, "16-byte staging");
   const bool vec_ok = D % VEC == 0 && (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
   for (int64_t d0 = 0; d0 < Dp; d0 += kTcTile) {
-    wmma::fragment<wmma::accumulator, 16, 16, K, float> acc[2];
+    DuFrag<In> acc[2];
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
       const int64_t gd = d0 + 16 * (cn0 + t);
@@ -741,40 +797,14 @@ __device__ void du_product_tc(const In* __restrict__ U, int64_t M, int64_t D, in
     }
     for (int b0 = 0; b0 < kTcTile; b0 += K) {
       __syncthreads();  // Vs readers of the previous slice are done
-      if (vec_ok) {
-        for (int e = tid; e < K * (kTcTile / VEC); e += kThreads) {
-          const int kk = e / (kTcTile / VEC), dd = (e % (kTcTile / VEC)) * VEC;
-          const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
-          uint4 v = make_uint4(0u, 0u, 0u, 0u);
-          if (gc < M && gd < D) v = *reinterpret_cast<const uint4*>(U + gc * D + gd);
-          *reinterpret_cast<uint4*>(&ex.Vs[kk][dd]) = v;
-        }
-      } else {
-        for (int e = tid; e < K * kTcTile; e += kThreads) {
-          const int kk = e / kTcTile, dd = e % kTcTile;
-          const int64_t gc = c0 + b0 + kk, gd = d0 + dd;
-          ex.Vs[kk][dd] = (gc < M && gd < D) ? U[gc * D + gd] : zero_in<In>();
-        }
-      }
+      stage_u_rows<In, kTcTile>(U, M, D, c0 + b0, d0, vec_ok, ex);
       __syncthreads();
-      wmma::fragment<wmma::matrix_a, 16, 16, K, typename Tr::Frag, wmma::row_major> a;
-      if constexpr (Tr::kTf32) {
-        wmma::load_matrix_sync(a, &sm.Ss[16 * rm][b0], kSsLd);
-#pragma unroll
-        for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
-      } else {
-        wmma::load_matrix_sync(a, &ex.Hs[16 * rm][b0], kTcTile + 8);
-      }
+      HFrag<In> a;
+      load_h_fragment<In>(a, sm, ex, rm, b0);
 #pragma unroll
       for (int t = 0; t < 2; ++t) {
         if (d0 + 16 * (cn0 + t) >= Dp) continue;  // warp-uniform
-        wmma::fragment<wmma::matrix_b, 16, 16, K, typename Tr::Frag, wmma::row_major> b;
-        wmma::load_matrix_sync(b, &ex.Vs[0][16 * (cn0 + t)], BwdTC<In>::kVsLd);
-        if constexpr (Tr::kTf32) {
-#pragma unroll
-          for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
-        }
-        wmma::mma_sync(acc[t], a, b, acc[t]);
+        mma_staged<In>(acc[t], a, ex, 16 * (cn0 + t));
       }
     }
 #pragma unroll
@@ -797,7 +827,7 @@ struct TcAcc {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   float f[4];  // unused below sm_80
 #else
-  wmma::fragment<wmma::accumulator, 16, 16, TcTraits<In>::K, float> f[4];
+  DuFrag<In> f[4];
 #endif
 };
 
@@ -807,49 +837,22 @@ __device__ void du_accumulate_tc(const In* __restrict__ U, int64_t M, int64_t D,
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
 #else
-  using Tr = TcTraits<In>;
-  constexpr int K = Tr::K;
+  constexpr int K = TcTraits<In>::K;
   constexpr int VEC = 16 / sizeof(In);
-  const int tid = threadIdx.x, warp = tid / 32;
+  const int warp = threadIdx.x / 32;
   const int rm = warp / 2, cbase = (warp % 2) * kTcTile;
   const bool vec_ok = D % VEC == 0 && (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
   for (int b0 = 0; b0 < kTcTile; b0 += K) {
     __syncthreads();  // Vs readers of the previous slice are done
-    if (vec_ok) {
-      for (int e = tid; e < K * (kRegMaxD / VEC); e += kThreads) {
-        const int kk = e / (kRegMaxD / VEC), dd = (e % (kRegMaxD / VEC)) * VEC;
-        const int64_t gc = c0 + b0 + kk;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (gc < M && dd < D) v = *reinterpret_cast<const uint4*>(U + gc * D + dd);
-        *reinterpret_cast<uint4*>(&ex.Vs[kk][dd]) = v;
-      }
-    } else {
-      for (int e = tid; e < K * kRegMaxD; e += kThreads) {
-        const int kk = e / kRegMaxD, dd = e % kRegMaxD;
-        const int64_t gc = c0 + b0 + kk;
-        ex.Vs[kk][dd] = (gc < M && dd < D) ? U[gc * D + dd] : zero_in<In>();
-      }
-    }
+    stage_u_rows<In, kRegMaxD>(U, M, D, c0 + b0, 0, vec_ok, ex);
     __syncthreads();
-    wmma::fragment<wmma::matrix_a, 16, 16, K, typename Tr::Frag, wmma::row_major> a;
-    if constexpr (Tr::kTf32) {
-      wmma::load_matrix_sync(a, &sm.Ss[16 * rm][b0], kSsLd);
-#pragma unroll
-      for (int e = 0; e < a.num_elements; ++e) a.x[e] = wmma::__float_to_tf32(a.x[e]);
-    } else {
-      wmma::load_matrix_sync(a, &ex.Hs[16 * rm][b0], kTcTile + 8);
-    }
+    HFrag<In> a;
+    load_h_fragment<In>(a, sm, ex, rm, b0);
 #pragma unroll
     for (int t = 0; t < 4; ++t) {
       const int gd = cbase + 16 * t;
       if (gd >= Dp) continue;  // warp-uniform
-      wmma::fragment<wmma::matrix_b, 16, 16, K, typename Tr::Frag, wmma::row_major> b;
-      wmma::load_matrix_sync(b, &ex.Vs[0][gd], BwdTC<In>::kVsLd);
-      if constexpr (Tr::kTf32) {
-#pragma unroll
-        for (int e = 0; e < b.num_elements; ++e) b.x[e] = wmma::__float_to_tf32(b.x[e]);
-      }
-      wmma::mma_sync(acc.f[t], a, b, acc.f[t]);
+      mma_staged<In>(acc.f[t], a, ex, gd);
     }
   }
 #endif
