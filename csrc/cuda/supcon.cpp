@@ -115,22 +115,22 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   const at::Tensor grad_rows = grad_rows_in.detach().to(acc).contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   if (R == 0) return at::zeros({0, D}, u_in.options());
+  // whole kDuRows blocks around the slice (see supcon_kernels.h); rows lo .. hi kept below
+  const int64_t T = cuda::kDuRows, base = row_start / T * T;
+  const int64_t du_rows = (row_start + R + T - 1) / T * T - base;
   if (kind >= 0) {
-    // one 64-row block per row block that meets the slice (wmma stores whole 16-row fragments)
-    const int64_t T = cuda::kTcTileRows, b_lo = row_start / T;
-    const int64_t blocks = (row_start + R + T - 1) / T - b_lo;
     const int64_t Dp = (D + 15) / 16 * 16;
-    at::Tensor dUp = at::zeros({blocks * T, Dp}, u.options().dtype(at::kFloat));
+    at::Tensor dUp = at::zeros({du_rows, Dp}, u.options().dtype(at::kFloat));
     C10_CUDA_CHECK(cuda::launch_supcon_backward_tc(
         kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
         static_cast<float>(inv_temp), var, npos.const_data_ptr<int32_t>(),
         stats.const_data_ptr<float>(), thr_val.const_data_ptr<float>(),
         thr_col.const_data_ptr<int64_t>(), grad_rows.const_data_ptr<float>(),
         dUp.data_ptr<float>(), Dp, stream));
-    at::Tensor dU = dUp.narrow(0, row_start - b_lo * T, R).narrow(1, 0, D);
+    at::Tensor dU = dUp.narrow(0, row_start - base, R).narrow(1, 0, D);
     return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
   }
-  at::Tensor dU = at::zeros({R, D}, u.options().dtype(acc));
+  at::Tensor dU = at::zeros({du_rows, D}, u.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_supcon_backward<scalar_t>(
         u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
@@ -139,8 +139,7 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
         thr_col.const_data_ptr<int64_t>(), grad_rows.const_data_ptr<scalar_t>(),
         dU.data_ptr<scalar_t>(), stream));
   });
-  dU.mul_(inv_temp);
-  return dU.to(u_in.scalar_type());
+  return (dU.narrow(0, row_start - base, R) * inv_temp).to(u_in.scalar_type()).contiguous();
 }
 
 }  // namespace

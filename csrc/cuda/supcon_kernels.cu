@@ -210,7 +210,8 @@ struct TcTraits<float> {
 };
 
 constexpr int kTcTile = 64;  // BM == BN: square tiles on one grid for the canonical orientation
-static_assert(kTcTile == kTcTileRows, "the host sizes dU_padded in kTcTileRows blocks");
+static_assert(kDuRows % kTcTile == 0 && kDuRows % Cfg<float>::BM == 0 && kDuRows % Cfg<double>::BM == 0,
+              "dU buffers hold whole row blocks");
 constexpr int kSsLd = kTcTile + 4;
 
 template <typename In>
@@ -655,11 +656,11 @@ __device__ __forceinline__ T grad_entry(const RowG<T>& r, int variant, int64_t y
   return r.g * r.w * exp_(s - r.lse);
 }
 
-// dU[r0:r0+BM, :] += H (BM x BN, in sm.Ss) @ U[c0:c0+BN, :] with FMA (Fma policy); dU holds the
-// anchor rows [lo, hi) only (row gr at gr - lo).
+// dU rows r0_out .. += H (BM x BN, in sm.Ss) @ U[c0:c0+BN, :] with FMA (Fma policy); r0_out
+// counts from the buffer's first row (kDuRows blocks: every row of the block exists).
 template <typename T>
-__device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, int64_t r0,
-                               int64_t c0, SMem<T>& sm, T* __restrict__ dU, int64_t lo, int64_t hi) {
+__device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, int64_t r0_out,
+                               int64_t c0, SMem<T>& sm, T* __restrict__ dU) {
   constexpr int BM = Cfg<T>::BM, BN = Cfg<T>::BN, BK = Cfg<T>::BK;
   constexpr int TM = BM / 16, TN = BN / 16;
   const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
@@ -692,12 +693,11 @@ __device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, in
     }
 #pragma unroll
     for (int a = 0; a < TM; ++a) {
-      const int64_t gr = r0 + ty * TM + a;
-      if (gr < lo || gr >= hi) continue;
+      const int64_t gr = r0_out + ty * TM + a;
 #pragma unroll
       for (int b = 0; b < TN; ++b) {
         const int64_t gd = d0 + tx * TN + b;
-        if (gd < D) dU[(gr - lo) * D + gd] += acc[a][b];
+        if (gd < D) dU[gr * D + gd] += acc[a][b];
       }
     }
   }
@@ -920,7 +920,7 @@ __global__ void __launch_bounds__(kThreads)
   const int tid = threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * BM;
   if (r0 + BM <= lo) return;  // uniform: before the slice
-  [[maybe_unused]] const int64_t r0_out = r0 - lo / BM * BM;  // row of dU_padded (tensor cores)
+  const int64_t r0_out = r0 - lo / kDuRows * kDuRows;  // this block's first row in dU
   const int row = tid / TPR, sub = tid % TPR;
   const int64_t i = r0 + row;
   // statistics of every row (all M): row i as anchor here, rows j as anchors in G_ji
@@ -953,7 +953,7 @@ __global__ void __launch_bounds__(kThreads)
       if (in_reg) du_accumulate_tc<In>(U, M, D, Dp, c0, sm, ex, racc);
       else du_product_tc<In>(U, M, D, Dp, r0_out, c0, sm, ex, dU);
     } else {
-      du_product_fma<T>(U, M, D, r0, c0, sm, dU, lo, hi);
+      du_product_fma<T>(U, M, D, r0_out, c0, sm, dU);
     }
   }
   if constexpr (kTC) {

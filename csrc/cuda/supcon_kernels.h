@@ -32,7 +32,12 @@ cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, 
                                   int32_t* npos, T* stats, T* thr_val, int64_t* thr_col,
                                   cudaStream_t stream);
 
-// dU ((hi - lo) x D, zeroed by the caller) += sum_j (G_ij + G_ji) u_j for the anchor rows i
+// dU buffers of the backward hold whole blocks of kDuRows rows: the rows
+// floor(lo / kDuRows) * kDuRows .. ceil(hi / kDuRows) * kDuRows, so every row block of a kernel
+// (64 or 32 rows) writes without a bounds test; the caller keeps rows lo .. hi.
+constexpr int kDuRows = 64;
+
+// dU (du_rows(lo, hi) x D, zeroed by the caller) += sum_j (G_ij + G_ji) u_j for the anchor rows i
 // (the caller scales by inv_temp); npos / stats / thr_* / grad_rows cover all M rows.
 template <typename T>
 cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M, RowSlice rows,
@@ -43,7 +48,6 @@ cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M,
 
 // Tensor-core path (WMMA, float accumulation): u in bf16 / fp16, or float32 read as tf32.
 enum InKind : int { kInBf16 = 0, kInFp16 = 1, kInTf32 = 2 };
-constexpr int kTcTileRows = 64;  // row blocks of the tensor-core kernels
 
 cudaError_t launch_supcon_forward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
                                      RowSlice rows, int64_t D, int64_t ignore_index,
@@ -52,10 +56,8 @@ cudaError_t launch_supcon_forward_tc(int in_kind, const void* u, const int64_t* 
                                      float* stats, float* thr_val, int64_t* thr_col,
                                      cudaStream_t stream);
 
-// dU_padded: float32, zeroed, Dp = round_up(D, 16) columns and one 64-row block per row block
-// that meets [lo, hi): rows (ceil(hi / 64) - floor(lo / 64)) * 64, its row 0 being global row
-// floor(lo / 64) * 64. The caller takes rows lo - floor(lo / 64) * 64 .. + (hi - lo), columns :D,
-// and scales by inv_temp.
+// dU_padded: float32, zeroed, kDuRows blocks as above, Dp = round_up(D, 16) columns; the caller
+// takes columns :D and scales by inv_temp.
 cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
                                       RowSlice rows, int64_t D, int64_t ignore_index,
                                       float inv_temp, int variant, const int32_t* npos,
