@@ -198,6 +198,20 @@ def _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr
     return pos, neg
 
 
+@triton.jit
+def _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0, ur, lab_r, ok_r,
+               M, R0, R, D, scale, MINE_P: tl.constexpr, MINE_N: tl.constexpr, BM: tl.constexpr,
+               BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr,
+               ACC: tl.constexpr):
+    """The forward passes' tile at column block c0: s2 and the anchors' (mined) P / N masks."""
+    cols = c0 + tl.arange(0, BN)
+    _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                                    BM, BN, BD, SINGLE_D, PREC, ACC)
+    pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
+                            MINE_P, MINE_N)
+    return s, pos, neg
+
+
 @triton.jit(do_not_specialize=["M", "R0", "R"])
 def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                       loss_ptr, npos_ptr, a_ptr, q_ptr,
@@ -219,11 +233,8 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     l = tl.zeros([BM], ACC)
     psum = tl.zeros([BM], ACC)
     for c0 in range(0, M, BN):
-        cols = c0 + tl.arange(0, BN)
-        _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
-                                        BM, BN, BD, SINGLE_D, PREC, ACC)
-        pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
-                                MINE_P, MINE_N)
+        s, pos, neg = _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0, ur,
+                                 lab_r, ok_r, M, R0, R, D, scale, MINE_P, MINE_N, BM, BN, BD, SINGLE_D, PREC, ACC)
         if INFONCE:
             m, l = _online_lse2(m, l, s, neg)
         else:
@@ -237,11 +248,9 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         sp_sum = tl.zeros([BM], ACC)
         sg_sum = tl.zeros([BM], ACC)
         for c0 in range(0, M, BN):
-            cols = c0 + tl.arange(0, BN)
-            _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
-                                            BM, BN, BD, SINGLE_D, PREC, ACC)
-            pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
-                                    MINE_P, MINE_N)
+            s, pos, neg = _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0,
+                                     ur, lab_r, ok_r, M, R0, R, D, scale, MINE_P, MINE_N, BM, BN, BD, SINGLE_D,
+                                     PREC, ACC)
             # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
             t = lse[:, None] - s  # base 2
             e = tl.exp2(-tl.abs(t))
