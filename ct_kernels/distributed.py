@@ -125,6 +125,17 @@ class _GatheredSupCon(torch.autograd.Function):
         return du, None, None, None, None, None, None, None, None, None, None, None
 
 
+def all_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):
+    """Every rank's (rows, labels) concatenated in rank order, uneven counts padded and dropped
+    (no gradient): what a memory bank takes so that every rank holds the same bank."""
+    world = dist.get_world_size(group)
+    count = torch.tensor([z.shape[0]], dtype=torch.int64, device=z.device)
+    counts = [torch.empty_like(count) for _ in range(world)]
+    dist.all_gather(counts, count, group=group)
+    sizes = [int(c.item()) for c in counts]
+    return _gather_padded(z.detach(), sizes, group, 0.0), _gather_padded(labels, sizes, group, ignore_index)
+
+
 def gathered_rows(u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
     """(local row losses, local |P_i|, anchors with positives on all ranks, world size)."""
     if not dist.is_available() or not dist.is_initialized():

@@ -62,7 +62,9 @@ class ContrastivePatchLoss(nn.Module):
     ``memory_bank=ct.MemoryBank(num_classes, size, D)`` (one feature stage): each forward adds the
     bank's rows to the contrast set (columns only) and then pushes the step's kept patch rows into
     it, detached. It is a submodule: ``.to(device)`` moves it, the state dict holds it. With
-    ``process_group`` each rank's bank holds that rank's rows.
+    ``process_group`` the kept rows of every rank are gathered into it (one more all_gather of
+    N x D), so every rank holds the same bank, as ContrastiveSeg's queues do, and the loss stays
+    the single-process loss of the concatenated batch.
     """
 
     def __init__(self, num_classes: int, temperature: float = 0.1, ignore_index: int = 255,
@@ -206,7 +208,11 @@ class ContrastivePatchLoss(nn.Module):
         if self.mining == "similarity":
             loss = loss_fn(rows, row_labels)
             if self.memory_bank is not None:  # after the loss: a row is never its own positive
-                self.memory_bank.update(rows.detach(), row_labels)
+                new_rows, new_labels = rows.detach(), row_labels
+                if self.process_group is not None:
+                    from .distributed import all_rows
+                    new_rows, new_labels = all_rows(new_rows, new_labels, self.process_group, _ROW_IGNORE)
+                self.memory_bank.update(new_rows, new_labels)
             return loss
         ph, pw = mask.shape[1] // h, mask.shape[2] // w
         conf = patch_confidence(logits, tuple(mask.shape[1:]), ph, pw)

@@ -106,3 +106,45 @@ def test_ddp_example_runs_with_torchrun():
                           "--batch-size", "2"], capture_output=True, text=True, env=env, timeout=240)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "contrastive (global)" in out.stdout and "backend torch" in out.stdout
+
+
+def _module_bank_worker(rank, world, init_file, out_dir):
+    """Two steps of ContrastivePatchLoss(memory_bank=..., process_group=...) on this rank's images."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch", process_group=dist.group.WORLD,
+                                       memory_bank=ct.MemoryBank(3, 6, 5, dtype=torch.float64))
+        losses = []
+        for step in range(2):
+            fmaps, masks = _module_batch(step)
+            lo, hi = (0, 1) if rank == 0 else (1, 3)  # uneven: one image, two images
+            losses.append(crit(fmaps[lo:hi], masks[lo:hi]).detach())
+        torch.save((losses, crit.memory_bank.state_dict()), os.path.join(out_dir, f"bank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _module_batch(step):
+    g = torch.Generator().manual_seed(10 + step)
+    fmaps = torch.randn(3, 5, 4, 4, generator=g, dtype=torch.float64)
+    masks = torch.randint(0, 3, (3, 4, 4), generator=g).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    return fmaps, masks
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_module_memory_bank_is_the_same_on_every_rank(tmp_path):
+    """The kept rows of all ranks go into every rank's bank: the banks agree, and each step's mean
+    loss over ranks is the single-process loss of the concatenated batch with that bank."""
+    mp.spawn(_module_bank_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    (loss0, bank0), (loss1, bank1) = [torch.load(tmp_path / f"bank{r}.pt") for r in range(2)]
+    single = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch",
+                                     memory_bank=ct.MemoryBank(3, 6, 5, dtype=torch.float64))
+    for step in range(2):
+        fmaps, masks = _module_batch(step)
+        ref = single(fmaps, masks)
+        torch.testing.assert_close((loss0[step] + loss1[step]) / 2, ref.detach(), rtol=1e-9, atol=1e-12)
+    for key, value in single.memory_bank.state_dict().items():
+        torch.testing.assert_close(bank0[key], value)
+        torch.testing.assert_close(bank1[key], value)
