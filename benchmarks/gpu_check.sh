@@ -33,8 +33,10 @@ GPU_TESTS="tests/test_triton_supcon.py tests/test_triton_patch_labels.py tests/t
 tests/test_native_patch_labels.py tests/test_hostile.py tests/test_supcon_errors.py tests/test_anchor_slice.py \
 tests/test_compile_cuda.py"
 if has_phase tests; then
-timeout ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-$GPU_TESTS} -q -ra -p no:cacheprovider --durations=15 \
-  -n ${WORKERS:-16} > "$OUT/tests.log" 2>&1
+# SIGINT at the limit: pytest then still prints its summary (which tests failed), as it did not when
+# a run was cut by SIGTERM; SIGKILL 20 s later if it hangs.
+timeout -s INT -k 20 ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-$GPU_TESTS} -q -ra -p no:cacheprovider \
+  --durations=15 -n ${WORKERS:-16} > "$OUT/tests.log" 2>&1
 echo "tests rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 tail -30 "$OUT/tests.log"
 fi
