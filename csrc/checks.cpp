@@ -49,4 +49,13 @@ int64_t anchor_count(int64_t M, int64_t row_start, int64_t row_count) {
   return count;
 }
 
+SavedRows saved_rows(int64_t M, at::ScalarType acc, const at::Tensor& npos, const at::Tensor& stats,
+                     const at::Tensor& thr_val, const at::Tensor& thr_col, const at::Tensor& grad_rows) {
+  TORCH_CHECK(npos.numel() == M && stats.numel() == 2 * M && thr_val.numel() == 2 * M &&
+                  thr_col.numel() == 2 * M && grad_rows.numel() == M,
+              "supcon_backward: saved tensors / grad_rows must cover u's ", M, " rows");
+  return {npos.to(at::kInt).contiguous(), stats.to(acc).contiguous(), thr_val.to(acc).contiguous(),
+          thr_col.to(at::kLong).contiguous(), grad_rows.detach().to(acc).contiguous()};
+}
+
 }  // namespace ct_kernels

@@ -37,6 +37,14 @@ void check_supcon_args(const at::Tensor& u, const at::Tensor& labels, int64_t kp
 // Returns count after checking the slice lies inside [0, M).
 int64_t anchor_count(int64_t M, int64_t row_start, int64_t row_count);
 
+// The backward's saved tensors and grad_rows as both kernels read them: checked to cover all M
+// rows, contiguous, npos int32, thr_col int64, the others in the accumulation type.
+struct SavedRows {
+  at::Tensor npos, stats, thr_val, thr_col, grad_rows;
+};
+SavedRows saved_rows(int64_t M, at::ScalarType acc, const at::Tensor& npos, const at::Tensor& stats,
+                     const at::Tensor& thr_val, const at::Tensor& thr_col, const at::Tensor& grad_rows);
+
 inline at::ScalarType acc_type_of(at::ScalarType st) {
   return st == at::kDouble ? at::kDouble : at::kFloat;
 }

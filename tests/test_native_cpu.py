@@ -172,6 +172,10 @@ def test_backward_rejects_foreign_saved_tensors():
     npos, stats, tv, tc = saved
     with pytest.raises(RuntimeError, match="positive sets"):
         _native.supcon_backward(u, y, IGN, 2.0, "supcon", 2, 0, False, (npos + 1, stats, tv, tc), grad)
+    # the saved tensors of a slice are not the whole batch's: placed by the caller (place_rows)
+    _, _, part = _native.supcon_forward(u, y, IGN, 2.0, "supcon", 2, 0, False, 5, 10)
+    with pytest.raises(RuntimeError, match="must cover u's 40 rows"):
+        _native.supcon_backward(u, y, IGN, 2.0, "supcon", 2, 0, False, part, grad, 5, 10)
 
 
 def test_fake_kernels():

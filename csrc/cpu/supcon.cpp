@@ -553,23 +553,16 @@ at::Tensor supcon_backward_cpu(const at::Tensor& u, const at::Tensor& labels_in,
   const int64_t M = u.size(0), D = u.size(1);
   const int64_t count = anchor_count(M, row_start, row_count);
   const auto acc = acc_type_of(u.scalar_type());
-  TORCH_CHECK(npos_in.numel() == M && stats_in.numel() == 2 * M && thr_val_in.numel() == 2 * M &&
-                  thr_col_in.numel() == 2 * M && grad_rows_in.numel() == M,
-              "supcon_backward: saved tensors / grad_rows do not match u's row count");
+  const SavedRows sv = saved_rows(M, acc, npos_in, stats_in, thr_val_in, thr_col_in, grad_rows_in);
   const at::Tensor labels = labels_in.contiguous();
-  const at::Tensor npos = npos_in.to(at::kInt).contiguous();
-  const at::Tensor stats = stats_in.to(acc).contiguous();
-  const at::Tensor thr_val = thr_val_in.to(acc).contiguous();
-  const at::Tensor thr_col = thr_col_in.to(at::kLong).contiguous();
-  const at::Tensor grad_rows = grad_rows_in.detach().to(acc).contiguous();
   at::Tensor dU = at::zeros({count, D}, u.options().dtype(acc));
   const std::string var(variant);
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cpu", [&] {
     auto P = make_problem<scalar_t>(u, labels, ignore_index, inv_temp, var, kp, kn, row_start,
                                     row_start + count);
-    backward_impl<scalar_t>(P, npos.const_data_ptr<int32_t>(), stats.const_data_ptr<scalar_t>(),
-                            thr_val.const_data_ptr<scalar_t>(), thr_col.const_data_ptr<int64_t>(),
-                            grad_rows.const_data_ptr<scalar_t>(), dU);
+    backward_impl<scalar_t>(P, sv.npos.const_data_ptr<int32_t>(), sv.stats.const_data_ptr<scalar_t>(),
+                            sv.thr_val.const_data_ptr<scalar_t>(), sv.thr_col.const_data_ptr<int64_t>(),
+                            sv.grad_rows.const_data_ptr<scalar_t>(), dU);
   });
   return dU.to(u.scalar_type());
 }

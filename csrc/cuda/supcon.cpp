@@ -100,19 +100,12 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   const auto acc = acc_type_of(u_in.scalar_type());
   const int kind = tc_kind(u_in, allow_tf32);
   const int64_t M = u_in.size(0), D = u_in.size(1);
-  TORCH_CHECK(npos_in.numel() == M && stats_in.numel() == 2 * M && thr_val_in.numel() == 2 * M &&
-                  thr_col_in.numel() == 2 * M && grad_rows_in.numel() == M,
-              "supcon_backward: saved tensors / grad_rows must cover u's ", M, " rows");
+  const SavedRows sv = saved_rows(M, acc, npos_in, stats_in, thr_val_in, thr_col_in, grad_rows_in);
   TORCH_CHECK(M < (int64_t(1) << 31), "supcon_backward: too many rows (M >= 2^31)");
   const int64_t R = anchor_count(M, row_start, row_count);
   const cuda::RowSlice rows{row_start, row_start + R};
   const at::Tensor u = kind >= 0 ? u_in.detach().contiguous() : u_in.detach().to(acc).contiguous();
   const at::Tensor labels = labels_in.contiguous();
-  const at::Tensor npos = npos_in.to(at::kInt).contiguous();
-  const at::Tensor stats = stats_in.to(acc).contiguous();
-  const at::Tensor thr_val = thr_val_in.to(acc).contiguous();
-  const at::Tensor thr_col = thr_col_in.to(at::kLong).contiguous();
-  const at::Tensor grad_rows = grad_rows_in.detach().to(acc).contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   if (R == 0) return at::zeros({0, D}, u_in.options());
   // whole kDuRows blocks around the slice (see supcon_kernels.h); rows lo .. hi kept below
@@ -123,9 +116,9 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
     at::Tensor dUp = at::zeros({du_rows, Dp}, u.options().dtype(at::kFloat));
     C10_CUDA_CHECK(cuda::launch_supcon_backward_tc(
         kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
-        static_cast<float>(inv_temp), var, npos.const_data_ptr<int32_t>(),
-        stats.const_data_ptr<float>(), thr_val.const_data_ptr<float>(),
-        thr_col.const_data_ptr<int64_t>(), grad_rows.const_data_ptr<float>(),
+        static_cast<float>(inv_temp), var, sv.npos.const_data_ptr<int32_t>(),
+        sv.stats.const_data_ptr<float>(), sv.thr_val.const_data_ptr<float>(),
+        sv.thr_col.const_data_ptr<int64_t>(), sv.grad_rows.const_data_ptr<float>(),
         dUp.data_ptr<float>(), Dp, stream));
     at::Tensor dU = dUp.narrow(0, row_start - base, R).narrow(1, 0, D);
     return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
@@ -134,9 +127,9 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_supcon_backward<scalar_t>(
         u.const_data_ptr<scalar_t>(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
-        static_cast<scalar_t>(inv_temp), var, npos.const_data_ptr<int32_t>(),
-        stats.const_data_ptr<scalar_t>(), thr_val.const_data_ptr<scalar_t>(),
-        thr_col.const_data_ptr<int64_t>(), grad_rows.const_data_ptr<scalar_t>(),
+        static_cast<scalar_t>(inv_temp), var, sv.npos.const_data_ptr<int32_t>(),
+        sv.stats.const_data_ptr<scalar_t>(), sv.thr_val.const_data_ptr<scalar_t>(),
+        sv.thr_col.const_data_ptr<int64_t>(), sv.grad_rows.const_data_ptr<scalar_t>(),
         dU.data_ptr<scalar_t>(), stream));
   });
   return (dU.narrow(0, row_start - base, R) * inv_temp).to(u_in.scalar_type()).contiguous();
