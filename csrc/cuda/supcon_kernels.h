@@ -37,8 +37,8 @@ cudaError_t launch_supcon_forward(const T* u, const int64_t* labels, int64_t M, 
 // (64 or 32 rows) writes without a bounds test; the caller keeps rows lo .. hi.
 constexpr int kDuRows = 64;
 
-// dU (du_rows(lo, hi) x D, zeroed by the caller) += sum_j (G_ij + G_ji) u_j for the anchor rows i
-// (the caller scales by inv_temp); npos / stats / thr_* / grad_rows cover all M rows.
+// dU (the kDuRows blocks above x D, zeroed by the caller) += sum_j (G_ij + G_ji) u_j for the
+// anchor rows i (the caller scales by inv_temp); npos / stats / thr_* / grad_rows cover all M rows.
 template <typename T>
 cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M, RowSlice rows,
                                    int64_t D, int64_t ignore_index, T inv_temp, int variant,
