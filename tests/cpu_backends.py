@@ -1,5 +1,7 @@
-"""The backends that can run on CPU tensors in this test session (shared by the test files)."""
+"""The backends that can run in this test session (shared by the test files)."""
 import os
+
+import torch
 
 import ct_kernels as ct
 
@@ -13,3 +15,17 @@ def cpu_backends(with_triton: bool = True) -> list[str]:
     if with_triton and avail["triton"] == "ok" and os.environ.get("TRITON_INTERPRET") == "1":
         names.append("triton")
     return names
+
+
+def backend_devices() -> list[tuple[str, str]]:
+    """(backend, device) pairs: every CPU backend on "cpu", and native / triton on "cuda" where a
+    GPU is visible and the backend has CUDA kernels."""
+    cases = [(b, "cpu") for b in cpu_backends()]
+    if torch.cuda.is_available():
+        for b in ("native", "triton"):
+            try:
+                if ct.backend_for("cuda", b) == b:
+                    cases.append((b, "cuda"))
+            except RuntimeError:
+                pass
+    return cases

@@ -6,8 +6,6 @@ way the distributed path uses it: the rows are cut into slices (like ranks, unal
 block size), each slice runs its own forward, the per-row statistics of all slices are
 concatenated, and each slice's backward must give the rows of the whole-batch gradient.
 """
-import os
-
 import pytest
 import torch
 
@@ -15,28 +13,25 @@ import ct_kernels as ct
 from ct_kernels import backends
 from ct_kernels.distributed import ReferenceKernels
 from ct_kernels.reference import supcon_rows_reference
+from cpu_backends import backend_devices
 
 IGN = -1
 TEMP = 0.2
-CUDA = torch.cuda.is_available()
 
 
-def _kernels():
-    """(name, kernel module, device) for every fused backend this session can run."""
-    out = [("torch", ReferenceKernels, torch.device("cpu"))]
-    avail = ct.available_backends()
-    if avail["native"] == "ok" and ct.backend_for("cpu", "native") == "native":
+def _kernel_module(backend):
+    """The module with the kernel contract of ``backend`` (the torch backend's is the reference)."""
+    if backend == "torch":
+        return ReferenceKernels
+    if backend == "native":
         from ct_kernels import _native
-        out.append(("native-cpu", _native, torch.device("cpu")))
-        if CUDA and _native.supports("supcon_loss", torch.device("cuda")):
-            out.append(("native-cuda", _native, torch.device("cuda")))
-    if avail["triton"] == "ok" and (CUDA or os.environ.get("TRITON_INTERPRET") == "1"):
-        from ct_kernels import triton_ops
-        out.append(("triton", triton_ops, torch.device("cuda" if CUDA else "cpu")))
-    return out
+        return _native
+    from ct_kernels import triton_ops
+    return triton_ops
 
 
-KERNELS = _kernels()
+KERNELS = [(b, _kernel_module(b), torch.device(d)) for b, d in backend_devices()]
+IDS = [f"{b}-{d}" for b, d in backend_devices()]
 
 
 def _batch(m, d, n_classes, device, seed=0):
@@ -61,7 +56,7 @@ def _cat_saved(parts):
     return tuple(None if ts[0] is None else torch.cat(ts) for ts in zip(*parts))
 
 
-@pytest.mark.parametrize("name,kernels,device", KERNELS, ids=[k[0] for k in KERNELS])
+@pytest.mark.parametrize("name,kernels,device", KERNELS, ids=IDS)
 @pytest.mark.parametrize("variant,kp,kn", [("supcon", 0, 0), ("infonce", 0, 0), ("supcon", 3, 5),
                                            ("infonce", 2, 0), ("supcon", 0, 4)])
 @pytest.mark.parametrize("cuts", [(0, 45), (0, 7, 19, 45), (0, 1, 44, 45), (0, 0, 30, 45)],
@@ -87,7 +82,7 @@ def test_slices_reassemble_the_whole_batch(name, kernels, device, variant, kp, k
         torch.testing.assert_close(du.double(), ref_du[a:b], rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,kernels,device", KERNELS, ids=[k[0] for k in KERNELS])
+@pytest.mark.parametrize("name,kernels,device", KERNELS, ids=IDS)
 def test_memory_bank_rows_are_never_anchors(name, kernels, device, monkeypatch):
     """contrast=(zc, yc): the kernels get count = the batch's rows, not the bank's."""
     if name == "torch":
@@ -102,8 +97,7 @@ def test_memory_bank_rows_are_never_anchors(name, kernels, device, monkeypatch):
     monkeypatch.setattr(kernels, "supcon_forward", spy)
     u, y, _ = _batch(13, 4, 3, device, seed=3)
     zc, yc, _ = _batch(20, 4, 3, device, seed=4)
-    backend = "native" if name.startswith("native") else name
-    loss = ct.supcon_loss(u.requires_grad_(), y, TEMP, backend=backend, contrast=(zc, yc), reduction="none")
+    loss = ct.supcon_loss(u.requires_grad_(), y, TEMP, backend=name, contrast=(zc, yc), reduction="none")
     assert loss.shape == (13,) and seen == [(33, (0, 13))]
     loss.sum().backward()
     assert u.grad.shape == (13, 4)
@@ -120,7 +114,7 @@ def test_place_rows():
 
 
 @pytest.mark.parametrize("name,kernels,device", [k for k in KERNELS if k[0] != "torch"],
-                         ids=[k[0] for k in KERNELS if k[0] != "torch"])
+                         ids=[i for k, i in zip(KERNELS, IDS) if k[0] != "torch"])
 def test_slice_outside_the_rows_is_an_error(name, kernels, device):
     u, y, _ = _batch(5, 3, 2, device)
     for start, count in ((4, 2), (6, 0), (-1, 2)):
