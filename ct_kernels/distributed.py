@@ -74,6 +74,16 @@ def _gather_rows_packed(tensors: list[torch.Tensor], sizes: list[int], group) ->
     return out
 
 
+def _gather_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):
+    """(every rank's rows, their labels, rows per rank), in rank order; the counts are read on the
+    host (one synchronisation) to pad the gathers and drop the padding."""
+    count = torch.tensor([z.shape[0]], dtype=torch.int64, device=z.device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(counts, count, group=group)
+    sizes = [int(c.item()) for c in counts]
+    return _gather_padded(z.detach(), sizes, group, 0.0), _gather_padded(labels, sizes, group, ignore_index), sizes
+
+
 def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Number of valid rows whose class has another row: |P_i| > 0 depends on the labels alone
     (mining keeps at least one positive), so without extra rows every rank counts the global
@@ -86,14 +96,8 @@ def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Te
 class _GatheredSupCon(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-        world, rank = dist.get_world_size(group), dist.get_rank(group)
-        count = torch.tensor([u.shape[0]], dtype=torch.int64, device=u.device)
-        counts = [torch.empty_like(count) for _ in range(world)]
-        dist.all_gather(counts, count, group=group)
-        sizes = [int(c.item()) for c in counts]
-        u_all = _gather_padded(u.detach(), sizes, group, 0.0)
-        labels_all = _gather_padded(labels, sizes, group, ignore_index)
-        start = sum(sizes[:rank])
+        u_all, labels_all, sizes = _gather_rows(u, labels, group, ignore_index)
+        start = sum(sizes[:dist.get_rank(group)])
         if uc is not None:  # this rank's extra contrast rows: columns after every rank's rows
             u_all, labels_all = torch.cat([u_all, uc]), torch.cat([labels_all, yc])
         rows, npos, saved = kernels.supcon_forward(u_all, labels_all, ignore_index, inv_temp, variant,
@@ -128,12 +132,8 @@ class _GatheredSupCon(torch.autograd.Function):
 def all_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):
     """Every rank's (rows, labels) concatenated in rank order, uneven counts padded and dropped
     (no gradient): what a memory bank takes so that every rank holds the same bank."""
-    world = dist.get_world_size(group)
-    count = torch.tensor([z.shape[0]], dtype=torch.int64, device=z.device)
-    counts = [torch.empty_like(count) for _ in range(world)]
-    dist.all_gather(counts, count, group=group)
-    sizes = [int(c.item()) for c in counts]
-    return _gather_padded(z.detach(), sizes, group, 0.0), _gather_padded(labels, sizes, group, ignore_index)
+    z_all, labels_all, _ = _gather_rows(z, labels, group, ignore_index)
+    return z_all, labels_all
 
 
 def gathered_rows(u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
