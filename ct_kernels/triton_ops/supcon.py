@@ -46,20 +46,19 @@ class _Call:
     def __init__(self, u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
         _check_args(u, labels, variant, kp, kn)
         self.u = u if u.is_contiguous() else u.contiguous()
-        self.labels = labels.to(torch.int64).contiguous()
+        labels = labels.to(torch.int64).contiguous()
         # int32 class ids (index of the first equal label in sorted order), -1 for ignored rows,
         # and the label-only |P_i| before mining: O(M log M), no host sync
-        srt = torch.sort(self.labels).values
-        first = torch.searchsorted(srt, self.labels)
-        valid = self.labels != int(ignore_index)
+        srt = torch.sort(labels).values
+        first = torch.searchsorted(srt, labels)
+        valid = labels != int(ignore_index)
         self.cls = torch.where(valid, first, torch.full_like(first, -1)).to(torch.int32)
-        self.count = torch.searchsorted(srt, self.labels, right=True) - first
+        self.count = torch.searchsorted(srt, labels, right=True) - first
         self.m, self.d = u.shape
         self.r0 = int(start)
         self.r = self.m - self.r0 if count is None else int(count)
         if not (0 <= self.r0 and 0 <= self.r and self.r0 + self.r <= self.m):
             raise ValueError(f"anchor rows {self.r0}..{self.r0 + self.r} are not inside the {self.m} rows of u")
-        self.ignore_index = int(ignore_index)
         self.infonce = variant == "infonce"
         self.kp, self.kn = int(kp), int(kn)
         self.acc = _acc_dtype(u.dtype)
@@ -102,9 +101,10 @@ class _Call:
         return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, self.mine_width, trial,
                            mined=self.mined, tf32=self.prec == "tf32", timed=not (self.sliced and self.mined))
 
-    def grid(self, bm: int, d_programs: int = 1) -> tuple:
-        """Row blocks of the whole-batch grid that meet the anchor slice (see supcon_kernels)."""
-        return (triton.cdiv(self.r0 + self.r, bm) - self.r0 // bm, d_programs)
+    def grid(self, bm: int, *d_programs: int) -> tuple:
+        """Row blocks of the whole-batch grid that meet the anchor slice (see supcon_kernels),
+        then the backward's D programs."""
+        return (triton.cdiv(self.r0 + self.r, bm) - self.r0 // bm, *d_programs)
 
     def npos(self) -> torch.Tensor:
         """|P_i| of the anchors after mining, from the labels alone (O(M log M), no host sync)."""
@@ -133,14 +133,14 @@ class _Call:
         c = self.consts(cfg)
         if self.mined:
             kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
-            supcon_mine_kernel[self.grid(cfg.block)[:1]](
+            supcon_mine_kernel[self.grid(cfg.block)](
                 self.u, self.cls, self.temp, tp, cp, tn, cn, self.kp, self.kn,
                 self.m, self.r0, r, self.d, self.u.stride(0),
                 MINE_P=c["MINE_P"], MINE_N=c["MINE_N"], KBP=kbp, LOG_KBP=kbp.bit_length() - 1,
                 KBN=kbn, LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block,
                 LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
                 ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        supcon_fwd_kernel[self.grid(cfg.bm)[:1]](
+        supcon_fwd_kernel[self.grid(cfg.bm)](
             self.u, self.cls, self.temp, tp, cp, tn, cn, loss, npos, a, self._or_placeholder(q),
             self.m, self.r0, r, self.d, self.u.stride(0), **c)
         return loss, npos, saved
