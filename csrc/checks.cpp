@@ -49,6 +49,13 @@ int64_t anchor_count(int64_t M, int64_t row_start, int64_t row_count) {
   return count;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_outputs(
+    int64_t R, const at::Tensor& u, at::ScalarType acc) {
+  const auto opts = u.options().dtype(acc);
+  return {at::empty({R}, opts), at::empty({R}, opts.dtype(at::kInt)), at::empty({R, 2}, opts),
+          at::empty({R, 2}, opts), at::empty({R, 2}, opts.dtype(at::kLong))};
+}
+
 SavedRows saved_rows(int64_t M, at::ScalarType acc, const at::Tensor& npos, const at::Tensor& stats,
                      const at::Tensor& thr_val, const at::Tensor& thr_col, const at::Tensor& grad_rows) {
   TORCH_CHECK(npos.numel() == M && stats.numel() == 2 * M && thr_val.numel() == 2 * M &&

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <string>
+#include <tuple>
 
 namespace ct_kernels {
 
@@ -36,6 +37,11 @@ void check_supcon_args(const at::Tensor& u, const at::Tensor& labels, int64_t kp
 // saved tensors and grad_rows cover all M rows (zeros, npos 0, for rows that were never anchors).
 // Returns count after checking the slice lies inside [0, M).
 int64_t anchor_count(int64_t M, int64_t row_start, int64_t row_count);
+
+// The forward's outputs for R anchor rows, as documented above, on u's device (acc: the
+// accumulation type): (loss, npos, stats, thr_val, thr_col), uninitialised.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_outputs(
+    int64_t R, const at::Tensor& u, at::ScalarType acc);
 
 // The backward's saved tensors and grad_rows as both kernels read them: checked to cover all M
 // rows, contiguous, npos int32, thr_col int64, the others in the accumulation type.

@@ -524,21 +524,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fo
   check_supcon_args(u, labels_in, kp, kn);
   TORCH_CHECK(u.device().is_cpu(), "supcon_forward (CPU kernel): u must be on CPU");
   const at::Tensor labels = labels_in.contiguous();
-  const int64_t M = anchor_count(u.size(0), row_start, row_count);
+  const int64_t R = anchor_count(u.size(0), row_start, row_count);
   const auto acc = acc_type_of(u.scalar_type());
-  auto opts = u.options().dtype(acc);
-  at::Tensor loss = at::empty({M}, opts), stats = at::empty({M, 2}, opts),
-             thr_val = at::empty({M, 2}, opts);
-  at::Tensor npos = at::empty({M}, u.options().dtype(at::kInt));
-  at::Tensor thr_col = at::empty({M, 2}, u.options().dtype(at::kLong));
+  auto out = forward_outputs(R, u, acc);
+  // named references, not a structured binding: the dispatch lambdas capture them (C++17)
+  at::Tensor &loss = std::get<0>(out), &npos = std::get<1>(out), &stats = std::get<2>(out),
+             &thr_val = std::get<3>(out), &thr_col = std::get<4>(out);
   const std::string var(variant);
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_forward_cpu", [&] {
-    auto P = make_problem<scalar_t>(u, labels, ignore_index, inv_temp, var, kp, kn, row_start, row_start + M);
+    auto P = make_problem<scalar_t>(u, labels, ignore_index, inv_temp, var, kp, kn, row_start, row_start + R);
     forward_impl<scalar_t>(P, loss.data_ptr<scalar_t>(), npos.data_ptr<int32_t>(),
                            stats.data_ptr<scalar_t>(), thr_val.data_ptr<scalar_t>(),
                            thr_col.data_ptr<int64_t>());
   });
-  return {loss, npos, stats, thr_val, thr_col};
+  return out;
 }
 
 at::Tensor supcon_backward_cpu(const at::Tensor& u, const at::Tensor& labels_in,

@@ -57,11 +57,11 @@ ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_
   TORCH_CHECK(M < (int64_t(1) << 31), "supcon_forward: too many rows (M >= 2^31)");
   const int64_t R = anchor_count(M, row_start, row_count);
   const cuda::RowSlice rows{row_start, row_start + R};
-  auto opts = u.options().dtype(acc);
-  at::Tensor loss = at::empty({R}, opts), stats = at::empty({R, 2}, opts),
-             thr_val = at::empty({R, 2}, opts);
-  at::Tensor npos = at::empty({R}, opts.dtype(at::kInt));
-  at::Tensor thr_col = at::empty({R, 2}, opts.dtype(at::kLong));
+  auto out = forward_outputs(R, u, acc);
+  // named references, not a structured binding: the dispatch lambdas capture them (C++17)
+  at::Tensor &loss = std::get<0>(out), &npos = std::get<1>(out), &stats = std::get<2>(out),
+             &thr_val = std::get<3>(out), &thr_col = std::get<4>(out);
+  const auto opts = u.options();
   at::Tensor pv = at::empty({2 * R}, opts.dtype(at::kLong)), pc = at::empty({2 * R}, opts.dtype(at::kInt)),
              rem = at::empty({2 * R}, opts.dtype(at::kLong)), flag = at::empty({2 * R}, opts.dtype(at::kInt));
   cuda::SelectScratch st{reinterpret_cast<uint64_t*>(pv.data_ptr<int64_t>()),
@@ -74,7 +74,7 @@ ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_
         static_cast<float>(inv_temp), var, kp, kn, st, loss.data_ptr<float>(),
         npos.data_ptr<int32_t>(), stats.data_ptr<float>(), thr_val.data_ptr<float>(),
         thr_col.data_ptr<int64_t>(), stream));
-    return {loss, npos, stats, thr_val, thr_col};
+    return out;
   }
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_forward_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_supcon_forward<scalar_t>(
@@ -83,7 +83,7 @@ ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_
         npos.data_ptr<int32_t>(), stats.data_ptr<scalar_t>(), thr_val.data_ptr<scalar_t>(),
         thr_col.data_ptr<int64_t>(), stream));
   });
-  return {loss, npos, stats, thr_val, thr_col};
+  return out;
 }
 
 // The saved tensors and grad_rows cover all M rows; dU has the anchor slice's rows.
