@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -304,6 +305,21 @@ def bench_anchor_slice(rec, backend_names, n=32768, d=128, world=8):
                 rec.add(**meta, ms=None, peak_mib=None, status=f"error: {type(exc).__name__}: {exc}"[:300])
 
 
+def _with_env(name, value, fn):
+    """fn with the environment variable name set to value during each call."""
+    def call(*args):
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn(*args)
+        finally:
+            if old is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = old
+    return call
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=["headline", "full", "smoke"], default="headline")
@@ -355,6 +371,8 @@ def main():
     if "mining" in sections:
         mined = {k: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, hard_positives=64, hard_negatives=64,
                                                             backend=bb))(k[3:]) for k in ct_impls}
+        if "ct_triton" in ct_impls:  # the earlier top-k merge selection, same run
+            mined["ct_triton_merge"] = _with_env("CT_KERNELS_TRITON_MINING", "merge", mined["ct_triton"])
         if have_pml:
             from pytorch_metric_learning.losses import SupConLoss
             from pytorch_metric_learning.miners import BatchHardMiner

@@ -186,13 +186,66 @@ def test_every_gpu_candidate(monkeypatch, prec, variant, kp, kn):
 @pytest.mark.parametrize("kp,kn", [(1, 1), (3, 4), (2, 0)])
 def test_mining_exact_ties_go_to_lower_column(variant, kp, kn):
     """Small-integer rows make every s exact in float32, so ties are real ties for both sides."""
-    g = torch.Generator().manual_seed(7)
+    u, labels = _tied_batch(33)
+    check(u, labels, variant, kp, kn, tol=1e-5, temp=1.0)
+
+
+def _tied_batch(m, seed=7):
+    """Small-integer rows drawn from 6 distinct ones: every s exact in float32, many real ties."""
+    g = torch.Generator().manual_seed(seed)
     base = torch.randint(-2, 3, (6, 5), generator=g).double()
-    u = base[torch.randint(0, 6, (33,), generator=g)]  # many duplicated rows -> tied similarities
-    labels = torch.randint(0, 3, (33,), generator=g)
+    u = base[torch.randint(0, 6, (m,), generator=g)]
+    labels = torch.randint(0, 3, (m,), generator=g)
     labels[::8] = IGNORE
     u[labels == IGNORE] = 0
-    check(u.float().to(DEV), labels.to(DEV), variant, kp, kn, tol=1e-5, temp=1.0)
+    return u.float().to(DEV), labels.to(DEV)
+
+
+def _thresholds(u, labels, kp, kn, counting):
+    """(thr_pos, col_pos, thr_neg, col_neg) of the float32 counting select or the top-k merge."""
+    from ct_kernels.triton_ops import supcon as S
+    call = S._Call(u, labels, IGNORE, 1.0 / TEMP, "supcon", kp, kn, False)
+    cfg = call.config()
+    out = [torch.empty(call.r, device=DEV), torch.empty(call.r, dtype=torch.int32, device=DEV),
+           torch.empty(call.r, device=DEV), torch.empty(call.r, dtype=torch.int32, device=DEV)]
+    if counting:
+        call._select(cfg, *out)
+    else:
+        c = call.consts(cfg)
+        kbp, kbn = S._buffer_width(kp, cfg.block), S._buffer_width(kn, cfg.block)
+        S.supcon_mine_kernel[call.grid(cfg.block)](
+            call.u, call.cls, call.temp, *out, kp, kn, call.m, 0, call.r, call.d, call.u.stride(0),
+            MINE_P=True, MINE_N=True, KBP=kbp, LOG_KBP=kbp.bit_length() - 1, KBN=kbn,
+            LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block, LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd,
+            SINGLE_D=c["SINGLE_D"], PREC="ieee", ACC=call.tl_acc, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages)
+    return out
+
+
+@pytest.mark.parametrize("gather_min", [2, 32])
+@pytest.mark.parametrize("data", ["random", "ties", "one class"])
+@pytest.mark.parametrize("kp,kn", [(1, 1), (9, 2)])
+def test_counting_select_equals_topk_merge(monkeypatch, gather_min, data, kp, kn):
+    """The float32 counting select (stats, search passes, collect, sort) picks bitwise the
+    (value, column) pairs of the top-k merge. gather_min=2 makes rows search before they collect
+    (down to one value and a column search under ties), 32 collects most rows at once."""
+    from ct_kernels.triton_ops import supcon as S
+    monkeypatch.setattr(S, "GATHER_MIN", gather_min)
+    if data == "ties":
+        u, labels = _tied_batch(70)
+    else:
+        u, labels = make_batch(70, 11, 1 if data == "one class" else 3, ignore_every=9, seed=kp + 10 * kn)
+    new = _thresholds(u, labels, kp, kn, counting=True)
+    ref = _thresholds(u, labels, kp, kn, counting=False)
+    for a, b, name in zip(new, ref, ("thr_pos", "col_pos", "thr_neg", "col_neg")):
+        assert torch.equal(a, b), (name, (a != b).nonzero().flatten().tolist()[:5])
+
+
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+def test_counting_select_searches_at_default_width(variant):
+    """More members per row than the 32 collect slots of small k: rows search first."""
+    u, labels = make_batch(200 if INTERPRETED else 3000, 24, 4, ignore_every=7, seed=12)
+    check(u, labels, variant, 3, 5, tol=1e-5)
 
 
 def test_non_contiguous_input():

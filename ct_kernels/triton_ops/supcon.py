@@ -6,6 +6,7 @@ for supcon, the thresholds None on a side that is not mined): see supcon_kernels
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -13,9 +14,18 @@ import triton
 
 from ..backends import place_rows
 from . import tuning
-from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel
+from ._select import select_sort_kernel
+from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel, supcon_select_kernel
 
-MAX_HARD_K = 256  # on-chip top-k buffer limit per mined side
+MAX_HARD_K = 256  # per mined side: the float64 on-chip top-k buffers, and O(R * k) collect buffers
+# float32 mining by counting (see _select): edges per search pass, passes spaced by value before
+# the order-key spaced ones, and the least number of collect slots per row and side.
+SELECT_BINS = 16
+SELECT_GROUP = 2  # edges per compare step: wider steps spill registers (sm_90 ptxas)
+SELECT_VALUE_PASSES = 2
+GATHER_MIN = 32
+# CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept for
+# float64; for A/B benchmarks)
 VARIANTS = ("supcon", "infonce")
 
 
@@ -38,6 +48,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _buffer_width(k: int, block: int) -> int:
     return max(tuning.next_pow2(k), block) if k > 0 else 16
+
+
+def _gather_width(k: int) -> int:
+    """Collect slots per row: a row collects once its interval holds at most this many members
+    at or above its lower edge (at least k of them)."""
+    return max(2 * tuning.next_pow2(k), GATHER_MIN)
 
 
 class _Call:
@@ -131,7 +147,9 @@ class _Call:
             return loss, npos, saved
         tp, cp, tn, cn = self._thresholds(thrp, colp, thrn, coln)
         c = self.consts(cfg)
-        if self.mined:
+        if self.mined and self.acc == torch.float32 and os.environ.get("CT_KERNELS_TRITON_MINING") != "merge":
+            self._select(cfg, tp, cp, tn, cn)
+        elif self.mined:
             kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
             supcon_mine_kernel[self.grid(cfg.block)](
                 self.u, self.cls, self.temp, tp, cp, tn, cn, self.kp, self.kn,
@@ -144,6 +162,40 @@ class _Call:
             self.u, self.cls, self.temp, tp, cp, tn, cn, loss, npos, a, self._or_placeholder(q),
             self.m, self.r0, r, self.d, self.u.stride(0), **c)
         return loss, npos, saved
+
+    def _select(self, cfg: tuning.Config, tp, cp, tn, cn) -> None:
+        """float32 thresholds by counting: supcon_select_kernel, then the sort of the rows that
+        collected. Collect buffers: O(R * k) (2 * next_pow2(k) slots of value and column per row)."""
+        r, dev = self.r, self.u.device
+        bufs = []
+        for k in (self.kp, self.kn):
+            width = _gather_width(k)
+            if k > 0:
+                bufs.append((torch.empty((r, width), dtype=torch.float32, device=dev),
+                             torch.empty((r, width), dtype=torch.int32, device=dev),
+                             torch.empty(r, dtype=torch.int32, device=dev), width))
+            else:
+                bufs.append((self._or_placeholder(None), self._or_placeholder(None, torch.int32),
+                             self._or_placeholder(None, torch.int32), width))
+        (key_p, bcol_p, cnt_p, width_p), (key_n, bcol_n, cnt_n, width_n) = bufs
+        c = self.consts(cfg)
+        supcon_select_kernel[self.grid(cfg.block)](
+            self.u, self.cls, self.temp, tp, cp, tn, cn, key_p, bcol_p, cnt_p, key_n, bcol_n, cnt_n,
+            self.kp, self.kn, self.m, self.r0, r, self.d, self.u.stride(0), MINE_P=c["MINE_P"],
+            MINE_N=c["MINE_N"], CP=width_p, CN=width_n, NB=SELECT_BINS, GROUP=SELECT_GROUP,
+            V_PASSES=SELECT_VALUE_PASSES,
+            # 32 / log2(NB) key-spaced passes narrow any interval to one value; one spare
+            MAX_PASSES=SELECT_VALUE_PASSES + -(-32 // (SELECT_BINS.bit_length() - 1)) + 1,
+            BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec, ACC=self.tl_acc,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        for k, thr, col, (key, bcol, cnt, width), negate in ((self.kp, tp, cp, bufs[0], False),
+                                                              (self.kn, tn, cn, bufs[1], True)):
+            if k > 0:
+                # 4096 buffer slots per program, 8 warps: spill-free for every width (sm_90 ptxas)
+                rows_per_program = max(1, 4096 // width)
+                select_sort_kernel[(triton.cdiv(r, rows_per_program),)](
+                    thr, col, key, bcol, cnt, k, r, C=width, LOG_C=width.bit_length() - 1,
+                    SB=rows_per_program, NEGATE=negate, num_warps=8)
 
     def _or_placeholder(self, t, dtype=None):
         """Kernels take a pointer for every array; an unused one gets a 1-element stand-in."""

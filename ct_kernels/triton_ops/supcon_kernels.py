@@ -22,6 +22,9 @@ every tile, and hence every s_ij bit, is the one a whole-batch call computes: th
 found by one rank's forward are exact in another rank's backward. Outputs of the forward and
 dU are indexed from R0; the backward reads the per-row statistics of all M rows.
 
+Mining thresholds: supcon_select_kernel for float32 tiles (counting passes, see _select) and
+supcon_mine_kernel for float64 (per-row top-k buffers merged on chip, see _topk).
+
 Per-row statistics (what the backward needs):
   supcon : a = log2 sum over A_i of 2^s2,            q unused
   infonce: a = log2 sum_{n in N_i} 2^s2 (lseN, base 2), q = (1/|P_i|) sum_p sigmoid(lseN - s_ip)
@@ -35,6 +38,8 @@ non-finite (ct_kernels/supcon.py).
 import triton
 import triton.language as tl
 
+from ._select import (COLUMN, GATHER, SEARCH, _canon, collect, count_at_or_above, edges, initial_mode, inside_range,
+                      narrow, next_up, side_stats)
 from ._topk import BIG_COL, kth_pair, topk_merge
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -178,6 +183,105 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
         tn, cn = kth_pair(bkn, bcn, kn, KBN)
         tl.store(thrn_ptr + out, -tn, mask=live)
         tl.store(coln_ptr + out, cn, mask=live)
+
+
+@triton.jit(do_not_specialize=["M", "R0", "R"])
+def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
+                         keyp_ptr, bcolp_ptr, cntp_ptr, keyn_ptr, bcoln_ptr, cntn_ptr,
+                         kp, kn, M, R0, R, D, stride, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
+                         CP: tl.constexpr, CN: tl.constexpr, NB: tl.constexpr, GROUP: tl.constexpr,
+                         V_PASSES: tl.constexpr, MAX_PASSES: tl.constexpr, BLOCK: tl.constexpr,
+                         BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """The thresholds of supcon_mine_kernel by counting (see _select): the stats pass, search
+    passes while a row of the block searches, the collect pass. Writes the thresholds of rows
+    that do not collect (DONE: every member, +inf / -inf and BIG_COL as supcon_mine_kernel;
+    COLUMN: (lo, its column)) and the buffer counts that select_sort_kernel turns into the
+    others'. A side that is not mined has k = 0. One kernel keeps the per-row state in
+    registers: split into a kernel per pass, with the state in global memory, the search pass
+    spilled 2.5 KB in sm_90 compiles against 32 bytes here."""
+    rows, live = _slice_rows(R0, R, BLOCK)
+    out = (rows - R0).to(tl.int64)
+    lab_r, ok_r = _load_rows(lab_ptr, rows, M)
+    scale = tl.load(temp_ptr)
+    ur = 0.0
+    if SINGLE_D:
+        ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
+    # stats: x = -s2 for positives (hardest: smallest s), s2 for negatives: "k-th largest x"
+    n_p = tl.zeros([BLOCK], tl.int32)
+    lo_p = tl.full([BLOCK], float("inf"), tl.float32)
+    top_p = tl.full([BLOCK], float("-inf"), tl.float32)
+    n_n = tl.zeros([BLOCK], tl.int32)
+    lo_n = tl.full([BLOCK], float("inf"), tl.float32)
+    top_n = tl.full([BLOCK], float("-inf"), tl.float32)
+    for c0 in range(0, M, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                                        BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
+        n_p, lo_p, top_p = side_stats(-s, pos, n_p, lo_p, top_p)
+        n_n, lo_n, top_n = side_stats(s, neg, n_n, lo_n, top_n)
+    lo_p, top_p, lo_n, top_n = _canon(lo_p), _canon(top_p), _canon(lo_n), _canon(top_n)
+    mode_p = initial_mode(n_p, lo_p, top_p, kp, live, CP)
+    mode_n = initial_mode(n_n, lo_n, top_n, kn, live, CN)
+    hi_p, hi_n = next_up(top_p), next_up(top_n)
+    glo_p, glo_n = n_p, n_n
+    ghi_p = tl.zeros([BLOCK], tl.int32)
+    ghi_n = tl.zeros([BLOCK], tl.int32)
+    # search
+    for it in range(0, MAX_PASSES):
+        sp = mode_p == SEARCH
+        sn = mode_n == SEARCH
+        if tl.sum(sp.to(tl.int32)) + tl.sum(sn.to(tl.int32)) > 0:
+            ep = edges(lo_p, hi_p, sp, it >= V_PASSES, NB)
+            en = edges(lo_n, hi_n, sn, it >= V_PASSES, NB)
+            cnt_p = tl.zeros([BLOCK, NB], tl.int32)
+            cnt_n = tl.zeros([BLOCK, NB], tl.int32)
+            mn_p = tl.full([BLOCK], float("inf"), tl.float32)
+            mx_p = tl.full([BLOCK], float("-inf"), tl.float32)
+            mn_n = tl.full([BLOCK], float("inf"), tl.float32)
+            mx_n = tl.full([BLOCK], float("-inf"), tl.float32)
+            for c0 in range(0, M, BLOCK):
+                cols = c0 + tl.arange(0, BLOCK)
+                _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D,
+                                                scale, BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
+                cnt_p, cnt_n = count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB, GROUP)
+                mn_p, mx_p = inside_range(-s, pos, lo_p, hi_p, mn_p, mx_p)
+                mn_n, mx_n = inside_range(s, neg, lo_n, hi_n, mn_n, mx_n)
+            lo_p, hi_p, glo_p, ghi_p, mode_p = narrow(ep, cnt_p, mn_p, mx_p, lo_p, hi_p, glo_p, ghi_p, mode_p,
+                                                      kp, CP, NB)
+            lo_n, hi_n, glo_n, ghi_n, mode_n = narrow(en, cnt_n, mn_n, mx_n, lo_n, hi_n, glo_n, ghi_n, mode_n,
+                                                      kn, CN, NB)
+    # collect; rows still searching can only hold non-finite values (the caller returns NaN)
+    mode_p = tl.where(mode_p == SEARCH, COLUMN, mode_p)
+    mode_n = tl.where(mode_n == SEARCH, COLUMN, mode_n)
+    rank_p, rank_n = kp - ghi_p, kn - ghi_n
+    base_p = tl.zeros([BLOCK], tl.int32)
+    seen_p = tl.zeros([BLOCK], tl.int32)
+    at_p = tl.full([BLOCK], BIG_COL, tl.int32)
+    base_n = tl.zeros([BLOCK], tl.int32)
+    seen_n = tl.zeros([BLOCK], tl.int32)
+    at_n = tl.full([BLOCK], BIG_COL, tl.int32)
+    col_p = tl.sum((mode_p == COLUMN).to(tl.int32)) > 0
+    col_n = tl.sum((mode_n == COLUMN).to(tl.int32)) > 0
+    busy = tl.sum(((mode_p == GATHER) | (mode_n == GATHER)).to(tl.int32)) + col_p.to(tl.int32) + col_n.to(tl.int32)
+    if busy > 0:
+        for c0 in range(0, M, BLOCK):
+            cols = c0 + tl.arange(0, BLOCK)
+            _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
+                                            BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
+            if MINE_P:
+                base_p, seen_p, at_p = collect(-s, pos, cols, out, lo_p, mode_p, rank_p, base_p, seen_p, at_p,
+                                               keyp_ptr, bcolp_ptr, CP, col_p)
+            if MINE_N:
+                base_n, seen_n, at_n = collect(s, neg, cols, out, lo_n, mode_n, rank_n, base_n, seen_n, at_n,
+                                               keyn_ptr, bcoln_ptr, CN, col_n)
+    if MINE_P:
+        tl.store(thrp_ptr + out, tl.where(mode_p == COLUMN, -lo_p, float("inf")), mask=live & (mode_p != GATHER))
+        tl.store(colp_ptr + out, tl.where(mode_p == COLUMN, at_p, BIG_COL), mask=live & (mode_p != GATHER))
+        tl.store(cntp_ptr + out, tl.where(mode_p == GATHER, base_p, 0), mask=live)
+    if MINE_N:
+        tl.store(thrn_ptr + out, tl.where(mode_n == COLUMN, lo_n, float("-inf")), mask=live & (mode_n != GATHER))
+        tl.store(coln_ptr + out, tl.where(mode_n == COLUMN, at_n, BIG_COL), mask=live & (mode_n != GATHER))
+        tl.store(cntn_ptr + out, tl.where(mode_n == GATHER, base_n, 0), mask=live)
 
 
 @triton.jit

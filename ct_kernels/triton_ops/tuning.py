@@ -75,8 +75,8 @@ def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int, mined: bool = Fa
             fast = [Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
                     Config(128, 64, d2, d2, 8, 3)]
     cands = fast + legacy
-    if dtype == torch.float64 or mine_width > 64:
-        # big on-chip top-k buffers / fp64 tiles: stay at 64-row blocks with 8 warps
+    if dtype == torch.float64:
+        # fp64 tiles (and their on-chip top-k mining buffers): 64-row blocks with 8 warps
         bd = min(d2, 32 if dtype == torch.float64 else 64)
         cands = [Config(64, 64, bd, min(d2, 64), 8, 2), Config(32, 32, bd, min(d2, 64), 4, 2)]
     out = []
