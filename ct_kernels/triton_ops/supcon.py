@@ -46,6 +46,12 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def select_passes() -> int:
+    """Most search passes: the value-spaced ones, then 32 / log2(NB) key-spaced passes narrow
+    any interval to one value; one spare."""
+    return SELECT_VALUE_PASSES + -(-32 // (SELECT_BINS.bit_length() - 1)) + 1
+
+
 def _buffer_width(k: int, block: int) -> int:
     return max(tuning.next_pow2(k), block) if k > 0 else 16
 
@@ -183,9 +189,7 @@ class _Call:
             self.u, self.cls, self.temp, tp, cp, tn, cn, key_p, bcol_p, cnt_p, key_n, bcol_n, cnt_n,
             self.kp, self.kn, self.m, self.r0, r, self.d, self.u.stride(0), MINE_P=c["MINE_P"],
             MINE_N=c["MINE_N"], CP=width_p, CN=width_n, NB=SELECT_BINS, GROUP=SELECT_GROUP,
-            V_PASSES=SELECT_VALUE_PASSES,
-            # 32 / log2(NB) key-spaced passes narrow any interval to one value; one spare
-            MAX_PASSES=SELECT_VALUE_PASSES + -(-32 // (SELECT_BINS.bit_length() - 1)) + 1,
+            V_PASSES=SELECT_VALUE_PASSES, MAX_PASSES=select_passes(),
             BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec, ACC=self.tl_acc,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         for k, thr, col, (key, bcol, cnt, width), negate in ((self.kp, tp, cp, bufs[0], False),
