@@ -218,12 +218,12 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   bitonic sorting networks whenever a tile can change a row's k-th value; with random data that is
   nearly every tile early on, so the pass is bound by compare-exchange work, not by the matrix unit.
   Since then (not yet measured on a GPU) float32 tiles find the thresholds by counting instead
-  (triton_ops/_select.py): a stats pass, search passes that count members above 16 edges per row,
+  (triton_ops/_select.py): a stats pass, search passes that count members above 8 edges per row,
   one collect pass into O(N k) buffers, and a small sort; the earlier kernel is kept for float64
   and as `ct_triton_merge` in the bench. A numpy model of the search on N=32768, D=128 bf16 rows
-  (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings) needs at most 2 search
-  passes per row, so 4 streamed passes of the tile in all; sm_90 compile: 255 registers, 32 bytes
-  spilled.
+  (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per
+  row, so 4-5 streamed passes of the tile in all (the merge: one pass, but a bitonic sort of
+  nearly every tile); sm_90 compile: 255 registers, 24 / 52 bytes spilled (Triton 3.8 / 3.6).
 - **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2
   under CUDA graphs (7 us = 4.6 TB/s); the kernel loops over classes per patch, so its cost grows
   with num_classes while the copy's does not. From the next run on, the bench cycles through at

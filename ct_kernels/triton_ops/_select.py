@@ -18,9 +18,9 @@ is a fixed number of streaming passes, each one recomputed tile plus a few compa
            single value v with more than C members at or above it find the (k - ghi)-th column
            with x == v in the same pass (a running count in column order).
 
-A numpy model of the search (N = 32768, D = 128 bf16 rows, k = 64, 6 classes; random,
-clustered and 20 %-duplicated embeddings) needs at most 2 search passes per row, so 4 streamed
-passes in all plus the sort; the result is exact and deterministic (counts, and a gather in
+A numpy model of the search (N = 32768, D = 128 bf16 rows, k = 64, 6 classes, NB = 8 edges;
+random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per row (random: at
+most 2), so 4-5 streamed passes in all plus the sort; the result is exact and deterministic (counts, and a gather in
 column order, do not depend on scheduling). Each search pass also tracks the smallest and largest
 member inside the interval and clips to them, so ties at the top value settle at once. float32
 only: the order key of a float64 does not fit the int64 arithmetic of the key-spaced edges, so

@@ -20,8 +20,10 @@ from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_ke
 MAX_HARD_K = 256  # per mined side: the float64 on-chip top-k buffers, and O(R * k) collect buffers
 # float32 mining by counting (see _select): edges per search pass, passes spaced by value before
 # the order-key spaced ones, and the least number of collect slots per row and side.
-SELECT_BINS = 16
-SELECT_GROUP = 2  # edges per compare step: wider steps spill registers (sm_90 ptxas)
+# sm_90 ptxas, D = 128 bf16 default tile: 8 edges in steps of 2 spill 32-40 bytes (Triton 3.6 / 3.8),
+# 16 edges 600 bytes on Triton 3.6 (benchmarks/offline_compile.py)
+SELECT_BINS = 8
+SELECT_GROUP = 2
 SELECT_VALUE_PASSES = 2
 GATHER_MIN = 32
 # CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept for
