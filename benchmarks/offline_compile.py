@@ -88,6 +88,8 @@ def main():
             bn = cfg.bm if mined else cfg.bn
             loss = dict(common, INFONCE=False, MINE_P=mined, MINE_N=mined, BM=cfg.bm, BN=bn)
             rows.append(("fwd" + (" mined" if mined else ""), cfg, K.supcon_fwd_kernel, loss))
+            if not mined:
+                rows.append(("fwd infonce", cfg, K.supcon_fwd_kernel, dict(loss, INFONCE=True)))
             rows.append(("bwd" + (" mined" if mined else ""), cfg, K.supcon_bwd_kernel,
                          dict(loss, BDO=cfg.bdo, ONE_PASS=single and cfg.bdo >= args.d)))
             if mined:
