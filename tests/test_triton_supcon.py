@@ -201,10 +201,10 @@ def _tied_batch(m, seed=7):
     return u.float().to(DEV), labels.to(DEV)
 
 
-def _thresholds(u, labels, kp, kn, counting):
+def _thresholds(u, labels, kp, kn, counting, tf32=False):
     """(thr_pos, col_pos, thr_neg, col_neg) of the float32 counting select or the top-k merge."""
     from ct_kernels.triton_ops import supcon as S
-    call = S._Call(u, labels, IGNORE, 1.0 / TEMP, "supcon", kp, kn, False)
+    call = S._Call(u, labels, IGNORE, 1.0 / TEMP, "supcon", kp, kn, tf32)
     cfg = call.config()
     out = [torch.empty(call.r, device=DEV), torch.empty(call.r, dtype=torch.int32, device=DEV),
            torch.empty(call.r, device=DEV), torch.empty(call.r, dtype=torch.int32, device=DEV)]
@@ -217,26 +217,33 @@ def _thresholds(u, labels, kp, kn, counting):
             call.u, call.cls, call.temp, *out, kp, kn, call.m, 0, call.r, call.d, call.u.stride(0),
             MINE_P=True, MINE_N=True, KBP=kbp, LOG_KBP=kbp.bit_length() - 1, KBN=kbn,
             LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block, LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd,
-            SINGLE_D=c["SINGLE_D"], PREC="ieee", ACC=call.tl_acc, num_warps=cfg.num_warps,
+            SINGLE_D=c["SINGLE_D"], PREC=call.prec, ACC=call.tl_acc, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages)
     return out
 
 
+@pytest.mark.parametrize("prec", ["fp32", "bf16", "tf32"])
 @pytest.mark.parametrize("gather_min", [2, 32])
 @pytest.mark.parametrize("data", ["random", "ties", "one class"])
 @pytest.mark.parametrize("kp,kn", [(1, 1), (9, 2)])
-def test_counting_select_equals_topk_merge(monkeypatch, gather_min, data, kp, kn):
-    """The float32 counting select (stats, search passes, collect, sort) picks bitwise the
-    (value, column) pairs of the top-k merge. gather_min=2 makes rows search before they collect
-    (down to one value and a column search under ties), 32 collects most rows at once."""
+def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_min, data, kp, kn):
+    """The counting select (stats, search passes, collect, sort) of float32 tiles picks bitwise
+    the (value, column) pairs of the top-k merge on the same tiles. gather_min=2 makes rows
+    search before they collect (down to one value and a column search under ties), 32 collects
+    most rows at once. bf16 / tf32 tiles: tensor-core dots, on GPUs only."""
     from ct_kernels.triton_ops import supcon as S
+    if prec != "fp32" and not CUDA:
+        pytest.skip(NO_HALF_ON_CPU)
     monkeypatch.setattr(S, "GATHER_MIN", gather_min)
     if data == "ties":
         u, labels = _tied_batch(70)
     else:
-        u, labels = make_batch(70, 11, 1 if data == "one class" else 3, ignore_every=9, seed=kp + 10 * kn)
-    new = _thresholds(u, labels, kp, kn, counting=True)
-    ref = _thresholds(u, labels, kp, kn, counting=False)
+        u, labels = make_batch(70 if INTERPRETED else 1500, 11, 1 if data == "one class" else 3, ignore_every=9,
+                               seed=kp + 10 * kn)
+    if prec == "bf16":
+        u = u.to(torch.bfloat16)
+    new = _thresholds(u, labels, kp, kn, counting=True, tf32=prec == "tf32")
+    ref = _thresholds(u, labels, kp, kn, counting=False, tf32=prec == "tf32")
     for a, b, name in zip(new, ref, ("thr_pos", "col_pos", "thr_neg", "col_neg")):
         assert torch.equal(a, b), (name, (a != b).nonzero().flatten().tolist()[:5])
 
