@@ -306,17 +306,19 @@ def bench_anchor_slice(rec, backend_names, n=32768, d=128, world=8):
 
 
 def _with_env(name, value, fn):
-    """fn with the environment variable name set to value during each call."""
-    def call(*args):
+    """fn with the environment variable name set to value during its forward AND backward (both
+    run inside; the caller's .backward() then acts on a stand-in leaf): fwd+bwd timings only."""
+    def call(z, y):
         old = os.environ.get(name)
         os.environ[name] = value
         try:
-            return fn(*args)
+            fn(z, y).backward()
         finally:
             if old is None:
                 del os.environ[name]
             else:
                 os.environ[name] = old
+        return torch.zeros((), device=z.device, requires_grad=True)
     return call
 
 
@@ -371,8 +373,9 @@ def main():
     if "mining" in sections:
         mined = {k: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, hard_positives=64, hard_negatives=64,
                                                             backend=bb))(k[3:]) for k in ct_impls}
-        if "ct_triton" in ct_impls:  # the earlier top-k merge selection, same run
+        if "ct_triton" in ct_impls:  # the earlier top-k merge selection; the tile-reuse backward
             mined["ct_triton_merge"] = _with_env("CT_KERNELS_TRITON_MINING", "merge", mined["ct_triton"])
+            mined["ct_triton_reuse"] = _with_env("CT_KERNELS_TRITON_MINED_BWD", "reuse", mined["ct_triton"])
         if have_pml:
             from pytorch_metric_learning.losses import SupConLoss
             from pytorch_metric_learning.miners import BatchHardMiner

@@ -90,9 +90,10 @@ def main():
             rows.append(("fwd" + (" mined" if mined else ""), cfg, K.supcon_fwd_kernel, loss))
             if not mined:
                 rows.append(("fwd infonce", cfg, K.supcon_fwd_kernel, dict(loss, INFONCE=True)))
-            rows.append(("bwd" + (" mined" if mined else ""), cfg, K.supcon_bwd_kernel,
-                         dict(loss, BDO=cfg.bdo, ONE_PASS=single and cfg.bdo >= args.d)))
+            bwd = dict(loss, BDO=cfg.bdo, ONE_PASS=single and cfg.bdo >= args.d, REUSE_TILE=False)
+            rows.append(("bwd" + (" mined" if mined else ""), cfg, K.supcon_bwd_kernel, bwd))
             if mined:
+                rows.append(("bwd mined, tile reuse", cfg, K.supcon_bwd_kernel, dict(bwd, REUSE_TILE=True)))
                 rows.append(("select", cfg, K.supcon_select_kernel, dict(
                     common, MINE_P=True, MINE_N=True, CP=width, CN=width, NB=S.SELECT_BINS, GROUP=S.SELECT_GROUP,
                     V_PASSES=S.SELECT_VALUE_PASSES, MAX_PASSES=S.select_passes(), BLOCK=cfg.bm)))

@@ -255,6 +255,27 @@ def test_counting_select_searches_at_default_width(variant):
     check(u, labels, variant, 3, 5, tol=1e-5)
 
 
+@pytest.mark.parametrize("prec", ["fp32", "bf16", "tf32"])
+@pytest.mark.parametrize("variant,kp,kn", [("supcon", 3, 5), ("infonce", 2, 0), ("supcon", 0, 4)])
+def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, variant, kp, kn):
+    """CT_KERNELS_TRITON_MINED_BWD=reuse reads s_ji from the tile (i, j): exact only if tl.dot gives
+    s_ij and s_ji the same bits. Any bit of difference shows in dU (exp(s - lse) and the masks use
+    them), so bitwise-equal dU here is the evidence for switching the default on a GPU."""
+    if prec != "fp32" and not CUDA:
+        pytest.skip(NO_HALF_ON_CPU)
+    u, labels = make_batch(70 if INTERPRETED else 2000, 40, 4, ignore_every=9, seed=31)
+    if prec == "bf16":
+        u = u.to(torch.bfloat16)
+    tf32 = prec == "tf32"
+    grad_rows = torch.randn(u.shape[0], generator=torch.Generator().manual_seed(2)).to(DEV)
+    _loss, _npos, saved = T.supcon_forward(u, labels, IGNORE, 1.0 / TEMP, variant, kp, kn, tf32)
+    du = {}
+    for mode in ("recompute", "reuse"):
+        monkeypatch.setenv("CT_KERNELS_TRITON_MINED_BWD", mode)
+        du[mode] = T.supcon_backward(u, labels, IGNORE, 1.0 / TEMP, variant, kp, kn, tf32, saved, grad_rows)
+    assert torch.equal(du["recompute"], du["reuse"]), (du["recompute"] - du["reuse"]).abs().max().item()
+
+
 def test_non_contiguous_input():
     u, labels = make_batch(23, 24, 3, seed=8)
     check(u[:, ::2], labels, "supcon", 2, 2, tol=1e-5)

@@ -27,7 +27,8 @@ SELECT_GROUP = 2
 SELECT_VALUE_PASSES = 2
 GATHER_MIN = 32
 # CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept for
-# float64; for A/B benchmarks)
+# float64; for A/B benchmarks). CT_KERNELS_TRITON_MINED_BWD=reuse: the mined backward reads row j's
+# side of a pair from the tile (i, j) instead of recomputing (j, i): on once tested on a GPU.
 VARIANTS = ("supcon", "infonce")
 
 
@@ -227,7 +228,7 @@ class _Call:
         supcon_bwd_kernel[self.grid(cfg.bm, 1 if one else triton.cdiv(self.d, cfg.bdo))](
             self.u, self.cls, self.temp, *self._thresholds(thrp, colp, thrn, coln),
             a_eff, w1, gn, du, self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
-            **self.consts(cfg))
+            REUSE_TILE=self.mined and os.environ.get("CT_KERNELS_TRITON_MINED_BWD") == "reuse", **self.consts(cfg))
         return du
 
 

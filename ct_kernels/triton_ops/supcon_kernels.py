@@ -319,6 +319,23 @@ def _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr
 
 
 @triton.jit
+def _mined_masks_of_cols(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
+                         MINE_P: tl.constexpr, MINE_N: tl.constexpr):
+    """_mined_masks with the roles swapped, on the tile (i, j): whether row i is among column
+    j's mined positives / negatives (s_ji read as s_ij; pos / neg before mining are symmetric)."""
+    live = cols < M
+    if MINE_P:
+        thr = tl.load(thrp_ptr + cols, mask=live, other=0.0)
+        col = tl.load(colp_ptr + cols, mask=live, other=0)
+        pos = pos & _keep_low(s, rows[:, None], thr[None, :], col[None, :])
+    if MINE_N:
+        thr = tl.load(thrn_ptr + cols, mask=live, other=0.0)
+        col = tl.load(coln_ptr + cols, mask=live, other=0)
+        neg = neg & _keep_high(s, rows[:, None], thr[None, :], col[None, :])
+    return pos, neg
+
+
+@triton.jit
 def _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0, ur, lab_r, ok_r,
                M, R0, R, D, scale, MINE_P: tl.constexpr, MINE_N: tl.constexpr, BM: tl.constexpr,
                BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr,
@@ -411,7 +428,7 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
                       M, R0, R, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
-                      BDO: tl.constexpr, ONE_PASS: tl.constexpr,
+                      BDO: tl.constexpr, ONE_PASS: tl.constexpr, REUSE_TILE: tl.constexpr,
                       PREC: tl.constexpr, ACC: tl.constexpr):
     """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block of the anchor slice and one
     BDO-wide chunk of D (ONE_PASS: all of D, reusing the column block of the similarity).
@@ -419,7 +436,9 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     Row-stationary and symmetric: G_ji is formed from row j's saved statistics, so nothing
     is accumulated across programs (no atomics, deterministic). With mining, the transposed
     tile is recomputed in row j's own orientation so that row j's thresholds are tested on the
-    very bits the forward saw.
+    very bits the forward saw; REUSE_TILE takes them from the tile (i, j) instead, which is exact
+    if tl.dot gives s_ij and s_ji the same bits (the same products summed in the same k order:
+    tests/test_triton_supcon.py checks it on the GPU) and saves one tile product in three.
     """
     pid_d = tl.program_id(1)
     rows, live = _slice_rows(R0, R, BM)
@@ -447,11 +466,16 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M,
                                         MINE_P, MINE_N)
             w = _dl_ds(s, pos_r, neg_r, a_r[:, None], w1_r[:, None], gn_r[:, None], INFONCE)
-            st = _sim_tile(u_ptr, stride, cols, rows, uc, ur, M, D, scale, BN, BM, BD, SINGLE_D, PREC, ACC)
-            pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
-                                        thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M, MINE_P, MINE_N)
-            wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], w1_c[:, None], gn_c[:, None], INFONCE)
-            w += tl.trans(wt)
+            if REUSE_TILE:
+                pos_c, neg_c = _mined_masks_of_cols(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr,
+                                                    coln_ptr, M, MINE_P, MINE_N)
+                w += _dl_ds(s, pos_c, neg_c, a_c[None, :], w1_c[None, :], gn_c[None, :], INFONCE)
+            else:
+                st = _sim_tile(u_ptr, stride, cols, rows, uc, ur, M, D, scale, BN, BM, BD, SINGLE_D, PREC, ACC)
+                pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
+                                            thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M, MINE_P, MINE_N)
+                wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], w1_c[:, None], gn_c[:, None], INFONCE)
+                w += tl.trans(wt)
         else:
             # both orientations of the unmined (symmetric) tile at once
             e_r = tl.exp2(s - a_r[:, None])
