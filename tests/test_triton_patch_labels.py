@@ -34,6 +34,23 @@ def test_matches_reference(dtype, ph, pw):
     check(mask, ph, pw, 4, 255)
 
 
+@pytest.mark.parametrize("num_classes,ph,pw", [(9, 16, 16), (20, 4, 4), (30, 2, 3)])
+def test_many_classes(num_classes, ph, pw):
+    """Several count fields per reduction (7 at 16 x 16, 12 at 4 x 4, 21 at 2 x 3): more classes
+    than one int64 holds, so the class groups and their boundaries are exercised."""
+    mask = random_mask(2, ph * 2, pw * 3, num_classes, torch.int64, 255, seed=num_classes)
+    check(mask, ph, pw, num_classes, 255)
+
+
+@pytest.mark.parametrize("a,b", [(6, 7), (0, 13), (13, 14)])
+def test_tie_across_class_groups_goes_to_smaller(a, b):
+    """16 x 16 patches: 7 classes per int64 sum (groups 0-6, 7-13, 14-...)."""
+    mask = torch.full((1, 16, 16), a, dtype=torch.int64)
+    mask[0, 8:] = b
+    labels, purity, _bad = T.patch_labels(mask.to(DEV), 16, 16, 16, 255)
+    assert labels.item() == min(a, b) and purity.item() == 0.5
+
+
 def test_bool_mask():
     g = torch.Generator().manual_seed(1)
     mask = (torch.rand(2, 8, 12, generator=g) < 0.5).to(DEV)

@@ -1,8 +1,8 @@
 """Patch-majority labels in one kernel and one read of the mask.
 
 A program loads PB neighbouring patches of one patch row as a [PH, PB, PW] block (rows of the
-mask are contiguous along the last axis), counts each class on chip, keeps the first class
-with the largest count (ties -> smallest class id) and writes label and purity once. Pixels
+mask are contiguous along the last axis), counts the classes on chip (several per reduction, in
+the bit fields of one int64), keeps the first class with the largest count (ties -> smallest class id) and writes label and purity once. Pixels
 that are neither ignore_index nor in [0, num_classes) are counted into the `bad` word with one
 atomic add per program that saw any: the caller reads it afterwards, no second pass.
 """
@@ -21,7 +21,7 @@ MAX_CLASSES = 1024  # the class loop is linear in num_classes; beyond this use b
 def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
                         H, W, GH, GW, num_classes, ignore_index,
                         PH: tl.constexpr, PW: tl.constexpr, PHP: tl.constexpr, PWP: tl.constexpr,
-                        PB: tl.constexpr):
+                        PB: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr):
     pid = tl.program_id(0)
     n_xb = tl.cdiv(GW, PB)
     xb = pid % n_xb
@@ -41,11 +41,20 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
     cls = tl.where(counted & in_range, v, -1).to(tl.int32)  # -1 matches no class
     best_n = tl.zeros([PB], tl.int32)
     best_c = tl.zeros([PB], tl.int32)
-    for k in range(0, num_classes):
-        n = tl.sum(tl.sum((cls == k).to(tl.int32), 2), 0)  # [PB]
-        better = n > best_n  # strict: an equal count later never beats a smaller class id
-        best_c = tl.where(better, k, best_c)
-        best_n = tl.where(better, n, best_n)
+    # PER classes per reduction: a pixel of class k0 + j adds 2**(BITS * j) to one int64 sum, whose
+    # BITS-wide fields are the counts (a count fits: BITS holds PH * PW). The reductions over the
+    # patch rows cross warps, so one per PER classes, not one per class, is what the loop costs.
+    for k0 in range(0, num_classes, PER):
+        j = cls - k0
+        hit = (j >= 0) & (j < PER)
+        one = tl.full(cls.shape, 1, tl.int64) << (tl.where(hit, j, 0) * BITS).to(tl.int64)
+        packed = tl.sum(tl.sum(tl.where(hit, one, 0), 2), 0)  # [PB]
+        for jj in tl.static_range(PER):
+            n = ((packed >> (jj * BITS)) & ((1 << BITS) - 1)).to(tl.int32)
+            # strict: an equal count later never beats a smaller class id
+            better = (n > best_n) & (k0 + jj < num_classes)
+            best_c = tl.where(better, k0 + jj, best_c)
+            best_n = tl.where(better, n, best_n)
     label = tl.where(best_n > 0, best_c.to(tl.int64), ignore_index)
     # IEEE-rounded division (GPU `/` on fp32 is approximate): purity == count / area exactly,
     # the same bits as the reference's count.float() / (ph * pw)
@@ -91,8 +100,10 @@ def _patch_labels_op(mask: torch.Tensor, ph: int, pw: int, num_classes: int,
     target = 256 if interpreting() else 2048
     pb = max(1, min(next_pow2(gw), target // (php * pwp)))
     grid = (b * gh * triton.cdiv(gw, pb),)
+    bits = (ph * pw).bit_length()  # one count field: 0 .. ph * pw
     patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, num_classes, ignore_index,
-                              PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, num_warps=4)
+                              PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, BITS=bits, PER=max(1, 63 // bits),
+                              num_warps=4)
     return labels, purity, bad
 
 
