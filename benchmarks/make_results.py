@@ -219,11 +219,11 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   nearly every tile early on, so the pass is bound by compare-exchange work, not by the matrix unit.
   Since then (not yet measured on a GPU) float32 tiles find the thresholds by counting instead
   (triton_ops/_select.py): a stats pass, search passes that count members above 8 edges per row,
-  one collect pass into O(N k) buffers, and a small sort; the earlier kernel is kept for float64
+  one collect pass into 64 slots per row (1 KiB a row, any k), and a small sort; the merge stays for float64
   and as `ct_triton_merge` in the bench. A numpy model of the search on N=32768, D=128 bf16 rows
   (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per
   row, so 4-5 streamed passes of the tile in all (the merge: one pass, but a bitonic sort of
-  nearly every tile); sm_90 compile: 255 registers, 24 / 52 bytes spilled (Triton 3.8 / 3.6).
+  nearly every tile); sm_90 compile: 255 registers, 16 / 40 bytes spilled (Triton 3.8 / 3.6).
   The mined backward also recomputes each tile transposed, for row j's side of a pair (three tile
   products instead of two); `ct_triton_reuse` (CT_KERNELS_TRITON_MINED_BWD=reuse) reads it from
   the tile (i, j), exact when the GPU's dot gives s_ij and s_ji the same bits, which

@@ -77,7 +77,7 @@ def main():
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     in_type = "*bf16" if args.dtype == "bf16" else "*fp32"
     prec = "tf32" if args.dtype == "fp32" else "ieee"
-    width = S._gather_width(args.k)
+    width = S.GATHER_SLOTS
     print(f"triton {triton.__version__}, sm_{args.arch}, D={args.d}, {args.dtype}, k={args.k}")
     print(f"{'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
     rows = []

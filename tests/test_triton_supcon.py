@@ -223,18 +223,18 @@ def _thresholds(u, labels, kp, kn, counting, tf32=False):
 
 
 @pytest.mark.parametrize("prec", ["fp32", "bf16", "tf32"])
-@pytest.mark.parametrize("gather_min", [2, 32])
+@pytest.mark.parametrize("gather_slots", [2, 64])
 @pytest.mark.parametrize("data", ["random", "ties", "one class"])
 @pytest.mark.parametrize("kp,kn", [(1, 1), (9, 2)])
-def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_min, data, kp, kn):
+def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_slots, data, kp, kn):
     """The counting select (stats, search passes, collect, sort) of float32 tiles picks bitwise
-    the (value, column) pairs of the top-k merge on the same tiles. gather_min=2 makes rows
-    search before they collect (down to one value and a column search under ties), 32 collects
-    most rows at once. bf16 / tf32 tiles: tensor-core dots, on GPUs only."""
+    the (value, column) pairs of the top-k merge on the same tiles. gather_slots=2 makes rows
+    search until at most 2 members are left inside their interval (down to one value and a
+    column search under ties), 64 collects most rows at once. bf16 / tf32 tiles: tensor-core dots, on GPUs only."""
     from ct_kernels.triton_ops import supcon as S
     if prec != "fp32" and not CUDA:
         pytest.skip(NO_HALF_ON_CPU)
-    monkeypatch.setattr(S, "GATHER_MIN", gather_min)
+    monkeypatch.setattr(S, "GATHER_SLOTS", gather_slots)
     if data == "ties":
         u, labels = _tied_batch(70)
     else:
@@ -248,9 +248,22 @@ def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_min, data, 
         assert torch.equal(a, b), (name, (a != b).nonzero().flatten().tolist()[:5])
 
 
+@pytest.mark.parametrize("gather_slots", [8, 64])
+def test_counting_select_k_above_the_slots(monkeypatch, gather_slots):
+    """k larger than the collect buffer: the buffer holds the interval's members only and the
+    sort picks the (k - #above)-th of them."""
+    from ct_kernels.triton_ops import supcon as S
+    monkeypatch.setattr(S, "GATHER_SLOTS", gather_slots)
+    u, labels = make_batch(260, 9, 3, ignore_every=11, seed=13)
+    new = _thresholds(u, labels, 50, 120, counting=True)
+    ref = _thresholds(u, labels, 50, 120, counting=False)
+    for a, b, name in zip(new, ref, ("thr_pos", "col_pos", "thr_neg", "col_neg")):
+        assert torch.equal(a, b), (name, (a != b).nonzero().flatten().tolist()[:5])
+
+
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
 def test_counting_select_searches_at_default_width(variant):
-    """More members per row than the 32 collect slots of small k: rows search first."""
+    """More members per row than the 64 collect slots: rows search first."""
     u, labels = make_batch(200 if INTERPRETED else 3000, 24, 4, ignore_every=7, seed=12)
     check(u, labels, variant, 3, 5, tol=1e-5)
 

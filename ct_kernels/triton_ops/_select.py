@@ -13,15 +13,16 @@ is a fixed number of streaming passes, each one recomputed tile plus a few compa
            passes space the edges evenly in value (the bulk of s is narrow, the tail is sparse),
            later ones evenly in the order key of float32 (at most 32 / log2 NB passes more
            reach an interval of one value whatever the values are);
-  collect  rows with glo <= C write their members with x >= lo (column order) to a per-row
-           buffer of C slots, sorted afterwards (select_sort_kernel); rows whose interval is a
-           single value v with more than C members at or above it find the (k - ghi)-th column
-           with x == v in the same pass (a running count in column order).
+  collect  rows with at most C members inside [lo, hi) write them (column order) to a per-row
+           buffer of C slots, sorted afterwards (select_sort_kernel), which picks the
+           (k - ghi)-th: the buffer does not grow with k; rows whose interval is a single value
+           v with more than C members find the (k - ghi)-th column with x == v in the same pass
+           (a running count in column order).
 
-A numpy model of the search (N = 32768, D = 128 bf16 rows, k = 64, 6 classes, NB = 8 edges;
-random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per row (random: at
-most 2), so 4-5 streamed passes in all plus the sort; the result is exact and deterministic (counts, and a gather in
-column order, do not depend on scheduling). Each search pass also tracks the smallest and largest
+A numpy model of the search (N = 32768, D = 128 bf16 rows, k = 64, 6 classes, NB = 8 edges,
+C = 64; random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per row
+(random: 2), so 4-5 streamed passes in all plus the sort. The result is exact and deterministic
+(counts, and a gather in column order, do not depend on scheduling). Each search pass also tracks the smallest and largest
 member inside the interval and clips to them, so ties at the top value settle at once. float32
 only: the order key of a float64 does not fit the int64 arithmetic of the key-spaced edges, so
 fp64 calls (gradcheck) keep the top-k merge.
@@ -31,8 +32,8 @@ import triton.language as tl
 
 from ._topk import BIG_COL, _kv_sort, kth_pair
 
-SEARCH = tl.constexpr(0)  # the row's interval still holds more than C members at or above lo
-GATHER = tl.constexpr(1)  # glo <= C: the collect pass writes the members >= lo to the buffer
+SEARCH = tl.constexpr(0)  # the row's interval still holds more than C members
+GATHER = tl.constexpr(1)  # glo - ghi <= C: the collect pass writes the interval's members
 COLUMN = tl.constexpr(2)  # [lo, hi) holds the one value lo: the collect pass finds the column
 DONE = tl.constexpr(3)    # side not mined, row not an anchor, or k >= n (every member selected)
 
@@ -130,8 +131,8 @@ def narrow(e, counts, mn, mx, lo, hi, glo, ghi, mode, k, C: tl.constexpr, NB: tl
     """Keep the sub-interval [e_b, next greater edge) that holds the k-th: b the highest edge
     with at least k members at or above it (counts fall as edges rise), clipped to the members
     seen in the old interval ([mn, mx]: the counts at the clipped ends are unchanged, no member
-    lies between). Then the row collects (glo <= C), settles for its column (one value left in
-    [lo, hi)), or searches on."""
+    lies between). Then the row collects (at most C members in [lo, hi)), settles for its
+    column (one value left in [lo, hi)), or searches on."""
     b = tl.arange(0, NB)[None, :]
     g = tl.where(b == 0, glo[:, None], counts)
     best = tl.sum(((g >= k) & (b > 0)).to(tl.int32), 1)
@@ -152,19 +153,19 @@ def narrow(e, counts, mn, mx, lo, hi, glo, ghi, mode, k, C: tl.constexpr, NB: tl
     glo = tl.where(searching, new_glo, glo)
     ghi = tl.where(searching, new_ghi, ghi)
     one_value = next_up(lo) >= hi
-    mode = tl.where(searching & (glo <= C), GATHER, tl.where(searching & one_value, COLUMN, mode))
+    mode = tl.where(searching & (glo - ghi <= C), GATHER, tl.where(searching & one_value, COLUMN, mode))
     return lo, hi, glo, ghi, mode
 
 
 @triton.jit
-def collect(x, member, cols, out, lo, mode, rank, base, seen, col_at, key_ptr, col_ptr,
+def collect(x, member, cols, out, lo, hi, mode, rank, base, seen, col_at, key_ptr, col_ptr,
             C: tl.constexpr, ANY_COLUMN):
     """One tile of the collect pass for one side (x = -s for positives, s for negatives).
-    GATHER rows append (key -x, column) of members with x >= lo at slot base + their rank in
-    the row (column order, no atomics); COLUMN rows count the members equal to lo and note the
-    column where the count reaches rank (= k - ghi)."""
+    GATHER rows append (key -x, column) of the members in [lo, hi) at slot base + their place
+    in the row (column order, no atomics); COLUMN rows count the members equal to lo and note
+    the column where the count reaches rank (= k - ghi)."""
     cols2 = tl.broadcast_to(cols[None, :], x.shape)
-    take = member & (mode == GATHER)[:, None] & (x >= lo[:, None])
+    take = member & (mode == GATHER)[:, None] & (x >= lo[:, None]) & (x < hi[:, None])
     slot = base[:, None] + tl.cumsum(take.to(tl.int32), 1) - 1
     off = out.to(tl.int64)[:, None] * C + slot
     tl.store(key_ptr + off, -x, mask=take & (slot < C))
@@ -179,12 +180,14 @@ def collect(x, member, cols, out, lo, mode, rank, base, seen, col_at, key_ptr, c
 
 
 @triton.jit
-def select_sort_kernel(thr_ptr, col_ptr, key_ptr, bcol_ptr, count_ptr, k, R,
+def select_sort_kernel(thr_ptr, col_ptr, key_ptr, bcol_ptr, count_ptr, R,
                        C: tl.constexpr, LOG_C: tl.constexpr, SB: tl.constexpr, NEGATE: tl.constexpr):
-    """Threshold of each collecting row (count > 0): the k-th smallest (key, column) of its
-    buffer, key = -x (so: k-th largest x, lower column first). NEGATE: store -key (negatives)."""
+    """Threshold of each collecting row (count > 0): the rank-th smallest (key, column) of its
+    buffer, key = -x (so: rank-th largest x, lower column first); count_ptr holds R counts,
+    then R ranks. NEGATE: store -key (negatives)."""
     idx = tl.program_id(0) * SB + tl.arange(0, SB)
     n = tl.load(count_ptr + idx, mask=idx < R, other=0)
+    rank = tl.load(count_ptr + R + idx, mask=idx < R, other=1)
     if tl.max(n) > 0:
         slot = tl.arange(0, C)[None, :]
         full = slot < n[:, None]
@@ -192,7 +195,7 @@ def select_sort_kernel(thr_ptr, col_ptr, key_ptr, bcol_ptr, count_ptr, k, R,
         key = tl.load(key_ptr + off, mask=full, other=float("inf"))
         col = tl.load(bcol_ptr + off, mask=full, other=BIG_COL)
         key, col = _kv_sort(key, col, LOG_C, 0)
-        t, c = kth_pair(key, col, k, C)
+        t, c = kth_pair(key, col, rank[:, None], C)
         if NEGATE:
             t = -t
         tl.store(thr_ptr + idx, t, mask=n > 0)

@@ -17,15 +17,15 @@ from . import tuning
 from ._select import select_sort_kernel
 from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel, supcon_select_kernel
 
-MAX_HARD_K = 256  # per mined side: the float64 on-chip top-k buffers, and O(R * k) collect buffers
+MAX_HARD_K = 256  # per mined side: the float64 on-chip top-k buffers (float32 mining has no such limit)
 # float32 mining by counting (see _select): edges per search pass, passes spaced by value before
 # the order-key spaced ones, and the least number of collect slots per row and side.
-# sm_90 ptxas, D = 128 bf16 default tile: 8 edges in steps of 2 spill 32-40 bytes (Triton 3.6 / 3.8),
+# sm_90 ptxas, D = 128 bf16 default tile: 8 edges in steps of 2 spill 16-40 bytes (Triton 3.8 / 3.6),
 # 16 edges 600 bytes on Triton 3.6 (benchmarks/offline_compile.py)
 SELECT_BINS = 8
 SELECT_GROUP = 2
 SELECT_VALUE_PASSES = 2
-GATHER_MIN = 32
+GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, whatever k
 # CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept for
 # float64; for A/B benchmarks). CT_KERNELS_TRITON_MINED_BWD=reuse: the mined backward reads row j's
 # side of a pair from the tile (i, j) instead of recomputing (j, i): on once tested on a GPU.
@@ -59,10 +59,6 @@ def _buffer_width(k: int, block: int) -> int:
     return max(tuning.next_pow2(k), block) if k > 0 else 16
 
 
-def _gather_width(k: int) -> int:
-    """Collect slots per row: a row collects once its interval holds at most this many members
-    at or above its lower edge (at least k of them)."""
-    return max(2 * tuning.next_pow2(k), GATHER_MIN)
 
 
 class _Call:
@@ -174,15 +170,15 @@ class _Call:
 
     def _select(self, cfg: tuning.Config, tp, cp, tn, cn) -> None:
         """float32 thresholds by counting: supcon_select_kernel, then the sort of the rows that
-        collected. Collect buffers: O(R * k) (2 * next_pow2(k) slots of value and column per row)."""
+        collected. Collect buffers: GATHER_SLOTS (value, column) slots per row and mined side."""
         r, dev = self.r, self.u.device
         bufs = []
         for k in (self.kp, self.kn):
-            width = _gather_width(k)
+            width = GATHER_SLOTS
             if k > 0:
                 bufs.append((torch.empty((r, width), dtype=torch.float32, device=dev),
                              torch.empty((r, width), dtype=torch.int32, device=dev),
-                             torch.empty(r, dtype=torch.int32, device=dev), width))
+                             torch.empty((2, r), dtype=torch.int32, device=dev), width))  # counts, ranks
             else:
                 bufs.append((self._or_placeholder(None), self._or_placeholder(None, torch.int32),
                              self._or_placeholder(None, torch.int32), width))
@@ -201,7 +197,7 @@ class _Call:
                 # 4096 buffer slots per program, 8 warps: spill-free for every width (sm_90 ptxas)
                 rows_per_program = max(1, 4096 // width)
                 select_sort_kernel[(triton.cdiv(r, rows_per_program),)](
-                    thr, col, key, bcol, cnt, k, r, C=width, LOG_C=width.bit_length() - 1,
+                    thr, col, key, bcol, cnt, r, C=width, LOG_C=width.bit_length() - 1,
                     SB=rows_per_program, NEGATE=negate, num_warps=8)
 
     def _or_placeholder(self, t, dtype=None):

@@ -212,7 +212,7 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
     passes while a row of the block searches, the collect pass. Writes the thresholds of rows
     that do not collect (DONE: every member, +inf / -inf and BIG_COL as supcon_mine_kernel;
     COLUMN: (lo, its column)) and the buffer counts that select_sort_kernel turns into the
-    others'. A side that is not mined has k = 0. One kernel keeps the per-row state in
+    others' (cnt*_ptr: R counts, then R ranks). A side that is not mined has k = 0. One kernel keeps the per-row state in
     registers: split into a kernel per pass, with the state in global memory, the search pass
     spilled 2.5 KB in sm_90 compiles against 32 bytes here."""
     rows, live = _slice_rows(R0, R, BLOCK)
@@ -285,19 +285,21 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
             _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
                                             BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
             if MINE_P:
-                base_p, seen_p, at_p = collect(-s, pos, cols, out, lo_p, mode_p, rank_p, base_p, seen_p, at_p,
-                                               keyp_ptr, bcolp_ptr, CP, col_p)
+                base_p, seen_p, at_p = collect(-s, pos, cols, out, lo_p, hi_p, mode_p, rank_p, base_p, seen_p,
+                                               at_p, keyp_ptr, bcolp_ptr, CP, col_p)
             if MINE_N:
-                base_n, seen_n, at_n = collect(s, neg, cols, out, lo_n, mode_n, rank_n, base_n, seen_n, at_n,
-                                               keyn_ptr, bcoln_ptr, CN, col_n)
+                base_n, seen_n, at_n = collect(s, neg, cols, out, lo_n, hi_n, mode_n, rank_n, base_n, seen_n,
+                                               at_n, keyn_ptr, bcoln_ptr, CN, col_n)
     if MINE_P:
         tl.store(thrp_ptr + out, tl.where(mode_p == COLUMN, -lo_p, float("inf")), mask=live & (mode_p != GATHER))
         tl.store(colp_ptr + out, tl.where(mode_p == COLUMN, at_p, BIG_COL), mask=live & (mode_p != GATHER))
         tl.store(cntp_ptr + out, tl.where(mode_p == GATHER, base_p, 0), mask=live)
+        tl.store(cntp_ptr + R + out, rank_p, mask=live)
     if MINE_N:
         tl.store(thrn_ptr + out, tl.where(mode_n == COLUMN, lo_n, float("-inf")), mask=live & (mode_n != GATHER))
         tl.store(coln_ptr + out, tl.where(mode_n == COLUMN, at_n, BIG_COL), mask=live & (mode_n != GATHER))
         tl.store(cntn_ptr + out, tl.where(mode_n == GATHER, base_n, 0), mask=live)
+        tl.store(cntn_ptr + R + out, rank_n, mask=live)
 
 
 @triton.jit
