@@ -223,12 +223,12 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   and as `ct_triton_merge` in the bench. A numpy model of the search on N=32768, D=128 bf16 rows
   (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per
   row, so 4-5 streamed passes of the tile in all (the merge: one pass, but a bitonic sort of
-  nearly every tile); sm_90 compile: 255 registers, 16 / 40 bytes spilled (Triton 3.8 / 3.6).
+  nearly every tile); sm_90 compile at the default mined tile: 255 registers, 20 / 212 bytes
+  spilled (Triton 3.8 / 3.6; 32 / 36 at one pipelining stage).
   The mined backward also recomputes each tile transposed, for row j's side of a pair (three tile
   products instead of two); `ct_triton_reuse` (CT_KERNELS_TRITON_MINED_BWD=reuse) reads it from
   the tile (i, j), exact when the GPU's dot gives s_ij and s_ji the same bits, which
-  test_mined_backward_tile_reuse_is_bitwise_the_recompute checks there (spill-free in sm_90
-  compiles, where the recompute spills 56-188 bytes).
+  test_mined_backward_tile_reuse_is_bitwise_the_recompute checks there.
 - **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2
   under CUDA graphs (7 us = 4.6 TB/s); the kernel loops over classes per patch, so its cost grows
   with num_classes while the copy's does not. From the next run on, the bench cycles through at

@@ -35,6 +35,7 @@ from ct_kernels.triton_ops import tuning  # noqa: E402
 from ct_kernels.triton_ops._select import select_sort_kernel  # noqa: E402
 
 INT_ARGS = {"kp", "kn", "M", "R0", "R", "D", "stride", "k"}
+DIVISIBLE_INTS = {"kp", "kn", "D", "stride"}
 I32_PTRS = {"lab_ptr", "colp_ptr", "coln_ptr", "bcolp_ptr", "bcoln_ptr", "cntp_ptr", "cntn_ptr", "npos_ptr",
             "col_ptr", "bcol_ptr", "count_ptr"}
 
@@ -42,17 +43,22 @@ I32_PTRS = {"lab_ptr", "colp_ptr", "coln_ptr", "bcolp_ptr", "bcoln_ptr", "cntp_p
 def ptxas_report(kernel, in_type: str, consts: dict, num_warps: int, num_stages: int, arch: int):
     """(registers, spill store bytes, spill load bytes, shared bytes) of one compile."""
     names = list(inspect.signature(kernel.fn).parameters)
-    sig, cexp = {}, {}
+    sig, cexp, attrs = {}, {}, {}
     for i, name in enumerate(names):
         if name in consts:
             sig[name], cexp[(i,)] = "constexpr", consts[name]
-        elif name in INT_ARGS:
+            continue
+        if name in INT_ARGS:
             sig[name] = "i32"
         elif name in ("u_ptr", "du_ptr"):
             sig[name] = in_type
         else:
             sig[name] = "*i32" if name in I32_PTRS else "*fp32"
-    compiled = triton.compile(ASTSource(kernel, sig, cexp), target=GPUTarget("cuda", arch, 32),
+        # what the JIT specializes at run time: 16-byte aligned tensors, and ints divisible by
+        # 16 that are not do_not_specialize (D, the row stride, k at D = 128, k = 64)
+        if not sig[name].startswith("i") or name in DIVISIBLE_INTS:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    compiled = triton.compile(ASTSource(kernel, sig, cexp, attrs), target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:

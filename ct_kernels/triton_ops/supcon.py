@@ -20,15 +20,21 @@ from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_ke
 MAX_HARD_K = 256  # per mined side: the float64 on-chip top-k buffers (float32 mining has no such limit)
 # float32 mining by counting (see _select): edges per search pass, passes spaced by value before
 # the order-key spaced ones, and the least number of collect slots per row and side.
-# sm_90 ptxas, D = 128 bf16 default tile: 8 edges in steps of 2 spill 16-40 bytes (Triton 3.8 / 3.6),
-# 16 edges 600 bytes on Triton 3.6 (benchmarks/offline_compile.py)
+# 8 edges in steps of 2: 16 edges spilled ~3x more in sm_90 compiles (benchmarks/offline_compile.py)
 SELECT_BINS = 8
 SELECT_GROUP = 2
 SELECT_VALUE_PASSES = 2
 GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, whatever k
-# CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept for
-# float64; for A/B benchmarks). CT_KERNELS_TRITON_MINED_BWD=reuse: the mined backward reads row j's
-# side of a pair from the tile (i, j) instead of recomputing (j, i): on once tested on a GPU.
+# Developer switches for A/B runs on a GPU (read at each call):
+#   CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept
+#     for float64);
+#   CT_KERNELS_TRITON_MINED_BWD=reuse: the mined backward reads row j's side of a pair from the
+#     tile (i, j) instead of recomputing (j, i) (to become the default once a GPU confirms the bits);
+#   CT_KERNELS_TRITON_SELECT_STAGES=n: software-pipelining stages of the select kernel (default: the
+#     configuration's). Offline sm_90 compiles of the default mined tile spill 212 bytes at 3
+#     stages and 36 at 1 with Triton 3.6, 20 and 32 with Triton 3.8; whether the tile bits (and so
+#     the thresholds) stay those of the loss passes across stage counts is what
+#     test_counting_select_equals_topk_merge checks when run with it set.
 VARIANTS = ("supcon", "infonce")
 
 
@@ -190,7 +196,8 @@ class _Call:
             MINE_N=c["MINE_N"], CP=width_p, CN=width_n, NB=SELECT_BINS, GROUP=SELECT_GROUP,
             V_PASSES=SELECT_VALUE_PASSES, MAX_PASSES=select_passes(),
             BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec, ACC=self.tl_acc,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            num_warps=cfg.num_warps,
+            num_stages=int(os.environ.get("CT_KERNELS_TRITON_SELECT_STAGES", cfg.num_stages)))
         for k, thr, col, (key, bcol, cnt, width), negate in ((self.kp, tp, cp, bufs[0], False),
                                                               (self.kn, tn, cn, bufs[1], True)):
             if k > 0:
