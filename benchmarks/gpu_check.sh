@@ -6,7 +6,7 @@
 # so a session with 15 device minutes makes two calls, the second right after the first (warm machine):
 #   PHASES="tests sanitize" bash benchmarks/gpu_check.sh
 #   PHASES=bench BENCH_BUDGET=300 bash benchmarks/gpu_check.sh headline
-# TESTS, WORKERS, TEST_TIMEOUT, SAN_TIMEOUT, SAN_HOSTILE_TIMEOUT and BENCH_BUDGET override the other
+# TESTS, WORKERS, TEST_TIMEOUT, SELECT_TIMEOUT, SAN_TIMEOUT, SAN_HOSTILE_TIMEOUT and BENCH_BUDGET override the other
 # defaults.
 # Peers that the machine lacks travel as wheels in .whl/ (see benchmarks/README.md).
 set -u
@@ -40,6 +40,11 @@ timeout -s INT -k 20 ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-$GPU_TESTS}
   --durations=15 -n ${WORKERS:-16} > "$OUT/tests.log" 2>&1
 echo "tests rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
 tail -30 "$OUT/tests.log"
+# the select kernel at one pipelining stage (fewer spills on Triton 3.6) must pick the same bits
+CT_KERNELS_TRITON_SELECT_STAGES=1 timeout -s INT -k 10 ${SELECT_TIMEOUT:-90} python3 -m pytest \
+  tests/test_triton_supcon.py -k counting_select -q -p no:cacheprovider -n ${WORKERS:-16} > "$OUT/tests_select1.log" 2>&1
+echo "select stages=1 tests rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+tail -3 "$OUT/tests_select1.log"
 fi
 
 if has_phase sanitize && [ -f benchmarks/sanitize_native.py ] && command -v compute-sanitizer >/dev/null; then
