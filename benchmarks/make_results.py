@@ -223,8 +223,8 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   and as `ct_triton_merge` in the bench. A numpy model of the search on N=32768, D=128 bf16 rows
   (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per
   row, so 4-5 streamed passes of the tile in all (the merge: one pass, but a bitonic sort of
-  nearly every tile); sm_90 compile at the default mined tile: 255 registers, 20 / 212 bytes
-  spilled (Triton 3.8 / 3.6; 32 / 36 at one pipelining stage).
+  nearly every tile); sm_90 compile at the default mined tile: 255 registers, 0 / 24 bytes
+  spilled (Triton 3.8 / 3.6).
   The mined backward also recomputes each tile transposed, for row j's side of a pair (three tile
   products instead of two); `ct_triton_reuse` (CT_KERNELS_TRITON_MINED_BWD=reuse) reads it from
   the tile (i, j), exact when the GPU's dot gives s_ij and s_ji the same bits, which

@@ -95,25 +95,20 @@ def edges(lo, hi, searching, key_spaced, NB: tl.constexpr):
 
 
 @triton.jit
-def count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB: tl.constexpr, GROUP: tl.constexpr):
+def count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB: tl.constexpr):
     """Add, per row and edge, the positives with -s >= ep and the negatives with s >= en of one
     tile to cnt_p / cnt_n ([rows, NB]). Both sides share one compare and one sum: a positive
-    adds 1, a negative 2**16 (a tile row has fewer than 2**16 columns). GROUP edges at a time:
-    the [rows, cols, edges] compare is GROUP wide, which bounds what a thread holds at once."""
-    NG: tl.constexpr = NB // GROUP
+    adds 1, a negative 2**16 (a tile row has fewer than 2**16 columns). One edge at a time on the
+    2-D tile: a [rows, cols, edges] compare spilled 3-10x more (sm_80 / sm_90 compiles)."""
     x = tl.where(pos, -s, tl.where(neg, s, float("-inf")))
     w = tl.where(pos, 1, 65536)
-    ep3 = tl.reshape(ep, [ep.shape[0], NG, GROUP])
-    en3 = tl.reshape(en, [en.shape[0], NG, GROUP])
-    grp = tl.arange(0, NG)[None, :, None]
-    acc = tl.zeros([ep.shape[0], NG, GROUP], tl.int32)
-    for g in tl.static_range(NG):
-        epg = tl.sum(tl.where(grp == g, ep3, 0.0), 1)  # [rows, GROUP]: edges g*GROUP ..
-        eng = tl.sum(tl.where(grp == g, en3, 0.0), 1)
-        e = tl.where(pos[:, :, None], epg[:, None, :], eng[:, None, :])
-        c = tl.sum(tl.where(x[:, :, None] >= e, w[:, :, None], 0), 1)
-        acc += tl.where(grp == g, c[:, None, :], 0)
-    acc = tl.reshape(acc, [ep.shape[0], NB])
+    edge = tl.arange(0, NB)[None, :]
+    acc = tl.zeros(ep.shape, tl.int32)
+    for b in tl.static_range(NB):
+        ep_b = tl.sum(tl.where(edge == b, ep, 0.0), 1)
+        en_b = tl.sum(tl.where(edge == b, en, 0.0), 1)
+        c = tl.sum(tl.where(x >= tl.where(pos, ep_b[:, None], en_b[:, None]), w, 0), 1)
+        acc += tl.where(edge == b, c[:, None], 0)
     return cnt_p + (acc & 0xFFFF), cnt_n + (acc >> 16)
 
 

@@ -20,9 +20,8 @@ from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_ke
 MAX_HARD_K = 256  # per mined side: the float64 on-chip top-k buffers (float32 mining has no such limit)
 # float32 mining by counting (see _select): edges per search pass, passes spaced by value before
 # the order-key spaced ones, and the least number of collect slots per row and side.
-# 8 edges in steps of 2: 16 edges spilled ~3x more in sm_90 compiles (benchmarks/offline_compile.py)
+# 8 edges: 16 spilled ~3x more in sm_90 compiles (benchmarks/offline_compile.py)
 SELECT_BINS = 8
-SELECT_GROUP = 2
 SELECT_VALUE_PASSES = 2
 GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, whatever k
 # Developer switches for A/B runs on a GPU (read at each call):
@@ -31,9 +30,8 @@ GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, 
 #   CT_KERNELS_TRITON_MINED_BWD=reuse: the mined backward reads row j's side of a pair from the
 #     tile (i, j) instead of recomputing (j, i) (to become the default once a GPU confirms the bits);
 #   CT_KERNELS_TRITON_SELECT_STAGES=n: software-pipelining stages of the select kernel (default: the
-#     configuration's). Offline sm_90 compiles of the default mined tile spill 212 bytes at 3
-#     stages and 36 at 1 with Triton 3.6, 20 and 32 with Triton 3.8; whether the tile bits (and so
-#     the thresholds) stay those of the loss passes across stage counts is what
+#     configuration's; fewer stages, fewer registers). Whether the tile bits (and so the
+#     thresholds) stay those of the loss passes across stage counts is what
 #     test_counting_select_equals_topk_merge checks when run with it set.
 VARIANTS = ("supcon", "infonce")
 
@@ -193,7 +191,7 @@ class _Call:
         supcon_select_kernel[self.grid(cfg.block)](
             self.u, self.cls, self.temp, tp, cp, tn, cn, key_p, bcol_p, cnt_p, key_n, bcol_n, cnt_n,
             self.kp, self.kn, self.m, self.r0, r, self.d, self.u.stride(0), MINE_P=c["MINE_P"],
-            MINE_N=c["MINE_N"], CP=width_p, CN=width_n, NB=SELECT_BINS, GROUP=SELECT_GROUP,
+            MINE_N=c["MINE_N"], CP=width_p, CN=width_n, NB=SELECT_BINS,
             V_PASSES=SELECT_VALUE_PASSES, MAX_PASSES=select_passes(),
             BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec, ACC=self.tl_acc,
             num_warps=cfg.num_warps,

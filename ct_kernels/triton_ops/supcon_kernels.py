@@ -205,7 +205,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
 def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                          keyp_ptr, bcolp_ptr, cntp_ptr, keyn_ptr, bcoln_ptr, cntn_ptr,
                          kp, kn, M, R0, R, D, stride, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
-                         CP: tl.constexpr, CN: tl.constexpr, NB: tl.constexpr, GROUP: tl.constexpr,
+                         CP: tl.constexpr, CN: tl.constexpr, NB: tl.constexpr,
                          V_PASSES: tl.constexpr, MAX_PASSES: tl.constexpr, BLOCK: tl.constexpr,
                          BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """The thresholds of supcon_mine_kernel by counting (see _select): the stats pass, search
@@ -259,7 +259,7 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
                 cols = c0 + tl.arange(0, BLOCK)
                 _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D,
                                                 scale, BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
-                cnt_p, cnt_n = count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB, GROUP)
+                cnt_p, cnt_n = count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB)
                 mn_p, mx_p = inside_range(-s, pos, lo_p, hi_p, mn_p, mx_p)
                 mn_n, mx_n = inside_range(s, neg, lo_n, hi_n, mn_n, mx_n)
             lo_p, hi_p, glo_p, ghi_p, mode_p = narrow(ep, cnt_p, mn_p, mx_p, lo_p, hi_p, glo_p, ghi_p, mode_p,
