@@ -85,12 +85,17 @@ class TestHostile:
         y[5] = -1
         out = _check(z, y, backend, device)
         assert torch.isfinite(out)
+        assert torch.isfinite(_check(z, y, backend, device, hard_positives=1, hard_negatives=2))
 
     def test_nan_in_a_valid_row_propagates(self, backend, device):
         z, y = _rand(8, 3, 2, seed=6)
         z[1, 0] = float("nan")
         out = ct.supcon_loss(z.double().to(device), y.to(device), backend=backend)
         assert torch.isnan(out)  # like PyTorch: propagated, never hidden as a wrong finite number
+        # float32 mining (the counting select on triton) with NaN and Inf similarities: NaN, no hang
+        z[4] = float("inf")
+        mined = ct.supcon_loss(z.to(device), y.to(device), backend=backend, hard_positives=1, hard_negatives=2)
+        assert torch.isnan(mined)
 
     def test_half_inputs_low_temperature(self, backend, device):
         if backend == "triton" and device == "cpu":
