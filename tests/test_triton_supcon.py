@@ -304,16 +304,24 @@ def test_deterministic():
 
 
 @pytest.mark.parametrize("name,kp,kn", [("hard_positives", T.MAX_HARD_K + 1, 0),
-                                        ("hard_negatives", 0, T.MAX_HARD_K + 1)])
-def test_k_above_limit_raises(name, kp, kn):
-    u, labels = make_batch(4, 3, 2)
+                                        ("hard_negatives", 0, T.MAX_HARD_K + 1), ("hard_negatives", 0, -1)])
+def test_k_above_the_merge_limit_raises_for_float64(name, kp, kn):
+    u, labels = make_batch(4, 3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=name):
         T.supcon_forward(u, labels, IGNORE, 10.0, "supcon", kp, kn, False)
 
 
-def test_k_at_limit():
+def test_k_at_the_merge_limit():
+    u, labels = make_batch(40, 5, 2, dtype=torch.float64, seed=10)
+    check(u, labels, "infonce", T.MAX_HARD_K, T.MAX_HARD_K, tol=1e-10)
+
+
+def test_k_above_the_merge_limit_float32():
+    """The counting select has no k limit: k = 300 of 330 rows' candidates, and beyond them."""
+    u, labels = make_batch(330 if INTERPRETED else 3000, 6, 1, seed=14)
+    check(u, labels, "supcon", 300, 0, tol=1e-5)
     u, labels = make_batch(40, 5, 2, seed=10)
-    check(u, labels, "infonce", T.MAX_HARD_K, T.MAX_HARD_K, tol=1e-5)
+    check(u, labels, "infonce", 1000, 1000, tol=1e-5)
 
 
 class _TritonRows(torch.autograd.Function):

@@ -17,7 +17,7 @@ from . import tuning
 from ._select import select_sort_kernel
 from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel, supcon_select_kernel
 
-MAX_HARD_K = 256  # per mined side: the float64 on-chip top-k buffers (float32 mining has no such limit)
+MAX_HARD_K = 256  # per mined side, for the on-chip top-k merge (float64); the counting select has no limit
 # float32 mining by counting (see _select): edges per search pass, passes spaced by value before
 # the order-key spaced ones, and the least number of collect slots per row and side.
 # 8 edges: 16 spilled ~3x more in sm_90 compiles (benchmarks/offline_compile.py)
@@ -36,17 +36,24 @@ GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, 
 VARIANTS = ("supcon", "infonce")
 
 
+def _merges(dtype: torch.dtype) -> bool:
+    """Whether mining takes the on-chip top-k merge (float64 tiles, or the A/B switch)."""
+    return dtype == torch.float64 or os.environ.get("CT_KERNELS_TRITON_MINING") == "merge"
+
+
 def _check_args(u: torch.Tensor, labels: torch.Tensor, variant: str, kp: int, kn: int) -> None:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    for name, k in (("hard_positives", kp), ("hard_negatives", kn)):
-        if not 0 <= int(k) <= MAX_HARD_K:
-            raise ValueError(f"{name}={k}: the triton backend mines at most {MAX_HARD_K} per row "
-                             "(use backend='torch' for more)")
-    if u.dim() != 2 or labels.shape != (u.shape[0],):
-        raise ValueError(f"expected u (M, D) and labels (M,), got {tuple(u.shape)} and {tuple(labels.shape)}")
     if u.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise TypeError(f"unsupported dtype {u.dtype}")
+    for name, k in (("hard_positives", kp), ("hard_negatives", kn)):
+        if int(k) < 0:
+            raise ValueError(f"{name}={k}: expected a count >= 0 (0: not mined)")
+        if int(k) > MAX_HARD_K and _merges(u.dtype):
+            raise ValueError(f"{name}={k}: the triton backend mines at most {MAX_HARD_K} per row for float64 "
+                             "inputs (float32 / bf16 / fp16 have no limit; or use backend='torch')")
+    if u.dim() != 2 or labels.shape != (u.shape[0],):
+        raise ValueError(f"expected u (M, D) and labels (M,), got {tuple(u.shape)} and {tuple(labels.shape)}")
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -156,7 +163,7 @@ class _Call:
             return loss, npos, saved
         tp, cp, tn, cn = self._thresholds(thrp, colp, thrn, coln)
         c = self.consts(cfg)
-        if self.mined and self.acc == torch.float32 and os.environ.get("CT_KERNELS_TRITON_MINING") != "merge":
+        if self.mined and not _merges(self.u.dtype):
             self._select(cfg, tp, cp, tn, cn)
         elif self.mined:
             kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
