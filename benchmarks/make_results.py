@@ -211,9 +211,14 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   units, not tensor cores: about 1.1 TFLOP of FMA work (4 products of 2·N²·D) at the H200's ~67
   TFLOP/s fp32 peak is >= 16 ms before any elementwise work; the chunked-D path for fp32 keeps
   255 registers with spills in the backward. The native CUDA FMA kernel (66 ms) is faster here, so
-  `auto` routes fp32 there.
+  `auto` routes fp32 there. Since then (not yet timed) the Triton fp32 dots are "tf32x3": three
+  tf32 tensor-core products of hi / lo splits, with the error of an fp32 dot (~1e-7 relative);
+  sm_90 compiles of the default chunked tile: forward spill-free, backward 40 bytes (Triton 3.6).
+  `auto` keeps routing fp32 to native until a run shows Triton faster.
 - **InfoNCE (1.9x SupCon vs 1.33x):** its second forward pass needs three special-function
-  operations per element (softplus and sigmoid of lseN - s) on top of the recomputed tile.
+  operations per element (softplus and sigmoid of lseN - s) on top of the recomputed tile; the
+  log2 among them (a ~12-FMA polynomial in the PTX) is now taken once per row and tile, of the
+  product of the (1 + e) factors (not yet timed).
 - **Mining (21.8x at N=32768):** the threshold pass merges per-row top-k buffers (k = 64) with
   bitonic sorting networks whenever a tile can change a row's k-th value; with random data that is
   nearly every tile early on, so the pass is bound by compare-exchange work, not by the matrix unit.

@@ -77,19 +77,20 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16", help="fp32 means tf32 dots")
+    ap.add_argument("--dtype", choices=["bf16", "tf32", "fp32"], default="bf16",
+                    help="tf32: float32 inputs with tf32 allowed; fp32: without (tf32x3 dots)")
     ap.add_argument("--k", type=int, default=64, help="hard_positives = hard_negatives for the mining kernels")
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     in_type = "*bf16" if args.dtype == "bf16" else "*fp32"
-    prec = "tf32" if args.dtype == "fp32" else "ieee"
+    prec = S._dot_precision(dtype, allow_tf32=args.dtype == "tf32")
     width = S.GATHER_SLOTS
     print(f"triton {triton.__version__}, sm_{args.arch}, D={args.d}, {args.dtype}, k={args.k}")
     print(f"{'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
     rows = []
     for mined in (False, True):
         for cfg in tuning.gpu_candidates(args.d, dtype, tuning.next_pow2(args.k), mined, prec == "tf32"):
-            single = cfg.bd >= args.d  # tensor-core dots here, so single_d() is this test
+            single = cfg.bd >= args.d and prec != "tf32x3"  # _Call.single_d() on a GPU
             common = dict(BD=cfg.bd, SINGLE_D=single, PREC=prec, ACC=tl.float32)
             bn = cfg.bm if mined else cfg.bn
             loss = dict(common, INFONCE=False, MINE_P=mined, MINE_N=mined, BM=cfg.bm, BN=bn)

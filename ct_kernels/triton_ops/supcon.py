@@ -56,6 +56,17 @@ def _check_args(u: torch.Tensor, labels: torch.Tensor, variant: str, kp: int, kn
         raise ValueError(f"expected u (M, D) and labels (M,), got {tuple(u.shape)} and {tuple(labels.shape)}")
 
 
+def _dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
+    """tl.dot input_precision. float32 with tf32 allowed: "tf32". float32 without: "tf32x3", three
+    tf32 tensor-core products of hi / lo splits, whose error is that of an fp32 dot (relative
+    ~1e-7 on Triton 3.6, against 8e-4 for tf32) instead of FMA-unit "ieee" dots at a fraction of
+    the speed; bitwise it differs from an FMA dot, which nothing here relies on (every pass uses
+    the same precision). float64: "ieee"; bf16 / fp16 ignore it."""
+    if dtype == torch.float32:
+        return "tf32" if allow_tf32 else "tf32x3"
+    return "ieee"
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -95,7 +106,7 @@ class _Call:
         self.kp, self.kn = int(kp), int(kn)
         self.acc = _acc_dtype(u.dtype)
         self.tl_acc = triton.language.float64 if self.acc == torch.float64 else triton.language.float32
-        self.prec = "tf32" if (allow_tf32 and u.dtype == torch.float32) else "ieee"
+        self.prec = _dot_precision(u.dtype, allow_tf32)
         # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp]
         self.temp = torch.tensor([float(inv_temp) * math.log2(math.e), float(inv_temp)], dtype=self.acc,
                                  device=u.device)
@@ -117,9 +128,9 @@ class _Call:
                     PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     def single_d(self, cfg: tuning.Config) -> bool:
-        """Row block held across the column loop: tensor-core dots only (fp32 ieee / fp64 dots
-        are FMA loops whose register operands then spill by kilobytes on sm_90). The interpreter
-        takes it for every dtype, to test the path."""
+        """Row block held across the column loop: single tensor-core dots only (fp64 dots are
+        FMA loops, and tf32x3's split operands, whose registers then spill by kilobytes on sm_90).
+        The interpreter takes it for every dtype, to test the path."""
         tc = self.u.dtype in (torch.bfloat16, torch.float16) or self.prec == "tf32" or tuning.interpreting()
         return cfg.bd >= self.d and tc
 
