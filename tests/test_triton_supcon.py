@@ -292,6 +292,14 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
     assert torch.equal(du["recompute"], du["reuse"]), (du["recompute"] - du["reuse"]).abs().max().item()
 
 
+def test_dot_precision_per_input():
+    """float32 keeps fp32 accuracy without tf32 (3xTF32 dots), tf32 only when PyTorch allows it."""
+    from ct_kernels.triton_ops.supcon import _dot_precision
+    assert _dot_precision(torch.float32, allow_tf32=False) == "tf32x3"
+    assert _dot_precision(torch.float32, allow_tf32=True) == "tf32"
+    assert _dot_precision(torch.float64, allow_tf32=True) == "ieee"
+
+
 def test_non_contiguous_input():
     u, labels = make_batch(23, 24, 3, seed=8)
     check(u[:, ::2], labels, "supcon", 2, 2, tol=1e-5)
