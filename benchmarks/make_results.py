@@ -225,9 +225,9 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   Since then (not yet measured on a GPU) float32 tiles find the thresholds by counting instead
   (triton_ops/_select.py): a stats pass, search passes that count members above 8 edges per row,
   one collect pass into 64 slots per row (1 KiB a row, any k), and a small sort; the merge stays for float64
-  and as `ct_triton_merge` in the bench. A numpy model of the search on N=32768, D=128 bf16 rows
-  (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings) needs 1-3 search passes per
-  row, so 4-5 streamed passes of the tile in all (the merge: one pass, but a bitonic sort of
+  and as `ct_triton_merge` in the bench. A numpy model of the search (select_passes_model.py) on
+  N=32768, D=128 bf16 rows (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings)
+  needs 1-3 search passes per row, so 4-5 streamed passes of the tile in all (the merge: one pass, but a bitonic sort of
   nearly every tile); sm_90 compile at the default mined tile: 255 registers, 0 / 24 bytes
   spilled (Triton 3.8 / 3.6).
   The mined backward also recomputes each tile transposed, for row j's side of a pair (three tile

@@ -1,0 +1,114 @@
+"""How many search passes the counting select (ct_kernels/triton_ops/_select.py) needs, per row.
+
+A numpy model of the search for one row and side, on bf16-rounded embeddings of a few kinds
+(random, clustered with several spreads, 20 % duplicated rows): the evidence behind the pass
+counts quoted in _select.py and RESULTS.md. It mirrors the kernel's rules (value-spaced edges
+for the first passes, then order-key spaced; clipping to the members inside; collect once at
+most C members are inside, or one value is left), not its code; a block of rows takes the
+largest count among its rows. CPU only, a few seconds:
+
+    python benchmarks/select_passes_model.py [--n 32768] [--k 64] [--temperature 0.1]
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+
+F32 = np.float32
+
+
+def _ord(v):
+    b = np.asarray(v, dtype=np.float32).view(np.int32)
+    return np.where(b < 0, b ^ 0x7FFFFFFF, b).astype(np.int64)
+
+
+def _from_ord(o):
+    o = np.asarray(o, dtype=np.int64).astype(np.int32)
+    return np.where(o < 0, o ^ 0x7FFFFFFF, o).astype(np.int32).view(np.float32)
+
+
+def _canon(x):
+    return np.where(x == 0, F32(0), x).astype(np.float32)
+
+
+def _next_up(x):
+    return _from_ord(_ord(_canon(x)) + 1)[()]
+
+
+def search_passes(x, k, slots=64, edges=8, value_passes=2, max_passes=16):
+    """Search passes before the row collects (or settles on one value), for the k-th largest x."""
+    x = np.sort(x.astype(np.float32))
+    n = len(x)
+    if n <= k or n <= slots or x[0] == x[-1]:
+        return 0
+    lo, hi = _canon(F32(x[0]))[()], _next_up(F32(x[-1]))
+    glo, ghi = n, 0
+    b = np.arange(edges)
+    for it in range(max_passes):
+        if it >= value_passes:
+            e = _canon(_from_ord(_ord(lo) + ((_ord(hi) - _ord(lo)) * b) // edges))
+        else:
+            e = _canon((lo + F32(hi - lo) * (b.astype(np.float32) * F32(1.0 / edges))).astype(np.float32))
+        g = n - np.searchsorted(x, e, side="left")
+        inside = x[(x >= lo) & (x < hi)]
+        best = int(((g >= k) & (b > 0)).sum())
+        new_lo, new_glo = e[best], g[best]
+        above = (b > best) & (e > new_lo)
+        new_hi, new_ghi = (e[above].min(), g[above & (e == e[above].min())].max()) if above.any() else (hi, ghi)
+        new_lo = max(new_lo, _canon(F32(inside.min()))[()])
+        cap = _next_up(F32(inside.max()))
+        if cap < new_hi:
+            new_ghi = ghi
+        lo, hi, glo, ghi = F32(new_lo), F32(min(new_hi, cap)), new_glo, new_ghi
+        assert glo >= k > ghi
+        if glo - ghi <= slots or _next_up(lo) >= hi:
+            return it + 1
+    return max_passes
+
+
+def _bf16(a):
+    a = a.astype(np.float32).view(np.uint32)
+    return ((a + 0x7FFF + ((a >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=32768)
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--classes", type=int, default=6)
+    ap.add_argument("--temperature", type=float, default=0.1)
+    ap.add_argument("--rows", type=int, default=128, help="anchor rows sampled per kind")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    scale = F32(math.log2(math.e) / args.temperature)  # the kernels' base-2 tiles
+    print(f"N={args.n} D={args.d} k={args.k} T={args.temperature}: search passes per row and side "
+          "(the stats and collect passes come on top)")
+    for name, spread, dup in [("random", None, 0.0), ("clusters 0.5", 0.5, 0.0), ("clusters 0.1", 0.1, 0.0),
+                              ("clusters 0.03", 0.03, 0.0), ("20% duplicated", 0.3, 0.2)]:
+        y = rng.integers(0, args.classes, args.n)
+        if spread is None:
+            z = rng.standard_normal((args.n, args.d))
+        else:
+            centres = rng.standard_normal((args.classes, args.d)) / math.sqrt(args.d)
+            z = centres[y] + spread * rng.standard_normal((args.n, args.d)) / math.sqrt(args.d)
+        if dup:
+            idx = rng.integers(0, args.n, int(dup * args.n))
+            z[idx], y[idx] = z[0], y[0]
+        u = _bf16(z / np.linalg.norm(z, axis=1, keepdims=True))
+        rows = rng.choice(args.n, args.rows, replace=False)
+        s = (u[rows] @ u.T).astype(np.float32) * scale
+        passes = []
+        for r, i in enumerate(rows):
+            for positive in (True, False):
+                member = (y == y[i]) if positive else (y != y[i])
+                member[i] = False
+                passes.append(search_passes(-s[r][member] if positive else s[r][member], args.k))
+        passes = np.array(passes)
+        print(f"  {name:15s} max {passes.max()}  mean {passes.mean():.2f}  histogram {np.bincount(passes).tolist()}")
+
+
+if __name__ == "__main__":
+    main()
