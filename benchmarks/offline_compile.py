@@ -102,7 +102,7 @@ def main():
             if mined:
                 rows.append(("bwd mined, tile reuse", cfg, K.supcon_bwd_kernel, dict(bwd, REUSE_TILE=True)))
                 rows.append(("select", cfg, K.supcon_select_kernel, dict(
-                    common, MINE_P=True, MINE_N=True, CP=width, CN=width, NB=S.SELECT_BINS,
+                    common, MINE_P=True, MINE_N=True, C=width, NB=S.SELECT_BINS,
                     V_PASSES=S.SELECT_VALUE_PASSES, MAX_PASSES=S.select_passes(), BLOCK=cfg.bm)))
     for name, cfg, kernel, consts in rows:
         try:

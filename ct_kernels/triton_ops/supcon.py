@@ -19,7 +19,7 @@ from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_ke
 
 MAX_HARD_K = 256  # per mined side, for the on-chip top-k merge (float64); the counting select has no limit
 # float32 mining by counting (see _select): edges per search pass, passes spaced by value before
-# the order-key spaced ones, and the least number of collect slots per row and side.
+# the order-key spaced ones, and the collect slots per row and side.
 # 8 edges: 16 spilled ~3x more in sm_90 compiles (benchmarks/offline_compile.py)
 SELECT_BINS = 8
 SELECT_VALUE_PASSES = 2
@@ -79,8 +79,6 @@ def select_passes() -> int:
 
 def _buffer_width(k: int, block: int) -> int:
     return max(tuning.next_pow2(k), block) if k > 0 else 16
-
-
 
 
 class _Call:
@@ -193,35 +191,31 @@ class _Call:
     def _select(self, cfg: tuning.Config, tp, cp, tn, cn) -> None:
         """float32 thresholds by counting: supcon_select_kernel, then the sort of the rows that
         collected. Collect buffers: GATHER_SLOTS (value, column) slots per row and mined side."""
-        r, dev = self.r, self.u.device
-        bufs = []
-        for k in (self.kp, self.kn):
-            width = GATHER_SLOTS
-            if k > 0:
-                bufs.append((torch.empty((r, width), dtype=torch.float32, device=dev),
-                             torch.empty((r, width), dtype=torch.int32, device=dev),
-                             torch.empty((2, r), dtype=torch.int32, device=dev), width))  # counts, ranks
-            else:
-                bufs.append((self._or_placeholder(None), self._or_placeholder(None, torch.int32),
-                             self._or_placeholder(None, torch.int32), width))
-        (key_p, bcol_p, cnt_p, width_p), (key_n, bcol_n, cnt_n, width_n) = bufs
+        r, dev, slots = self.r, self.u.device, GATHER_SLOTS
+
+        def buffers(k):  # (keys, columns, counts then ranks), stand-ins for a side not mined
+            if k == 0:
+                return self._or_placeholder(None), *[self._or_placeholder(None, torch.int32)] * 2
+            return (torch.empty((r, slots), dtype=torch.float32, device=dev),
+                    torch.empty((r, slots), dtype=torch.int32, device=dev),
+                    torch.empty((2, r), dtype=torch.int32, device=dev))
+
+        pos_bufs, neg_bufs = buffers(self.kp), buffers(self.kn)
         c = self.consts(cfg)
         supcon_select_kernel[self.grid(cfg.block)](
-            self.u, self.cls, self.temp, tp, cp, tn, cn, key_p, bcol_p, cnt_p, key_n, bcol_n, cnt_n,
+            self.u, self.cls, self.temp, tp, cp, tn, cn, *pos_bufs, *neg_bufs,
             self.kp, self.kn, self.m, self.r0, r, self.d, self.u.stride(0), MINE_P=c["MINE_P"],
-            MINE_N=c["MINE_N"], CP=width_p, CN=width_n, NB=SELECT_BINS,
-            V_PASSES=SELECT_VALUE_PASSES, MAX_PASSES=select_passes(),
-            BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec, ACC=self.tl_acc,
-            num_warps=cfg.num_warps,
+            MINE_N=c["MINE_N"], C=slots, NB=SELECT_BINS, V_PASSES=SELECT_VALUE_PASSES,
+            MAX_PASSES=select_passes(), BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
+            ACC=self.tl_acc, num_warps=cfg.num_warps,
             num_stages=int(os.environ.get("CT_KERNELS_TRITON_SELECT_STAGES", cfg.num_stages)))
-        for k, thr, col, (key, bcol, cnt, width), negate in ((self.kp, tp, cp, bufs[0], False),
-                                                              (self.kn, tn, cn, bufs[1], True)):
+        # 4096 buffer slots per program with 8 warps: spill-free (sm_90 ptxas)
+        rows_per_program = max(1, 4096 // slots)
+        for k, thr, col, bufs, negate in ((self.kp, tp, cp, pos_bufs, False), (self.kn, tn, cn, neg_bufs, True)):
             if k > 0:
-                # 4096 buffer slots per program, 8 warps: spill-free for every width (sm_90 ptxas)
-                rows_per_program = max(1, 4096 // width)
                 select_sort_kernel[(triton.cdiv(r, rows_per_program),)](
-                    thr, col, key, bcol, cnt, r, C=width, LOG_C=width.bit_length() - 1,
-                    SB=rows_per_program, NEGATE=negate, num_warps=8)
+                    thr, col, *bufs, r, C=slots, LOG_C=slots.bit_length() - 1, SB=rows_per_program,
+                    NEGATE=negate, num_warps=8)
 
     def _or_placeholder(self, t, dtype=None):
         """Kernels take a pointer for every array; an unused one gets a 1-element stand-in."""

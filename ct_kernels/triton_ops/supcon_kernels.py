@@ -205,7 +205,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
 def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                          keyp_ptr, bcolp_ptr, cntp_ptr, keyn_ptr, bcoln_ptr, cntn_ptr,
                          kp, kn, M, R0, R, D, stride, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
-                         CP: tl.constexpr, CN: tl.constexpr, NB: tl.constexpr,
+                         C: tl.constexpr, NB: tl.constexpr,
                          V_PASSES: tl.constexpr, MAX_PASSES: tl.constexpr, BLOCK: tl.constexpr,
                          BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
     """The thresholds of supcon_mine_kernel by counting (see _select): the stats pass, search
@@ -236,8 +236,8 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
         n_p, lo_p, top_p = side_stats(-s, pos, n_p, lo_p, top_p)
         n_n, lo_n, top_n = side_stats(s, neg, n_n, lo_n, top_n)
     lo_p, top_p, lo_n, top_n = _canon(lo_p), _canon(top_p), _canon(lo_n), _canon(top_n)
-    mode_p = initial_mode(n_p, lo_p, top_p, kp, live, CP)
-    mode_n = initial_mode(n_n, lo_n, top_n, kn, live, CN)
+    mode_p = initial_mode(n_p, lo_p, top_p, kp, live, C)
+    mode_n = initial_mode(n_n, lo_n, top_n, kn, live, C)
     hi_p, hi_n = next_up(top_p), next_up(top_n)
     glo_p, glo_n = n_p, n_n
     ghi_p = tl.zeros([BLOCK], tl.int32)
@@ -263,9 +263,9 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
                 mn_p, mx_p = inside_range(-s, pos, lo_p, hi_p, mn_p, mx_p)
                 mn_n, mx_n = inside_range(s, neg, lo_n, hi_n, mn_n, mx_n)
             lo_p, hi_p, glo_p, ghi_p, mode_p = narrow(ep, cnt_p, mn_p, mx_p, lo_p, hi_p, glo_p, ghi_p, mode_p,
-                                                      kp, CP, NB)
+                                                      kp, C, NB)
             lo_n, hi_n, glo_n, ghi_n, mode_n = narrow(en, cnt_n, mn_n, mx_n, lo_n, hi_n, glo_n, ghi_n, mode_n,
-                                                      kn, CN, NB)
+                                                      kn, C, NB)
     # collect; rows still searching can only hold non-finite values (the caller returns NaN)
     mode_p = tl.where(mode_p == SEARCH, COLUMN, mode_p)
     mode_n = tl.where(mode_n == SEARCH, COLUMN, mode_n)
@@ -286,10 +286,10 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
                                             BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
             if MINE_P:
                 base_p, seen_p, at_p = collect(-s, pos, cols, out, lo_p, hi_p, mode_p, rank_p, base_p, seen_p,
-                                               at_p, keyp_ptr, bcolp_ptr, CP, col_p)
+                                               at_p, keyp_ptr, bcolp_ptr, C, col_p)
             if MINE_N:
                 base_n, seen_n, at_n = collect(s, neg, cols, out, lo_n, hi_n, mode_n, rank_n, base_n, seen_n,
-                                               at_n, keyn_ptr, bcoln_ptr, CN, col_n)
+                                               at_n, keyn_ptr, bcoln_ptr, C, col_n)
     if MINE_P:
         tl.store(thrp_ptr + out, tl.where(mode_p == COLUMN, -lo_p, float("inf")), mask=live & (mode_p != GATHER))
         tl.store(colp_ptr + out, tl.where(mode_p == COLUMN, at_p, BIG_COL), mask=live & (mode_p != GATHER))
