@@ -19,13 +19,13 @@ is a fixed number of streaming passes, each one recomputed tile plus a few compa
            v with more than C members find the (k - ghi)-th column with x == v in the same pass
            (a running count in column order).
 
-A numpy model of the search (benchmarks/select_passes_model.py: N = 32768, D = 128 bf16 rows,
-k = 64, 6 classes, NB = 8 edges, C = 64; random, clustered and 20 %-duplicated embeddings) needs
-1-3 search passes per row (random: 2), so 4-5 streamed passes in all plus the sort. The result is exact and deterministic
-(counts, and a gather in column order, do not depend on scheduling). Each search pass also tracks the smallest and largest
-member inside the interval and clips to them, so ties at the top value settle at once. float32
-only: the order key of a float64 does not fit the int64 arithmetic of the key-spaced edges, so
-fp64 calls (gradcheck) keep the top-k merge.
+A numpy model of the search (benchmarks/select_passes_model.py: N=32768, D=128 bf16 rows, k=64,
+6 classes, NB=8 edges, C=64; random, clustered and 20 %-duplicated embeddings) needs 1-3 search
+passes per row (random: 2), so 4-5 streamed passes in all plus the sort. The result is exact and
+deterministic (counts, and a gather in column order, do not depend on scheduling). Each search
+pass also tracks the smallest and largest member inside the interval and clips to them, so ties
+at the top value settle at once. float32 only: the order key of a float64 does not fit the int64
+arithmetic of the key-spaced edges, so fp64 calls (gradcheck) keep the top-k merge.
 """
 import triton
 import triton.language as tl

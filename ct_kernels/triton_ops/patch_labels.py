@@ -2,9 +2,10 @@
 
 A program loads PB neighbouring patches of one patch row as a [PH, PB, PW] block (rows of the
 mask are contiguous along the last axis), counts the classes on chip (several per reduction, in
-the bit fields of one int64), keeps the first class with the largest count (ties -> smallest class id) and writes label and purity once. Pixels
-that are neither ignore_index nor in [0, num_classes) are counted into the `bad` word with one
-atomic add per program that saw any: the caller reads it afterwards, no second pass.
+the bit fields of one int64), keeps the first class with the largest count (ties -> smallest
+class id) and writes label and purity once. Pixels that are neither ignore_index nor in [0,
+num_classes) are counted into the `bad` word with one atomic add per program that saw any: the
+caller reads it afterwards, no second pass.
 """
 from __future__ import annotations
 

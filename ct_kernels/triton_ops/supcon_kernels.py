@@ -211,10 +211,10 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
     """The thresholds of supcon_mine_kernel by counting (see _select): the stats pass, search
     passes while a row of the block searches, the collect pass. Writes the thresholds of rows
     that do not collect (DONE: every member, +inf / -inf and BIG_COL as supcon_mine_kernel;
-    COLUMN: (lo, its column)) and the buffer counts that select_sort_kernel turns into the
-    others' (cnt*_ptr: R counts, then R ranks). A side that is not mined has k = 0. One kernel keeps the per-row state in
-    registers: split into a kernel per pass, with the state in global memory, the search pass
-    spilled 2.5 KB in sm_90 compiles against 32 bytes here."""
+    COLUMN: (lo, its column)) and, for the others, the buffer counts and ranks (cnt*_ptr: R
+    counts, then R ranks) that select_sort_kernel turns into thresholds. A side that is not
+    mined has k = 0. One kernel keeps the per-row state in registers across the passes (a
+    kernel per pass, with the state in global memory, spilled more in sm_90 compiles)."""
     rows, live = _slice_rows(R0, R, BLOCK)
     out = (rows - R0).to(tl.int64)
     lab_r, ok_r = _load_rows(lab_ptr, rows, M)
@@ -278,8 +278,9 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
     at_n = tl.full([BLOCK], BIG_COL, tl.int32)
     col_p = tl.sum((mode_p == COLUMN).to(tl.int32)) > 0
     col_n = tl.sum((mode_n == COLUMN).to(tl.int32)) > 0
-    busy = tl.sum(((mode_p == GATHER) | (mode_n == GATHER)).to(tl.int32)) + col_p.to(tl.int32) + col_n.to(tl.int32)
-    if busy > 0:
+    busy = tl.sum(((mode_p == GATHER) | (mode_n == GATHER)).to(tl.int32))
+    busy += col_p.to(tl.int32) + col_n.to(tl.int32)
+    if busy > 0:  # (written as a count: `gather | col_p | col_n` spilled 3x more on Triton 3.6)
         for c0 in range(0, M, BLOCK):
             cols = c0 + tl.arange(0, BLOCK)
             _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
