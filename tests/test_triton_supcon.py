@@ -233,7 +233,8 @@ def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_slots, data
     """The counting select (stats, search passes, collect, sort) of float32 tiles picks bitwise
     the (value, column) pairs of the top-k merge on the same tiles. gather_slots=2 makes rows
     search until at most 2 members are left inside their interval (down to one value and a
-    column search under ties), 64 collects most rows at once. bf16 / tf32 tiles: tensor-core dots, on GPUs only."""
+    column search under ties), 64 collects most rows at once. bf16 / tf32 tiles (tensor-core
+    dots): on GPUs only."""
     from ct_kernels.triton_ops import supcon as S
     if prec != "fp32" and not CUDA:
         pytest.skip(NO_HALF_ON_CPU)
