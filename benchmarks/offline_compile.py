@@ -89,7 +89,7 @@ def main():
     print(f"{'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
     rows = []
     for mined in (False, True):
-        for cfg in tuning.gpu_candidates(args.d, dtype, tuning.next_pow2(args.k), mined, prec == "tf32"):
+        for cfg in tuning.gpu_candidates(args.d, dtype, mined, prec == "tf32"):
             single = cfg.bd >= args.d and prec != "tf32x3"  # _Call.single_d() on a GPU
             common = dict(BD=cfg.bd, SINGLE_D=single, PREC=prec, ACC=tl.float32)
             bn = cfg.bm if mined else cfg.bn

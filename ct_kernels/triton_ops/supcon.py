@@ -108,13 +108,11 @@ class _Call:
         # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp]
         self.temp = torch.tensor([float(inv_temp) * math.log2(math.e), float(inv_temp)], dtype=self.acc,
                                  device=u.device)
-        mine_width = tuning.next_pow2(max(self.kp, self.kn, 1))
         # A slice (one rank's anchors) is keyed apart from whole batches, and a mined slice is never
         # timed (tuning.pick): every rank must tile the same way for the thresholds to match.
         self.sliced = self.r != self.m
         self.key = (self.d, u.dtype, tuning.next_pow2(self.m), variant, self.kp > 0, self.kn > 0,
-                    mine_width, self.prec, u.device, self.sliced)
-        self.mine_width = mine_width
+                    tuning.next_pow2(max(self.kp, self.kn, 1)), self.prec, u.device, self.sliced)
 
     @property
     def mined(self) -> bool:
@@ -139,7 +137,7 @@ class _Call:
         def trial(cfg):
             loss, npos, saved = self.forward(cfg)
             self.backward(cfg, place_rows(saved, self.r0, self.m), loss.new_ones(self.m))
-        return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, self.mine_width, trial,
+        return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, trial,
                            mined=self.mined, tf32=self.prec == "tf32", timed=not (self.sliced and self.mined))
 
     def grid(self, bm: int, *d_programs: int) -> tuple:

@@ -46,8 +46,7 @@ def interpreter_config(n_pow2: int) -> Config:
     return Config(bm=b, bn=b, bd=32, bdo=32, num_warps=1, num_stages=1)
 
 
-def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int, mined: bool = False,
-                   tf32: bool = False) -> list[Config]:
+def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool = False) -> list[Config]:
     """Candidates timed on a miss; the first is the default (no tuning, and the GPU tests)."""
     d2 = max(16, next_pow2(d))
     # chunked configurations (the original set; spill-free on sm_90 with 8 warps)
@@ -77,7 +76,7 @@ def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int, mined: bool = Fa
     cands = fast + legacy
     if dtype == torch.float64:
         # fp64 tiles (and their on-chip top-k mining buffers): 64-row blocks with 8 warps
-        bd = min(d2, 32 if dtype == torch.float64 else 64)
+        bd = min(d2, 32)
         cands = [Config(64, 64, bd, min(d2, 64), 8, 2), Config(32, 32, bd, min(d2, 64), 4, 2)]
     out = []
     for c in cands:
@@ -89,7 +88,7 @@ def gpu_candidates(d: int, dtype: torch.dtype, mine_width: int, mined: bool = Fa
 _CACHE: dict[tuple, Config] = {}
 
 
-def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype, mine_width: int,
+def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
          run_fwd_bwd: Callable[[Config], None], mined: bool = False, tf32: bool = False,
          timed: bool = True) -> Config:
     """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once
@@ -105,7 +104,7 @@ def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype, mine_width: int,
     cfg = _CACHE.get(key)
     if cfg is not None:
         return cfg
-    cands = gpu_candidates(d, dtype, mine_width, mined, tf32)
+    cands = gpu_candidates(d, dtype, mined, tf32)
     if (not timed or os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1
             or torch.cuda.is_current_stream_capturing()):
         cfg = cands[0]
