@@ -90,7 +90,7 @@ def main():
     rows = []
     for mined in (False, True):
         for cfg in tuning.gpu_candidates(args.d, dtype, mined, prec == "tf32"):
-            single = cfg.bd >= args.d and prec != "tf32x3"  # _Call.single_d() on a GPU
+            single = S.holds_row_block(dtype, prec, cfg.bd, args.d)
             common = dict(BD=cfg.bd, SINGLE_D=single, PREC=prec, ACC=tl.float32)
             bn = cfg.bm if mined else cfg.bn
             loss = dict(common, INFONCE=False, MINE_P=mined, MINE_N=mined, BM=cfg.bm, BN=bn)

@@ -71,6 +71,14 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def holds_row_block(dtype: torch.dtype, prec: str, bd: int, d: int) -> bool:
+    """SINGLE_D: the row block held across the column loop. Single tensor-core dots only (fp64
+    dots are FMA loops, and tf32x3's split operands, whose registers then spill by kilobytes on
+    sm_90). The interpreter takes it for every dtype, to test the path."""
+    tc = dtype in (torch.bfloat16, torch.float16) or prec == "tf32" or tuning.interpreting()
+    return bd >= d and tc
+
+
 def select_passes() -> int:
     """Most search passes: the value-spaced ones, then 32 / log2(NB) key-spaced passes narrow
     any interval to one value; one spare."""
@@ -124,11 +132,7 @@ class _Call:
                     PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     def single_d(self, cfg: tuning.Config) -> bool:
-        """Row block held across the column loop: single tensor-core dots only (fp64 dots are
-        FMA loops, and tf32x3's split operands, whose registers then spill by kilobytes on sm_90).
-        The interpreter takes it for every dtype, to test the path."""
-        tc = self.u.dtype in (torch.bfloat16, torch.float16) or self.prec == "tf32" or tuning.interpreting()
-        return cfg.bd >= self.d and tc
+        return holds_row_block(self.u.dtype, self.prec, cfg.bd, self.d)
 
     def one_pass(self, cfg: tuning.Config) -> bool:
         return self.single_d(cfg) and cfg.bdo >= self.d
@@ -171,7 +175,7 @@ class _Call:
         tp, cp, tn, cn = self._thresholds(thrp, colp, thrn, coln)
         c = self.consts(cfg)
         if self.mined and not _merges(self.u.dtype):
-            self._select(cfg, tp, cp, tn, cn)
+            self._select(cfg, c, tp, cp, tn, cn)
         elif self.mined:
             kbp, kbn = _buffer_width(self.kp, cfg.block), _buffer_width(self.kn, cfg.block)
             supcon_mine_kernel[self.grid(cfg.block)](
@@ -186,9 +190,10 @@ class _Call:
             self.m, self.r0, r, self.d, self.u.stride(0), **c)
         return loss, npos, saved
 
-    def _select(self, cfg: tuning.Config, tp, cp, tn, cn) -> None:
+    def _select(self, cfg: tuning.Config, c: dict, tp, cp, tn, cn) -> None:
         """float32 thresholds by counting: supcon_select_kernel, then the sort of the rows that
-        collected. Collect buffers: GATHER_SLOTS (value, column) slots per row and mined side."""
+        collected (c: the launch constants of consts(cfg)). Collect buffers: GATHER_SLOTS (value,
+        column) slots per row and mined side."""
         r, dev, slots = self.r, self.u.device, GATHER_SLOTS
 
         def buffers(k):  # (keys, columns, counts then ranks), stand-ins for a side not mined
@@ -199,7 +204,6 @@ class _Call:
                     torch.empty((2, r), dtype=torch.int32, device=dev))
 
         pos_bufs, neg_bufs = buffers(self.kp), buffers(self.kn)
-        c = self.consts(cfg)
         supcon_select_kernel[self.grid(cfg.block)](
             self.u, self.cls, self.temp, tp, cp, tn, cn, *pos_bufs, *neg_bufs,
             self.kp, self.kn, self.m, self.r0, r, self.d, self.u.stride(0), MINE_P=c["MINE_P"],
