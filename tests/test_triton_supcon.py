@@ -204,25 +204,15 @@ def _tied_batch(m, seed=7):
     return u.float().to(DEV), labels.to(DEV)
 
 
-def _thresholds(u, labels, kp, kn, counting, tf32=False):
-    """(thr_pos, col_pos, thr_neg, col_neg) of the float32 counting select or the top-k merge."""
-    from ct_kernels.triton_ops import supcon as S
-    call = S._Call(u, labels, IGNORE, 1.0 / TEMP, "supcon", kp, kn, tf32)
-    cfg = call.config()
-    out = [torch.empty(call.r, device=DEV), torch.empty(call.r, dtype=torch.int32, device=DEV),
-           torch.empty(call.r, device=DEV), torch.empty(call.r, dtype=torch.int32, device=DEV)]
+def _thresholds(monkeypatch, u, labels, kp, kn, counting, tf32=False):
+    """(thr_pos, col_pos, thr_neg, col_neg) the forward saves, found by the float32 counting select
+    or (CT_KERNELS_TRITON_MINING=merge) by the top-k merge."""
     if counting:
-        call._select(cfg, *out)
+        monkeypatch.delenv("CT_KERNELS_TRITON_MINING", raising=False)
     else:
-        c = call.consts(cfg)
-        kbp, kbn = S._buffer_width(kp, cfg.block), S._buffer_width(kn, cfg.block)
-        S.supcon_mine_kernel[call.grid(cfg.block)](
-            call.u, call.cls, call.temp, *out, kp, kn, call.m, 0, call.r, call.d, call.u.stride(0),
-            MINE_P=True, MINE_N=True, KBP=kbp, LOG_KBP=kbp.bit_length() - 1, KBN=kbn,
-            LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block, LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd,
-            SINGLE_D=c["SINGLE_D"], PREC=call.prec, ACC=call.tl_acc, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages)
-    return out
+        monkeypatch.setenv("CT_KERNELS_TRITON_MINING", "merge")
+    _loss, _npos, saved = T.supcon_forward(u, labels, IGNORE, 1.0 / TEMP, "supcon", kp, kn, tf32)
+    return saved[3:]
 
 
 @pytest.mark.parametrize("prec", ["fp32", "bf16", "tf32"])
@@ -246,8 +236,8 @@ def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_slots, data
                                seed=kp + 10 * kn)
     if prec == "bf16":
         u = u.to(torch.bfloat16)
-    new = _thresholds(u, labels, kp, kn, counting=True, tf32=prec == "tf32")
-    ref = _thresholds(u, labels, kp, kn, counting=False, tf32=prec == "tf32")
+    new = _thresholds(monkeypatch, u, labels, kp, kn, counting=True, tf32=prec == "tf32")
+    ref = _thresholds(monkeypatch, u, labels, kp, kn, counting=False, tf32=prec == "tf32")
     for a, b, name in zip(new, ref, ("thr_pos", "col_pos", "thr_neg", "col_neg")):
         assert torch.equal(a, b), (name, (a != b).nonzero().flatten().tolist()[:5])
 
@@ -259,8 +249,8 @@ def test_counting_select_k_above_the_slots(monkeypatch, gather_slots):
     from ct_kernels.triton_ops import supcon as S
     monkeypatch.setattr(S, "GATHER_SLOTS", gather_slots)
     u, labels = make_batch(260, 9, 3, ignore_every=11, seed=13)
-    new = _thresholds(u, labels, 50, 120, counting=True)
-    ref = _thresholds(u, labels, 50, 120, counting=False)
+    new = _thresholds(monkeypatch, u, labels, 50, 120, counting=True)
+    ref = _thresholds(monkeypatch, u, labels, 50, 120, counting=False)
     for a, b, name in zip(new, ref, ("thr_pos", "col_pos", "thr_neg", "col_neg")):
         assert torch.equal(a, b), (name, (a != b).nonzero().flatten().tolist()[:5])
 
