@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -309,15 +310,8 @@ def _with_env(name, value, fn):
     """fn with the environment variable name set to value during its forward AND backward (both
     run inside; the caller's .backward() then acts on a stand-in leaf): fwd+bwd timings only."""
     def call(z, y):
-        old = os.environ.get(name)
-        os.environ[name] = value
-        try:
+        with mock.patch.dict(os.environ, {name: value}):
             fn(z, y).backward()
-        finally:
-            if old is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = old
         return torch.zeros((), device=z.device, requires_grad=True)
     return call
 
