@@ -1,0 +1,110 @@
+// Launchers of the mma.sync SupCon kernels (supcon_mma.cuh): template dispatch on the input type
+// and the padded width DP, launch checks. CUDA headers only.
+#include <cmath>
+
+#include "supcon_kernels.h"
+#include "supcon_mma.cuh"
+
+namespace ct_kernels {
+namespace cuda {
+namespace {
+
+using mma_path::kBM;
+using mma_path::kThreads;
+
+inline unsigned row_blocks(RowSlice rs) { return static_cast<unsigned>((rs.hi - rs.lo + kBM - 1) / kBM); }
+
+inline bool slice_ok(int64_t M, RowSlice rs) {
+  return M < (int64_t(1) << 31) && rs.lo >= 0 && rs.hi <= M && rs.lo <= rs.hi;
+}
+
+template <int P, int DP>
+cudaError_t forward(const void* u, const int64_t* labels, int64_t M, RowSlice rs, int64_t D, int64_t ignore,
+                    float inv_temp, int variant, float* loss, int32_t* npos, float* stats, cudaStream_t stream) {
+  using Bits = typename mma_path::Tr<P>::Bits;
+  const auto* U = static_cast<const Bits*>(u);
+  const unsigned nb = row_blocks(rs);
+  if (variant == 0) {
+    mma_path::forward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
+                                                                  loss, npos, stats);
+    return cudaGetLastError();
+  }
+  mma_path::forward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
+                                                                loss, npos, stats);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  mma_path::forward_kernel<P, DP, 2><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
+                                                                loss, npos, stats);
+  return cudaGetLastError();
+}
+
+template <int P, int DP>
+cudaError_t backward(const void* u, const int64_t* labels, int64_t M, RowSlice rs, int64_t D, int64_t ignore,
+                     float inv_temp, int variant, const int32_t* npos, const float* stats, const float* grad_rows,
+                     const float* h_scale, float* dU, cudaStream_t stream) {
+  using Bits = typename mma_path::Tr<P>::Bits;
+  const auto* U = static_cast<const Bits*>(u);
+  const unsigned nb = row_blocks(rs);
+  if (variant == 0)
+    mma_path::backward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
+                                                                   npos, stats, grad_rows, h_scale, dU);
+  else
+    mma_path::backward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
+                                                                   npos, stats, grad_rows, h_scale, dU);
+  return cudaGetLastError();
+}
+
+// One table for both directions: the instantiation for (in_kind, D), or F() for unsupported.
+template <template <int, int> class Op, typename... Args>
+cudaError_t dispatch(int in_kind, int64_t D, Args... args) {
+  const bool narrow = D <= 64;
+  switch (in_kind) {
+    case kInBf16:
+      return narrow ? Op<mma_path::kBf16, 64>::run(args...) : Op<mma_path::kBf16, 128>::run(args...);
+    case kInFp16:
+      return narrow ? Op<mma_path::kFp16, 64>::run(args...) : Op<mma_path::kFp16, 128>::run(args...);
+    case kInTf32:
+      return narrow ? Op<mma_path::kTf32, 64>::run(args...) : Op<mma_path::kTf32, 128>::run(args...);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+template <int P, int DP>
+struct Fwd {
+  template <typename... A>
+  static cudaError_t run(A... a) { return forward<P, DP>(a...); }
+};
+template <int P, int DP>
+struct Bwd {
+  template <typename... A>
+  static cudaError_t run(A... a) { return backward<P, DP>(a...); }
+};
+
+}  // namespace
+
+bool supcon_mma_supported(int in_kind, int64_t D) {
+  return (in_kind == kInBf16 || in_kind == kInFp16 || in_kind == kInTf32) && D >= 1 && D <= kMmaMaxD;
+}
+
+cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
+                                      int64_t D, int64_t ignore_index, float inv_temp, int variant, float* loss,
+                                      int32_t* npos, float* stats, cudaStream_t stream) {
+  if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
+  if (rows.hi == rows.lo) return cudaSuccess;
+  return dispatch<Fwd>(in_kind, D, u, labels, M, rows, D, ignore_index, inv_temp, variant, loss, npos, stats,
+                       stream);
+}
+
+cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
+                                       int64_t D, int64_t ignore_index, float inv_temp, int variant,
+                                       const int32_t* npos, const float* stats, const float* grad_rows,
+                                       const float* h_scale, float* dU, cudaStream_t stream) {
+  if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
+  if (rows.hi == rows.lo) return cudaSuccess;
+  return dispatch<Bwd>(in_kind, D, u, labels, M, rows, D, ignore_index, inv_temp, variant, npos, stats, grad_rows,
+                       h_scale, dU, stream);
+}
+
+}  // namespace cuda
+}  // namespace ct_kernels

@@ -1,0 +1,123 @@
+// Driver of the mma.sync SupCon kernels under the CPU warp emulator (tests/test_native_mma_emu.py).
+// Input file: int64 kind (0 bf16, 1 fp16, 2 tf32), variant, M, D, lo, hi, ignore, DP; double
+// inv_temp; int64 labels[M]; U bits[M * D] (uint16 or uint32); float grad_rows[M].
+// Output file: the forward over all rows (loss[M], npos[M] int32, stats[2M]), the forward over the
+// anchor slice [lo, hi) (loss, npos, stats), and the backward's dU of the slice ((hi - lo) x D,
+// unscaled by inv_temp), computed from the all-row statistics as supcon_backward uses them.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "warp_emu.h"
+#include "../../csrc/cuda/supcon_mma.cuh"
+
+namespace mp = ct_kernels::cuda::mma_path;
+
+struct Args {
+  int64_t kind, variant, M, D, lo, hi, ignore, dp;
+  double inv_temp;
+};
+
+template <typename T>
+static void read_into(FILE* f, T* dst, size_t n) {
+  if (std::fread(dst, sizeof(T), n, f) != n) {
+    std::fprintf(stderr, "short input\n");
+    std::exit(2);
+  }
+}
+
+template <int P, int DP>
+static void run(const Args& a, const std::vector<int64_t>& y, const void* u, const std::vector<float>& grad,
+                FILE* out) {
+  using Bits = typename mp::Tr<P>::Bits;
+  const auto* U = static_cast<const Bits*>(u);
+  const float it = static_cast<float>(a.inv_temp);
+  auto forward = [&](int64_t lo, int64_t hi, std::vector<float>& loss, std::vector<int32_t>& npos,
+                     std::vector<float>& stats) {
+    const int64_t R = hi - lo;
+    loss.assign(R, -7.f);
+    npos.assign(R, -7);
+    stats.assign(2 * R, -7.f);
+    const unsigned nb = static_cast<unsigned>((R + mp::kBM - 1) / mp::kBM);
+    const int phases[2][2] = {{0, 0}, {1, 2}};
+    for (int ph = phases[a.variant][0]; ph <= phases[a.variant][1]; ++ph)
+      emu::launch(nb, mp::kThreads, [&] {
+        if (ph == 0)
+          mp::forward_kernel<P, DP, 0>(U, y.data(), a.M, lo, hi, a.D, a.ignore, it, loss.data(), npos.data(), stats.data());
+        else if (ph == 1)
+          mp::forward_kernel<P, DP, 1>(U, y.data(), a.M, lo, hi, a.D, a.ignore, it, loss.data(), npos.data(), stats.data());
+        else
+          mp::forward_kernel<P, DP, 2>(U, y.data(), a.M, lo, hi, a.D, a.ignore, it, loss.data(), npos.data(), stats.data());
+      });
+  };
+  std::vector<float> loss_f, stats_f, loss_s, stats_s;
+  std::vector<int32_t> npos_f, npos_s;
+  forward(0, a.M, loss_f, npos_f, stats_f);
+  forward(a.lo, a.hi, loss_s, npos_s, stats_s);
+
+  // the host's h_scale rule (csrc/cuda/supcon.cpp): 2^floor(log2(min(M, 2^14) / max|g|)), 1 if g == 0
+  float gmax = 0.f;
+  for (float g : grad) gmax = std::max(gmax, std::fabs(g));
+  float hs = 1.f;
+  if (gmax > 0.f) {
+    const double e = std::floor(std::log2(std::min<double>(static_cast<double>(a.M), 16384.0) / gmax));
+    hs = static_cast<float>(std::exp2(std::clamp(e, -100.0, 100.0)));
+  }
+  const int64_t R = a.hi - a.lo;
+  std::vector<float> dU(R * a.D, -7.f);
+  const unsigned nb = static_cast<unsigned>((R + mp::kBM - 1) / mp::kBM);
+  emu::launch(nb, mp::kThreads, [&] {
+    if (a.variant == 0)
+      mp::backward_kernel<P, DP, 0>(U, y.data(), a.M, a.lo, a.hi, a.D, a.ignore, it, npos_f.data(), stats_f.data(),
+                                    grad.data(), &hs, dU.data());
+    else
+      mp::backward_kernel<P, DP, 1>(U, y.data(), a.M, a.lo, a.hi, a.D, a.ignore, it, npos_f.data(), stats_f.data(),
+                                    grad.data(), &hs, dU.data());
+  });
+  std::fwrite(loss_f.data(), 4, loss_f.size(), out);
+  std::fwrite(npos_f.data(), 4, npos_f.size(), out);
+  std::fwrite(stats_f.data(), 4, stats_f.size(), out);
+  std::fwrite(loss_s.data(), 4, loss_s.size(), out);
+  std::fwrite(npos_s.data(), 4, npos_s.size(), out);
+  std::fwrite(stats_s.data(), 4, stats_s.size(), out);
+  std::fwrite(dU.data(), 4, dU.size(), out);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s input output\n", argv[0]);
+    return 2;
+  }
+  FILE* in = std::fopen(argv[1], "rb");
+  if (!in) return 2;
+  Args a;
+  int64_t head[8];
+  read_into(in, head, 8);
+  a.kind = head[0], a.variant = head[1], a.M = head[2], a.D = head[3], a.lo = head[4], a.hi = head[5];
+  a.ignore = head[6], a.dp = head[7];
+  read_into(in, &a.inv_temp, 1);
+  std::vector<int64_t> y(a.M);
+  read_into(in, y.data(), y.size());
+  const size_t esize = a.kind == 2 ? 4 : 2;
+  std::vector<unsigned char> u(a.M * a.D * esize + 16);
+  read_into(in, u.data(), a.M * a.D * esize);
+  std::vector<float> grad(a.M);
+  read_into(in, grad.data(), grad.size());
+  std::fclose(in);
+  FILE* out = std::fopen(argv[2], "wb");
+  if (!out) return 2;
+  const bool wide = a.dp == 128;
+  switch (a.kind) {
+    case 0:
+      wide ? run<mp::kBf16, 128>(a, y, u.data(), grad, out) : run<mp::kBf16, 64>(a, y, u.data(), grad, out);
+      break;
+    case 1:
+      wide ? run<mp::kFp16, 128>(a, y, u.data(), grad, out) : run<mp::kFp16, 64>(a, y, u.data(), grad, out);
+      break;
+    default:
+      wide ? run<mp::kTf32, 128>(a, y, u.data(), grad, out) : run<mp::kTf32, 64>(a, y, u.data(), grad, out);
+  }
+  std::fclose(out);
+  return 0;
+}

@@ -1,0 +1,223 @@
+// Runs CUDA kernels written against csrc/cuda/warp_mma.cuh on a CPU, for tests without a GPU.
+//
+// One std::thread per CUDA thread; blocks run one after another, so a `__shared__` variable can be
+// a function-local static. __syncthreads is a barrier of the block; warp collectives (mma.sync,
+// ldmatrix, shuffles) gather every lane's operands in per-warp slots between two barriers of the
+// warp and give each lane what the PTX ISA says it receives. The mma fragment layouts here are
+// written from the ISA's tables independently of the kernels, which only see the functions.
+// Products are summed in float in k order (the hardware's internal order and rounding differ
+// within fp32 accumulation); tf32 operands are rounded as cvt.rna does.
+#pragma once
+#define CT_KERNELS_WARP_EMULATION 1
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __restrict__ __restrict
+
+struct EmuIdx {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline thread_local EmuIdx threadIdx;
+inline thread_local EmuIdx blockIdx;
+
+namespace emu {
+
+struct Warp {
+  std::barrier<> bar{32};
+  uint32_t a[32][4];
+  uint32_t b[32][2];
+  float d[32][4];
+  uint64_t word[32];
+  const void* ptr[32];
+};
+
+struct Block {
+  explicit Block(int threads) : bar(threads) {
+    for (int w = 0; w < threads / 32; ++w) warps.emplace_back(std::make_unique<Warp>());
+  }
+  std::barrier<> bar;
+  std::vector<std::unique_ptr<Warp>> warps;
+};
+
+inline thread_local Block* block = nullptr;
+inline Warp& warp() { return *block->warps[threadIdx.x / 32]; }
+inline int lane() { return static_cast<int>(threadIdx.x & 31u); }
+
+// Runs `body` (the kernel call) as grid x threads CUDA threads, one block at a time.
+inline void launch(unsigned grid, int threads, const std::function<void()>& body) {
+  for (unsigned b = 0; b < grid; ++b) {
+    Block ctx(threads);
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] {
+        threadIdx.x = static_cast<unsigned>(t);
+        blockIdx.x = b;
+        block = &ctx;
+        body();
+      });
+    for (auto& th : pool) th.join();
+  }
+}
+
+inline float bf16_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t float_to_bf16(float f) {  // round to nearest even (no NaN inputs here)
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+inline float f16_to_float(uint16_t h) {
+  _Float16 v;
+  std::memcpy(&v, &h, 2);
+  return static_cast<float>(v);
+}
+inline uint16_t float_to_f16(float f) {
+  const _Float16 v = static_cast<_Float16>(f);
+  uint16_t h;
+  std::memcpy(&h, &v, 2);
+  return h;
+}
+
+// kind 0 bf16, 1 fp16 (m16n8k16), 2 tf32 (m16n8k8)
+template <int KIND>
+void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  Warp& w = warp();
+  const int l = lane();
+  std::memcpy(w.a[l], a, sizeof(w.a[l]));
+  std::memcpy(w.b[l], b, sizeof(w.b[l]));
+  w.bar.arrive_and_wait();
+  constexpr int K = KIND == 2 ? 8 : 16;
+  float A[16][16] = {}, B[16][8] = {};
+  auto half = [](uint32_t r, int hi) {
+    const uint16_t h = static_cast<uint16_t>(hi ? r >> 16 : r & 0xffffu);
+    return KIND == 0 ? bf16_to_float(h) : f16_to_float(h);
+  };
+  auto word = [](uint32_t r) {
+    float f;
+    std::memcpy(&f, &r, 4);
+    return f;
+  };
+  for (int L = 0; L < 32; ++L) {
+    const int g = L >> 2, t = L & 3;
+    const uint32_t* ra = w.a[L];
+    const uint32_t* rb = w.b[L];
+    if (KIND == 2) {  // ISA: a0 (g, t), a1 (g + 8, t), a2 (g, t + 4), a3 (g + 8, t + 4); b0 (t, g), b1 (t + 4, g)
+      A[g][t] = word(ra[0]);
+      A[g + 8][t] = word(ra[1]);
+      A[g][t + 4] = word(ra[2]);
+      A[g + 8][t + 4] = word(ra[3]);
+      B[t][g] = word(rb[0]);
+      B[t + 4][g] = word(rb[1]);
+    } else {  // ISA: a0,a1 (g, 2t + i), a2,a3 (g + 8, 2t + i), a4,a5 (g, 2t + 8 + i), a6,a7 (g + 8, 2t + 8 + i)
+      for (int i = 0; i < 2; ++i) {
+        A[g][2 * t + i] = half(ra[0], i);
+        A[g + 8][2 * t + i] = half(ra[1], i);
+        A[g][2 * t + 8 + i] = half(ra[2], i);
+        A[g + 8][2 * t + 8 + i] = half(ra[3], i);
+        B[2 * t + i][g] = half(rb[0], i);  // b0,b1 (2t + i, g), b2,b3 (2t + 8 + i, g)
+        B[2 * t + 8 + i][g] = half(rb[1], i);
+      }
+    }
+  }
+  const int g = l >> 2, t = l & 3;
+  for (int e = 0; e < 4; ++e) {  // c0,c1 (g, 2t + i), c2,c3 (g + 8, 2t + i)
+    const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    float s = 0.f;
+    for (int k = 0; k < K; ++k) s += A[row][k] * B[k][col];
+    d[e] += s;
+  }
+  w.bar.arrive_and_wait();
+}
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
+
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int off) {
+  static_assert(sizeof(T) <= 8, "one word per lane");
+  emu::Warp& w = emu::warp();
+  const int l = emu::lane();
+  uint64_t x = 0;
+  std::memcpy(&x, &v, sizeof(T));
+  w.word[l] = x;
+  w.bar.arrive_and_wait();
+  T r;
+  std::memcpy(&r, &w.word[l ^ off], sizeof(T));
+  w.bar.arrive_and_wait();
+  return r;
+}
+
+namespace ct_kernels {
+namespace cuda {
+namespace warp {
+
+inline int lane_id() { return emu::lane(); }
+inline void mma_bf16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { emu::mma<0>(d, a, b); }
+inline void mma_f16_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { emu::mma<1>(d, a, b); }
+inline void mma_tf32_1688(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) { emu::mma<2>(d, a, b); }
+
+// ISA (.trans): lane (g, t) gets elements (2t, g) and (2t + 1, g) of matrix m, whose row r
+// address came from lane 8 m + r.
+inline void ldsm_x2_trans(uint32_t (&b)[2], const uint16_t* row_ptr) {
+  emu::Warp& w = emu::warp();
+  const int l = emu::lane();
+  w.ptr[l] = row_ptr;
+  w.bar.arrive_and_wait();
+  const int g = l >> 2, t = l & 3;
+  for (int m = 0; m < 2; ++m) {
+    const uint16_t lo = static_cast<const uint16_t*>(w.ptr[8 * m + 2 * t])[g];
+    const uint16_t hi = static_cast<const uint16_t*>(w.ptr[8 * m + 2 * t + 1])[g];
+    b[m] = static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
+  }
+  w.bar.arrive_and_wait();
+}
+
+inline void cp_async_16(void* smem, const void* gmem, bool full) {
+  if (full) std::memcpy(smem, gmem, 16);
+  else std::memset(smem, 0, 16);
+}
+inline void cp_async_commit() {}
+inline void cp_async_wait_all() {}
+
+inline uint32_t to_tf32(float x) {  // cvt.rna.tf32.f32: nearest, ties away from zero, 10 mantissa bits
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
+  return u & 0xffffe000u;
+}
+inline float bits_to_float(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+inline uint32_t pack_bf16x2(float lo, float hi) {
+  return static_cast<uint32_t>(emu::float_to_bf16(lo)) | (static_cast<uint32_t>(emu::float_to_bf16(hi)) << 16);
+}
+inline uint32_t pack_f16x2(float lo, float hi) {
+  return static_cast<uint32_t>(emu::float_to_f16(lo)) | (static_cast<uint32_t>(emu::float_to_f16(hi)) << 16);
+}
+
+}  // namespace warp
+}  // namespace cuda
+}  // namespace ct_kernels
