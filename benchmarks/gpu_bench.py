@@ -97,6 +97,8 @@ def make_impls(have_pml, have_infcl):
                 print(f"ct_{b}: {exc}")
         else:
             print(f"ct_{b}: not available ({avail[b]})")
+    if "ct_native" in impls:  # A/B: the mma.sync kernels (opt-in until measured; unmined, D <= 128)
+        impls["ct_native_mma"] = _with_env("CT_KERNELS_NATIVE_MMA", "1", impls["ct_native"])
     return impls
 
 
@@ -359,10 +361,12 @@ def main():
     first, rest = ns[:1] if 32768 not in ns else [32768], [n for n in ns if n != 32768]
     if "supcon" in sections:
         run_loss_grid(rec, impls, first, ds, precs)
-    ct_impls = {k: v for k, v in impls.items() if k.startswith("ct_")}
+    ct_impls = {k: v for k, v in impls.items() if k in ("ct_triton", "ct_native")}  # the backends themselves
     if "variants" in sections:
         for name, b in [(k, k[3:]) for k in ct_impls]:
             variant_impls = {name: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, variant="infonce", backend=bb))(b)}
+            if name == "ct_native":
+                variant_impls["ct_native_mma"] = _with_env("CT_KERNELS_NATIVE_MMA", "1", variant_impls[name])
             run_loss_grid(rec, variant_impls, [32768], [128], ["bf16"], op="infonce")
     if "mining" in sections:
         mined = {k: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, hard_positives=64, hard_negatives=64,

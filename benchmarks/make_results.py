@@ -155,6 +155,10 @@ def goals_table(rows):
         nat, tri = (_ms(rows, "supcon", i, 32768, prec) for i in ("ct_native", "ct_triton"))
         line(f"native CUDA / triton, supcon N=32768 {prec} <= 1.5 (native issue)", nat and tri and nat["ms"] / tri["ms"],
              1.5, "x")
+        mma = _ms(rows, "supcon", "ct_native_mma", 32768, prec)
+        if mma and prec != "fp32":  # runs since the mma.sync kernels exist; fp32 without tf32 is FMA either way
+            line(f"native CUDA mma.sync path (CT_KERNELS_NATIVE_MMA=1) / triton, N=32768 {prec} <= 1.5",
+                 tri and mma["ms"] / tri["ms"], 1.5, "x")
     for dt in ("uint8", "int64"):
         pl, cp = (_ms(rows, "patch_labels", i, 16777216, "-", dt) for i in ("ct_triton", "mask_copy"))
         line(f"patch labels {dt} <= 1.5x one mask copy", pl and cp and pl["ms"] / cp["ms"], 1.5, "x")

@@ -6,6 +6,7 @@
 `python benchmarks/sanitize_native.py --bench [N]` instead times the native CUDA supcon forward and
 backward (D=128, default N=32768) per dtype, with and without mining (CUDA events, median of 5).
 """
+import os
 import sys
 
 import torch
@@ -22,9 +23,12 @@ def main() -> None:
         mask = torch.randint(0, 2 if dtype == torch.bool else 7, (2, 24, 40), generator=g).to(dtype).to(dev)
         for ph, pw in ((8, 8), (3, 5), (24, 40)):
             _native.patch_labels(mask, ph, pw, 6, 255)
-    # two 64-row tiles; D = 33 (padding, scalar staging), 40 (16-byte staging), 150 (dU in global)
-    for m, d in ((75, 33), (75, 40), (70, 150)):
-        run_supcon(m, d, g, dev)
+    # two 64-row tiles; D = 33 (padding, scalar staging), 40 (16-byte staging), 150 (dU in global);
+    # then the mma.sync kernels (CT_KERNELS_NATIVE_MMA=1: the unmined cases with D <= 128)
+    for mma in ("0", "1"):
+        os.environ["CT_KERNELS_NATIVE_MMA"] = mma
+        for m, d in ((75, 33), (75, 40), (70, 150)):
+            run_supcon(m, d, g, dev)
     torch.cuda.synchronize()
     print("sanitize_native: OK")
 
@@ -49,7 +53,11 @@ def run_supcon(m, d, g, dev):
                     r, _, _ = _native.supcon_forward(u, y, -1, 10.0, variant, kp, kn, tf32, lo, n)
                     d = _native.supcon_backward(u, y, -1, 10.0, variant, kp, kn, tf32, saved,
                                                 grad.to(rows.dtype), lo, n)
-                    assert torch.equal(r, rows[lo:lo + n]) and d.shape == (n, u.shape[1])
+                    assert d.shape == (n, u.shape[1])
+                    if os.environ["CT_KERNELS_NATIVE_MMA"] == "1":  # row blocks start at the slice
+                        torch.testing.assert_close(r, rows[lo:lo + n], rtol=1e-6, atol=1e-6)
+                    else:  # the same whole-batch row blocks: the same bits
+                        assert torch.equal(r, rows[lo:lo + n])
                     torch.testing.assert_close(d.float(), du[lo:lo + n].float(), rtol=1e-5, atol=1e-5)
 
 

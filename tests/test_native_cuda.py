@@ -115,13 +115,16 @@ def test_float32_normwise(variant, kp, kn, m, d):
     assert _rel(du, rdu) <= 1e-5
 
 
-@pytest.fixture(params=["tc", "fma"])
+@pytest.fixture(params=["tc", "fma", "mma"])
 def path(request, monkeypatch):
-    """bf16 / fp16 (and tf32) run on tensor cores by default; CT_KERNELS_NATIVE_TC=0 forces FMA tiles."""
+    """bf16 / fp16 (and tf32) run on WMMA tensor-core tiles by default; CT_KERNELS_NATIVE_TC=0 forces
+    FMA tiles; CT_KERNELS_NATIVE_MMA=1 the mma.sync kernels (unmined, D <= 128; others fall back)."""
+    monkeypatch.delenv("CT_KERNELS_NATIVE_TC", raising=False)
+    monkeypatch.delenv("CT_KERNELS_NATIVE_MMA", raising=False)
     if request.param == "fma":
         monkeypatch.setenv("CT_KERNELS_NATIVE_TC", "0")
-    else:
-        monkeypatch.delenv("CT_KERNELS_NATIVE_TC", raising=False)
+    elif request.param == "mma":
+        monkeypatch.setenv("CT_KERNELS_NATIVE_MMA", "1")
     return request.param
 
 
@@ -148,6 +151,31 @@ def test_tf32_no_mining(m, d, path):
         rows, npos, du = _run(u.float(), y, 0.1, variant, 0, 0, grad, allow_tf32=True)
         assert torch.equal(npos.long(), rn)
         assert _rel(rows, rr) <= 5e-3 and _rel(du, rdu) <= 5e-3
+
+
+@pytest.mark.parametrize("dtype,tf32", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, True)])
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+def test_mma_path_large_batch_slices_and_determinism(dtype, tf32, variant, monkeypatch):
+    """The mma.sync kernels at a batch with many tiles and mean-reduction weights (1/M: the fp16
+    H scale), on an anchor slice that starts and ends inside row blocks, twice (deterministic)."""
+    monkeypatch.setenv("CT_KERNELS_NATIVE_MMA", "1")
+    m, d = 4099, 128
+    u, y, _ = _case(m, d, 6, seed=40)
+    uh = u.to(dtype)
+    grad = torch.full((m,), 1.0 / m, dtype=torch.float64, device=DEV)
+    rr, rn, rdu = _reference(uh.double() if dtype != torch.float32 else u, y, 0.1, variant, 0, 0, grad)
+    rows, npos, du = _run(uh, y, 0.1, variant, 0, 0, grad, allow_tf32=tf32)
+    assert torch.equal(npos.long(), rn)
+    assert _rel(rows, rr) <= (5e-3 if tf32 else 1e-5)
+    assert _rel(du, rdu) <= (5e-3 if tf32 else 2e-2)
+    again = _run(uh, y, 0.1, variant, 0, 0, grad, allow_tf32=tf32)
+    assert all(torch.equal(a, b) for a, b in zip((rows, npos, du), again))
+    lo, n = 1000, 1500
+    r, _, saved = _native.supcon_forward(uh, y, IGN, 10.0, variant, 0, 0, tf32, lo, n)
+    torch.testing.assert_close(r, rows[lo:lo + n], rtol=1e-6, atol=1e-6)
+    _, _, saved_all = _native.supcon_forward(uh, y, IGN, 10.0, variant, 0, 0, tf32)
+    ds = _native.supcon_backward(uh, y, IGN, 10.0, variant, 0, 0, tf32, saved_all, grad.float(), lo, n)
+    torch.testing.assert_close(ds.float(), du[lo:lo + n].float(), rtol=1e-5, atol=1e-6)
 
 
 def test_matches_cpu_kernel_and_is_deterministic():

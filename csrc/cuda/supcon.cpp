@@ -7,8 +7,10 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -35,6 +37,27 @@ int tc_kind(const at::Tensor& u, bool allow_tf32) {
     default:
       return -1;
   }
+}
+
+// The mma.sync kernels (supcon_mma.cuh: flash-attention-2 layout) for the unmined loss with D <=
+// 128 on tensor-core inputs. Opt-in with CT_KERNELS_NATIVE_MMA=1 until a GPU run has checked them
+// on the hardware and timed them against the WMMA kernels (they were written and tested on a CPU
+// warp emulator, tests/test_native_mma_emu.py). Forward and backward decide alike from the same
+// arguments; unmined, each may also run without the other (they share only the statistics).
+bool use_mma(int kind, int64_t D, int64_t kp, int64_t kn) {
+  const char* env = std::getenv("CT_KERNELS_NATIVE_MMA");
+  return env != nullptr && std::strcmp(env, "1") == 0 && kind >= 0 && kp <= 0 && kn <= 0 &&
+         cuda::supcon_mma_supported(kind, D);
+}
+
+// Power of two that brings H's largest entries near 2^14 before they are rounded to 16 bits
+// (see backward_kernel in supcon_mma.cuh): 2^floor(log2(min(M, 2^14) / max|g|)), 1 when g == 0.
+// A device scalar: no host synchronisation.
+at::Tensor h_scale_for(const at::Tensor& grad_rows, int64_t M) {
+  const at::Tensor gmax = grad_rows.abs().max();
+  const double lim = static_cast<double>(std::min<int64_t>(M, int64_t(1) << 14));
+  const at::Tensor e = at::floor(at::log2(lim / gmax)).clamp(-100, 100);
+  return at::where(gmax > 0, at::exp2(e), at::ones_like(e)).to(at::kFloat).contiguous();
 }
 
 using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -68,6 +91,16 @@ ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_
                          reinterpret_cast<uint32_t*>(pc.data_ptr<int32_t>()), rem.data_ptr<int64_t>(),
                          flag.data_ptr<int32_t>()};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
+  if (use_mma(kind, D, kp, kn)) {
+    C10_CUDA_CHECK(cuda::launch_supcon_forward_mma(
+        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
+        static_cast<float>(inv_temp), var, loss.data_ptr<float>(), npos.data_ptr<int32_t>(),
+        stats.data_ptr<float>(), stream));
+    thr_val.select(1, 0).fill_(std::numeric_limits<double>::infinity());  // no mining (common.h)
+    thr_val.select(1, 1).fill_(-std::numeric_limits<double>::infinity());
+    thr_col.fill_(M);
+    return out;
+  }
   if (kind >= 0) {
     C10_CUDA_CHECK(cuda::launch_supcon_forward_tc(
         kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
@@ -111,6 +144,15 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   // whole kDuRows blocks around the slice (see supcon_kernels.h); rows lo .. hi kept below
   const int64_t T = cuda::kDuRows, base = row_start / T * T;
   const int64_t du_rows = (row_start + R + T - 1) / T * T - base;
+  if (use_mma(kind, D, kp, kn)) {
+    at::Tensor dU = at::empty({R, D}, u.options().dtype(at::kFloat));  // every element written
+    const at::Tensor hs = h_scale_for(sv.grad_rows, M);
+    C10_CUDA_CHECK(cuda::launch_supcon_backward_mma(
+        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
+        static_cast<float>(inv_temp), var, sv.npos.const_data_ptr<int32_t>(), sv.stats.const_data_ptr<float>(),
+        sv.grad_rows.const_data_ptr<float>(), hs.const_data_ptr<float>(), dU.data_ptr<float>(), stream));
+    return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
+  }
   if (kind >= 0) {
     const int64_t Dp = (D + 15) / 16 * 16;
     at::Tensor dUp = at::zeros({du_rows, Dp}, u.options().dtype(at::kFloat));
