@@ -173,6 +173,31 @@ __device__ __forceinline__ void stage_labels(int64_t* ys, const int64_t* y, int6
   for (int b = static_cast<int>(threadIdx.x); b < BN; b += kThreads) ys[b] = c0 + b < M ? y[c0 + b] : ignore;
 }
 
+// Whether stage_rows may use 16-byte copies: whole pieces inside or outside D, aligned base.
+template <int P>
+__device__ __forceinline__ bool stage_vectorizable(const typename Tr<P>::Bits* U, int64_t D) {
+  return D % (16 / static_cast<int64_t>(sizeof(typename Tr<P>::Bits))) == 0 &&
+         (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
+}
+
+// The two anchor rows of this lane (g and g + 8 of its warp's 16): index, label, and whether
+// the row is an anchor here (inside [r0, hi) and not ignored).
+struct LaneRows {
+  int64_t i[2], y[2];
+  bool ok[2];
+};
+__device__ __forceinline__ LaneRows lane_rows(int64_t r0, int64_t hi, const int64_t* y, int64_t ignore) {
+  const int warp = static_cast<int>(threadIdx.x >> 5), g = lane_id() >> 2;
+  LaneRows lr;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    lr.i[r] = r0 + 16 * warp + g + 8 * r;
+    lr.ok[r] = lr.i[r] < hi && y[lr.i[r]] != ignore;
+    lr.y[r] = lr.ok[r] ? y[lr.i[r]] : 0;
+  }
+  return lr;
+}
+
 // The warp's anchor rows as A fragments (registers), staged through the (not yet used) tile
 // buffers: kBM rows fit in two column tiles.
 template <int P, int DP>
@@ -210,6 +235,25 @@ __device__ __forceinline__ void s_tile(float (&acc)[Tr<P>::BN / 8][4], const uin
     }
 }
 
+// The column sweep of every kernel here: stage(b, c0) fills buffer b with the tile from column c0
+// (cp.async for U, plain stores for per-column data), body(b, c0) uses it. Tile t + 1 loads while
+// tile t is used; one barrier a tile (it also tells that buffer t - 1 is free again).
+template <int BN, typename Stage, typename Body>
+__device__ __forceinline__ void sweep_columns(int64_t M, Stage&& stage, Body&& body) {
+  const int64_t ntiles = (M + BN - 1) / BN;
+  stage(0, int64_t(0));
+  cp_async_commit();
+  for (int64_t tt = 0; tt < ntiles; ++tt) {
+    const int buf = static_cast<int>(tt & 1);
+    cp_async_wait_all();
+    __syncthreads();
+    if (tt + 1 < ntiles) stage(buf ^ 1, (tt + 1) * BN);
+    cp_async_commit();
+    body(buf, tt * BN);
+  }
+  cp_async_wait_all();
+}
+
 // PHASE 0: supcon (lse over A_i, positive sums). 1: infonce, lse over the negatives N_i.
 // 2: infonce positive terms, reading L_i = stats[2 o] of phase 1. Anchors: rows [lo, hi).
 template <int P, int DP, int PHASE>
@@ -221,42 +265,31 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int BN = Tr<P>::BN, NT = BN / 8, LD = DP + Tr<P>::PAD, KS = DP / Tr<P>::K;
   __shared__ __align__(16) Bits tiles[2][BN * LD];
   __shared__ int64_t ys[2][BN];
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = lane_id(), g = lane >> 2, t = lane & 3;
+  const int t = lane_id() & 3;
   const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * kBM;
-  const bool vec = D % (16 / static_cast<int64_t>(sizeof(Bits))) == 0 && (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
+  const bool vec = stage_vectorizable<P>(U, D);
   uint32_t a[KS][4];
   load_row_block<P, DP>(a, &tiles[0][0], U, M, D, r0, vec);
 
-  int64_t ir[2], yr[2];
-  bool ok[2];
+  const LaneRows rows = lane_rows(r0, hi, y, ignore);
+  const int64_t(&ir)[2] = rows.i;
+  const int64_t(&yr)[2] = rows.y;
+  const bool(&ok)[2] = rows.ok;
   float L[2] = {0.f, 0.f};
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    ir[r] = r0 + 16 * warp + g + 8 * r;
-    ok[r] = ir[r] < hi && y[ir[r]] != ignore;
-    yr[r] = ok[r] ? y[ir[r]] : 0;
+  for (int r = 0; r < 2; ++r)
     if (PHASE == 2 && ok[r]) L[r] = stats[2 * (ir[r] - lo)];
-  }
   const float scale2 = inv_temp * kLog2e;
   float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f}, a1[2] = {0.f, 0.f}, a2[2] = {0.f, 0.f};
   int np[2] = {0, 0};
 
-  const int64_t ntiles = (M + BN - 1) / BN;
-  stage_rows<P, DP>(tiles[0], BN, U, M, D, 0, vec);
-  stage_labels<BN>(ys[0], y, M, 0, ignore);
-  cp_async_commit();
-  for (int64_t tt = 0; tt < ntiles; ++tt) {
-    const int buf = static_cast<int>(tt & 1);
-    cp_async_wait_all();
-    __syncthreads();  // tile tt is in; every warp is done with tile tt - 1 (the other buffer)
-    if (tt + 1 < ntiles) {
-      stage_rows<P, DP>(tiles[buf ^ 1], BN, U, M, D, (tt + 1) * BN, vec);
-      stage_labels<BN>(ys[buf ^ 1], y, M, (tt + 1) * BN, ignore);
-    }
-    cp_async_commit();
+  auto stage = [&](int b, int64_t c0) {
+    stage_rows<P, DP>(tiles[b], BN, U, M, D, c0, vec);
+    stage_labels<BN>(ys[b], y, M, c0, ignore);
+  };
+  sweep_columns<BN>(M, stage, [&](int buf, int64_t c0) {
     float acc[NT][4];
     s_tile<P, DP>(acc, a, tiles[buf]);
-    const int64_t c0 = tt * BN;
     float tmax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
@@ -301,8 +334,7 @@ __global__ void __launch_bounds__(kThreads)
           sum[r] += x == -INFINITY ? 0.f : exp2f(x - m[r]);
         }
     }
-  }
-  cp_async_wait_all();
+  });
 
   // the four lanes of a row group hold disjoint columns of the same two rows: fixed-order merge
 #pragma unroll
@@ -389,22 +421,19 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ __align__(16) Bits tiles[2][BN * LD];
   __shared__ int64_t ys[2][BN];
   __shared__ RowStat cs[2][BN];
-  const int warp = static_cast<int>(threadIdx.x >> 5), lane = lane_id(), g = lane >> 2, t = lane & 3;
+  const int t = lane_id() & 3;
   const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * kBM;
-  const bool vec = D % (16 / static_cast<int64_t>(sizeof(Bits))) == 0 && (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
+  const bool vec = stage_vectorizable<P>(U, D);
   uint32_t a[KS][4];
   load_row_block<P, DP>(a, &tiles[0][0], U, M, D, r0, vec);
 
-  int64_t ir[2], yr[2];
-  bool vi[2];
+  const LaneRows rows = lane_rows(r0, hi, y, ignore);
+  const int64_t(&ir)[2] = rows.i;
+  const int64_t(&yr)[2] = rows.y;
+  const bool(&vi)[2] = rows.ok;
   RowStat rs[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    ir[r] = r0 + 16 * warp + g + 8 * r;
-    vi[r] = ir[r] < hi && y[ir[r]] != ignore;
-    yr[r] = vi[r] ? y[ir[r]] : 0;
-    rs[r] = row_stat(ir[r] < hi ? ir[r] : M, M, y, ignore, npos, stats, grad_rows);
-  }
+  for (int r = 0; r < 2; ++r) rs[r] = row_stat(ir[r] < hi ? ir[r] : M, M, y, ignore, npos, stats, grad_rows);
   const float scale2 = inv_temp * kLog2e, hs = *h_scale;
   float du[DT][4];
 #pragma unroll
@@ -412,24 +441,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < 4; ++e) du[n][e] = 0.f;
 
-  const int64_t ntiles = (M + BN - 1) / BN;
   auto stage = [&](int b, int64_t c0) {
     stage_rows<P, DP>(tiles[b], BN, U, M, D, c0, vec);
     stage_labels<BN>(ys[b], y, M, c0, ignore);
     for (int j = static_cast<int>(threadIdx.x); j < BN; j += kThreads)
       cs[b][j] = row_stat(c0 + j, M, y, ignore, npos, stats, grad_rows);
   };
-  stage(0, 0);
-  cp_async_commit();
-  for (int64_t tt = 0; tt < ntiles; ++tt) {
-    const int buf = static_cast<int>(tt & 1);
-    cp_async_wait_all();
-    __syncthreads();
-    if (tt + 1 < ntiles) stage(buf ^ 1, (tt + 1) * BN);
-    cp_async_commit();
+  sweep_columns<BN>(M, stage, [&](int buf, int64_t c0) {
     float h[NT][4];
     s_tile<P, DP>(h, a, tiles[buf]);
-    const int64_t c0 = tt * BN;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
@@ -455,8 +475,7 @@ __global__ void __launch_bounds__(kThreads)
         mma<P>(du[n], ha, b);
       }
     }
-  }
-  cp_async_wait_all();
+  });
   const float inv_hs = 1.f / hs;
 #pragma unroll
   for (int n = 0; n < DT; ++n)
