@@ -238,6 +238,17 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   products instead of two); `ct_triton_reuse` (CT_KERNELS_TRITON_MINED_BWD=reuse) reads it from
   the tile (i, j), exact when the GPU's dot gives s_ij and s_ji the same bits, which
   test_mined_backward_tile_reuse_is_bitwise_the_recompute checks there.
+- **Native CUDA (7.7x / 4.7x the Triton time in bf16 / tf32):** the WMMA kernels store every
+  64 x 64 tile of s through shared memory and do the masked log-sum-exp from there, one thread per
+  row quarter, with `expf`; the backward reloads the tile into shared memory again as H, and the
+  row block's U is restaged for every tile. Since then (not yet run on a GPU; `ct_native_mma`, opt-in
+  with CT_KERNELS_NATIVE_MMA=1) `mma.sync` kernels in the flash-attention-2 layout: each warp keeps
+  its 16 rows' U fragments and its 16 x 64 tile of s (backward: of H, reused as the A operand of
+  H·U) in registers, exp2 with a per-lane running max, cp.async double-buffered column tiles. sm_90
+  compile (D = 128): forward 96-139 registers, backward 179-184 (bf16 / fp16), spill-free; tf32
+  backward 240-255 with 8 bytes spilled. Expected bound: four warps share each staged tile, so the B
+  operand is read from shared memory once per 16 rows (about 16 FLOP per shared byte); more rows
+  per warp is the next lever if the run shows it.
 - **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2
   under CUDA graphs (7 us = 4.6 TB/s); the kernel loops over classes per patch, so its cost grows
   with num_classes while the copy's does not. From the next run on, the bench cycles through at
