@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from ct_kernels import triton_ops as T
+from ct_kernels.triton_ops.patch_labels import count_fields
 from ct_kernels.reference import patch_labels_reference
 
 pytestmark = pytest.mark.skipif(not T.AVAILABLE, reason=f"triton unavailable: {T.UNAVAILABLE_REASON}")
@@ -28,7 +29,7 @@ def check(mask, ph, pw, num_classes, ignore):
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64])
-@pytest.mark.parametrize("ph,pw", [(4, 4), (3, 5), (8, 2)])
+@pytest.mark.parametrize("ph,pw", [(4, 4), (3, 5), (8, 2), (3, 1), (2, 33)])
 def test_matches_reference(dtype, ph, pw):
     mask = random_mask(2, ph * 3, pw * 5, 4, dtype, 255, seed=ph * 10 + pw)
     check(mask, ph, pw, 4, 255)
@@ -36,15 +37,18 @@ def test_matches_reference(dtype, ph, pw):
 
 @pytest.mark.parametrize("num_classes,ph,pw", [(9, 16, 16), (20, 4, 4), (30, 2, 3)])
 def test_many_classes(num_classes, ph, pw):
-    """Several count fields per reduction (7 at 16 x 16, 12 at 4 x 4, 21 at 2 x 3): more classes
-    than one int64 holds, so the class groups and their boundaries are exercised."""
+    """Several count fields per reduction (6 at 16 x 16, 10 at 4 x 4, 15 at 2 x 3: count_fields):
+    more classes than one group holds, so the class groups and their boundaries are exercised."""
     mask = random_mask(2, ph * 2, pw * 3, num_classes, torch.int64, 255, seed=num_classes)
     check(mask, ph, pw, num_classes, 255)
 
 
-@pytest.mark.parametrize("a,b", [(6, 7), (0, 13), (13, 14)])
+PER_16 = count_fields(16, 16)[2]  # classes counted together at 16 x 16 (groups 0 .. PER_16 - 1, ...)
+
+
+@pytest.mark.parametrize("a,b", [(PER_16 - 1, PER_16), (0, 2 * PER_16 + 1), (PER_16 + 1, PER_16 + 2)])
 def test_tie_across_class_groups_goes_to_smaller(a, b):
-    """16 x 16 patches: 7 classes per int64 sum (groups 0-6, 7-13, 14-...)."""
+    """A tie across the boundary of two class groups, across two groups, and inside one."""
     mask = torch.full((1, 16, 16), a, dtype=torch.int64)
     mask[0, 8:] = b
     labels, purity, _bad = T.patch_labels(mask.to(DEV), 16, 16, 16, 255)
@@ -73,7 +77,7 @@ def test_single_class_and_negative_ignore_index():
     check(mask, 3, 3, 1, -1)
 
 
-def test_many_classes():
+def test_two_hundred_classes():
     mask = random_mask(1, 16, 16, 200, torch.int64, 255, seed=3)
     mask[0, :8, :8] = 199  # one clear majority on the last class
     check(mask, 8, 8, 256, 255)
@@ -90,6 +94,19 @@ def test_out_of_range_pixels_counted():
     clean = torch.where((mask >= 0) & (mask < 3), mask, torch.full_like(mask, 255))
     ref_labels, ref_purity = patch_labels_reference(clean.cpu(), 4, 4, 3, 255)
     assert torch.equal(labels.cpu(), ref_labels) and torch.equal(purity.cpu(), ref_purity)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8])
+def test_wide_and_negative_values_are_out_of_range(dtype):
+    """Values equal to a class modulo 2**32 (int64), and negative ones, are bad pixels, not that
+    class; every class id goes through int32 inside the kernel."""
+    mask = torch.zeros(1, 4, 8, dtype=dtype)
+    mask[0, :, 4:] = 2
+    wide = [2**32 + 1, 2**32 + 2, -(2**32) + 1] if dtype == torch.int64 else [-127, -1, -128]
+    mask[0, 0, :3] = torch.tensor(wide, dtype=dtype)
+    labels, purity, bad = T.patch_labels(mask.to(DEV), 4, 4, 3, 100)
+    assert bad.item() == 3
+    assert labels.cpu().tolist() == [[[0, 2]]] and purity.cpu().tolist() == [[[13 / 16, 1.0]]]
 
 
 def test_non_contiguous_mask():

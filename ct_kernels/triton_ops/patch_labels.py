@@ -16,13 +16,15 @@ import triton.language as tl
 from .tuning import interpreting, next_pow2
 
 MAX_CLASSES = 1024  # the class loop is linear in num_classes; beyond this use backend='torch'
+NO_CLASS = tl.constexpr(1 << 24)  # class id of pixels that are not counted: above every group, and * ROW_BITS fits int32
 
 
 @triton.jit
 def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
                         H, W, GH, GW, num_classes, ignore_index,
                         PH: tl.constexpr, PW: tl.constexpr, PHP: tl.constexpr, PWP: tl.constexpr,
-                        PB: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr):
+                        PB: tl.constexpr, ROW_BITS: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr,
+                        WIDE: tl.constexpr):
     pid = tl.program_id(0)
     n_xb = tl.cdiv(GW, PB)
     xb = pid % n_xb
@@ -35,21 +37,39 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
     inb = (r < PH) & (c < PW) & (gx < GW)
     y = gy * PH + r
     x = gx * PW + c
-    v = tl.load(mask_ptr + (b * H + y).to(tl.int64) * W + x, mask=inb, other=0).to(tl.int64)
+    v = tl.load(mask_ptr + (b * H + y).to(tl.int64) * W + x, mask=inb, other=0)
     counted = inb & (v != ignore_index)
-    in_range = (v >= 0) & (v < num_classes)
-    n_bad = tl.sum(tl.sum(tl.sum((counted & ~in_range).to(tl.int32), 2), 1), 0)
-    cls = tl.where(counted & in_range, v, -1).to(tl.int32)  # -1 matches no class
+    # 0 <= v < num_classes as one unsigned compare, in 64 bits for int64 masks (a wide value must
+    # not wrap into range) and in 32 for the narrower ones (sign-extended first)
+    if WIDE:
+        in_range = v.to(tl.uint64, bitcast=True) < num_classes.to(tl.uint64)
+    else:
+        in_range = v.to(tl.int32).to(tl.uint32, bitcast=True) < num_classes.to(tl.uint32)
+    # class id (int32): NO_CLASS for pixels that are not counted (ignored, or outside the mask),
+    # -1 for counted pixels out of [0, num_classes) ("bad": rare, reported through bad_ptr)
+    cls = tl.where(counted, tl.where(in_range, v.to(tl.int32), -1), NO_CLASS)
+    n_bad = tl.min(tl.min(tl.min(cls, 2), 1), 0)  # one operation a pixel says whether any is bad
+    if n_bad < 0:  # only then are they counted
+        n_bad = tl.sum(tl.sum(tl.sum(tl.where(cls < 0, 1, 0), 2), 1), 0)
+    else:
+        n_bad = 0
     best_n = tl.zeros([PB], tl.int32)
     best_c = tl.zeros([PB], tl.int32)
-    # PER classes per reduction: a pixel of class k0 + j adds 2**(BITS * j) to one int64 sum, whose
-    # BITS-wide fields are the counts (a count fits: BITS holds PH * PW). The reductions over the
-    # patch rows cross warps, so one per PER classes, not one per class, is what the loop costs.
+    # PER classes at a time, counted in bit fields in two stages. Per pixel: an int32 add of
+    # 1 << (ROW_BITS * j) for class k0 + j, summed along the patch row (ROW_BITS holds PW, so a
+    # row's fields cannot carry). A pixel of no class in this group shifts its 1 into the spare
+    # bits PER * ROW_BITS .. 31 instead (the unsigned min sends j < 0 and j >= PER there), which
+    # only ever carry out of the word: no compare or select per pixel and group. Per row, once:
+    # the fields widened to BITS (which holds PH * PW) in an int64, summed over the patch rows.
+    shift = cls * ROW_BITS
     for k0 in range(0, num_classes, PER):
-        j = cls - k0
-        hit = (j >= 0) & (j < PER)
-        one = tl.full(cls.shape, 1, tl.int64) << (tl.where(hit, j, 0) * BITS).to(tl.int64)
-        packed = tl.sum(tl.sum(tl.where(hit, one, 0), 2), 0)  # [PB]
+        amt = tl.minimum((shift - k0 * ROW_BITS).to(tl.uint32), 31).to(tl.int32)
+        row = tl.sum(tl.full(cls.shape, 1, tl.int32) << amt, 2)  # [PHP, PB]
+        wide = tl.zeros(row.shape, tl.int64)
+        for jj in tl.static_range(PER):
+            field = ((row >> (jj * ROW_BITS)) & ((1 << ROW_BITS) - 1)).to(tl.int64)
+            wide += field << (jj * BITS)
+        packed = tl.sum(wide, 0)  # [PB]: PER fields of BITS bits
         for jj in tl.static_range(PER):
             n = ((packed >> (jj * BITS)) & ((1 << BITS) - 1)).to(tl.int32)
             # strict: an equal count later never beats a smaller class id
@@ -65,6 +85,14 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
     tl.store(labels_ptr + out, label, mask=gxs < GW)
     tl.store(purity_ptr + out, purity, mask=gxs < GW)
     tl.atomic_add(bad_ptr, n_bad, mask=n_bad > 0)
+
+
+def count_fields(ph: int, pw: int) -> tuple[int, int, int]:
+    """(ROW_BITS, BITS, PER) of the kernel: field widths for a patch row's count (0 .. pw) and a
+    patch's (0 .. ph * pw), and the classes counted together (int32 row fields below bit 31, so at
+    least one spare bit; int64 patch fields)."""
+    row_bits, bits = pw.bit_length(), (ph * pw).bit_length()
+    return row_bits, bits, max(1, min(31 // row_bits, 63 // bits))
 
 
 def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_index: int):
@@ -97,14 +125,16 @@ def _patch_labels_op(mask: torch.Tensor, ph: int, pw: int, num_classes: int,
     if labels.numel() == 0:
         return labels, purity, bad
     php, pwp = next_pow2(ph), next_pow2(pw)
-    # ~2K pixels per program on GPUs; small blocks under the interpreter
-    target = 256 if interpreting() else 2048
+    # per program on GPUs: 4K pixels of a byte mask (32 a thread: the per-program work is spread
+    # over more pixels, at 64 registers in sm_90 compiles), 2K of wider ones; small blocks under
+    # the interpreter
+    target = 256 if interpreting() else (4096 if mask.element_size() == 1 else 2048)
     pb = max(1, min(next_pow2(gw), target // (php * pwp)))
     grid = (b * gh * triton.cdiv(gw, pb),)
-    bits = (ph * pw).bit_length()  # one count field: 0 .. ph * pw
+    row_bits, bits, per = count_fields(ph, pw)
     patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, num_classes, ignore_index,
-                              PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, BITS=bits, PER=max(1, 63 // bits),
-                              num_warps=4)
+                              PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, ROW_BITS=row_bits, BITS=bits, PER=per,
+                              WIDE=mask.element_size() == 8, num_warps=4)
     return labels, purity, bad
 
 
