@@ -143,6 +143,19 @@ def test_half_inputs(dtype, variant, m, d, path):
     assert _rel(du, rdu) <= 2e-2  # du rounded to the input dtype; H rounded to it on tensor cores
 
 
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+def test_fp16_backward_with_mean_reduction_weights(variant, path):
+    """grad_rows ~ 1/M (reduction="mean") and softmax weights ~ 1/M: H ~ 1/M^2 is at or below fp16's
+    smallest subnormal unless the backward scales it (half_weight_scale in csrc/cuda/supcon.cpp)."""
+    m = 4099
+    u, y, _ = _case(m, 64, 6, seed=44)
+    uh = u.to(torch.float16)
+    grad = torch.full((m,), 1.0 / m, dtype=torch.float64, device=DEV)
+    _, _, rdu = _reference(uh.double(), y, 0.1, variant, 0, 0, grad)
+    _, _, du = _run(uh, y, 0.1, variant, 0, 0, grad)
+    assert _rel(du, rdu) <= 2e-2
+
+
 @pytest.mark.parametrize("m,d", [(777, 128), (200, 150)])
 def test_tf32_no_mining(m, d, path):
     u, y, grad = _case(m, d, 6, seed=12)

@@ -152,9 +152,26 @@ def test_mma_kernels_edge_batches(emu_binary, tmp_path, variant):
             assert _rel(out["du"] * 10.0, x.grad) < DU_TOL["bf16"]
 
 
-def test_mma_fp16_backward_keeps_small_batches_weights(emu_binary, tmp_path):
-    """Mean-reduction weights ~1/M times softmax weights ~1/M: without the H scale these round to
-    fp16 zeros or subnormals; with it the fp16 backward is as accurate as at any weight."""
+@pytest.mark.parametrize("m", [1, 2, 3])
+def test_mma_kernels_tiny_batches(emu_binary, tmp_path, m):
+    """Fewer rows than one mma tile: everything past M is padding that must not count."""
+    u, _, grad = _case(m, 8, 1, seed=m, p_ignore=0.0)
+    labels = torch.zeros(m, dtype=torch.long)
+    for variant in ("supcon", "infonce"):
+        out, used = _run(emu_binary, tmp_path, "tf32", variant, u, labels, 0, m, grad.float(), 10.0, 64)
+        ref_rows, ref_npos = supcon_rows_reference(used, labels, labels != IGN, 0.1, variant)
+        assert torch.equal(out["npos_f"].long(), ref_npos)
+        assert torch.allclose(out["loss_f"].double(), ref_rows, atol=1e-5, rtol=2e-5)
+        x = used.clone().requires_grad_(True)
+        rows, _ = supcon_rows_reference(x, labels, labels != IGN, 0.1, variant)
+        (rows * grad.double()).sum().backward()
+        assert torch.allclose(out["du"].double() * 10.0, x.grad, atol=1e-5, rtol=4e-3)
+
+
+def test_mma_fp16_backward_keeps_small_weights(emu_binary, tmp_path):
+    """Upstream weights far below 1 (mean reduction at large M gives ~1/M, times softmax weights
+    ~1/M): without the host's power-of-two weight scale (the driver applies the same rule) H rounds
+    to fp16 zeros or subnormals; with it the fp16 backward is as accurate as at any weight."""
     m, d = 96, 32
     u, labels, _ = _case(m, d, 3, seed=9)
     grad = torch.full((m,), 1e-6)

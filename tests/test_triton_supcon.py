@@ -471,6 +471,35 @@ def test_reduced_precision_within_2x_of_torch(variant, prec):
     assert rel_err(du, ref_du) <= 2 * rel_err(t_du, ref_du) + floor
 
 
+def test_half_weight_scale_is_undone_exactly(monkeypatch):
+    """The 16-bit backward's power-of-two weight scale, forced onto float32 (where the interpreter
+    computes): applied to the weights and divided out of dU, the result is bitwise the unscaled one."""
+    from ct_kernels.triton_ops import supcon as S
+    u, labels = make_batch(45, 12, 3, ignore_every=7, seed=18)
+    grad_rows = torch.full((45,), 1e-6, device=DEV)
+    for variant in ("supcon", "infonce"):
+        plain = run(u, labels, variant, 0, 0, grad_rows)[2]
+        with monkeypatch.context() as mp:
+            mp.setattr(S, "SCALED_H_DTYPES", (torch.float32,))
+            scaled = run(u, labels, variant, 0, 0, grad_rows)[2]
+        assert torch.equal(scaled, plain) and plain.abs().max() > 0
+
+
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+def test_fp16_backward_with_mean_reduction_weights(variant):
+    """reduction="mean" on a large batch: grad_rows ~ 1/M and softmax weights ~ 1/M put the weights
+    H near 1/M^2, at or below fp16's smallest subnormal without the backward's power-of-two scale."""
+    if not CUDA:
+        pytest.skip(NO_HALF_ON_CPU)
+    m = 4099
+    u, labels = make_batch(m, 64, 6, seed=17)
+    u = u.to(torch.float16)
+    grad_rows = torch.full((m,), 1.0 / m, device=DEV)
+    loss, npos, du = run(u, labels, variant, 0, 0, grad_rows)
+    _, _, ref_du = reference(u, labels, variant, 0, 0, grad_rows)
+    assert rel_err(du, ref_du) < 2e-2
+
+
 @pytest.mark.parametrize("prec", ["bf16", "fp16"])
 def test_reduced_precision_mining_runs(prec):
     if not CUDA:

@@ -50,14 +50,16 @@ bool use_mma(int kind, int64_t D, int64_t kp, int64_t kn) {
          cuda::supcon_mma_supported(kind, D);
 }
 
-// Power of two that brings H's largest entries near 2^14 before they are rounded to 16 bits
-// (see backward_kernel in supcon_mma.cuh): 2^floor(log2(min(M, 2^14) / max|g|)), 1 when g == 0.
-// A device scalar: no host synchronisation.
-at::Tensor h_scale_for(const at::Tensor& grad_rows, int64_t M) {
-  const at::Tensor gmax = grad_rows.abs().max();
-  const double lim = static_cast<double>(std::min<int64_t>(M, int64_t(1) << 14));
+// 16-bit inputs: the backward rounds the weights H to the input type for the tensor-core product,
+// and with mean reduction H ~ 1 / M^2 underflows fp16 at the batch sizes this library is for. A
+// power of two applied to grad_rows (so to H) and divided out of dU is exact. The rule of
+// ct_kernels/precision.py half_weight_scale: 2^floor(log2(min(M, 2^14) / max|g|)), exponent
+// clamped to [-100, 100], 1 where g is all zero or not finite. A device scalar: no host sync.
+at::Tensor half_weight_scale(const at::Tensor& grad_rows, int64_t M) {
+  const at::Tensor gmax = grad_rows.abs().max().to(at::kFloat);
+  const double lim = static_cast<double>(std::min<int64_t>(std::max<int64_t>(M, 1), int64_t(1) << 14));
   const at::Tensor e = at::floor(at::log2(lim / gmax)).clamp(-100, 100);
-  return at::where(gmax > 0, at::exp2(e), at::ones_like(e)).to(at::kFloat).contiguous();
+  return at::where(at::isfinite(gmax) & (gmax > 0), at::exp2(e), at::ones_like(e));
 }
 
 using ForwardOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -144,14 +146,20 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   // whole kDuRows blocks around the slice (see supcon_kernels.h); rows lo .. hi kept below
   const int64_t T = cuda::kDuRows, base = row_start / T * T;
   const int64_t du_rows = (row_start + R + T - 1) / T * T - base;
+  // tensor-core paths: 16-bit H gets the weight scale, undone with inv_temp on the fp32 result
+  at::Tensor grad = sv.grad_rows, du_scale = at::full({}, inv_temp, u.options().dtype(at::kFloat));
+  if (kind == cuda::kInBf16 || kind == cuda::kInFp16) {
+    const at::Tensor hs = half_weight_scale(sv.grad_rows, M);
+    grad = (sv.grad_rows * hs).contiguous();
+    du_scale = du_scale / hs;
+  }
   if (use_mma(kind, D, kp, kn)) {
     at::Tensor dU = at::empty({R, D}, u.options().dtype(at::kFloat));  // every element written
-    const at::Tensor hs = h_scale_for(sv.grad_rows, M);
     C10_CUDA_CHECK(cuda::launch_supcon_backward_mma(
         kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
         static_cast<float>(inv_temp), var, sv.npos.const_data_ptr<int32_t>(), sv.stats.const_data_ptr<float>(),
-        sv.grad_rows.const_data_ptr<float>(), hs.const_data_ptr<float>(), dU.data_ptr<float>(), stream));
-    return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
+        grad.const_data_ptr<float>(), dU.data_ptr<float>(), stream));
+    return (dU * du_scale).to(u_in.scalar_type()).contiguous();
   }
   if (kind >= 0) {
     const int64_t Dp = (D + 15) / 16 * 16;
@@ -160,10 +168,10 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
         kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
         static_cast<float>(inv_temp), var, sv.npos.const_data_ptr<int32_t>(),
         sv.stats.const_data_ptr<float>(), sv.thr_val.const_data_ptr<float>(),
-        sv.thr_col.const_data_ptr<int64_t>(), sv.grad_rows.const_data_ptr<float>(),
+        sv.thr_col.const_data_ptr<int64_t>(), grad.const_data_ptr<float>(),
         dUp.data_ptr<float>(), Dp, stream));
     at::Tensor dU = dUp.narrow(0, row_start - base, R).narrow(1, 0, D);
-    return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
+    return (dU * du_scale).to(u_in.scalar_type()).contiguous();
   }
   at::Tensor dU = at::zeros({du_rows, D}, u.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cuda", [&] {

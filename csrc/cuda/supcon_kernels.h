@@ -68,8 +68,7 @@ cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t*
 // mma.sync path (supcon_mma.cuh; sm_80+): the unmined loss for bf16 / fp16 / tf32 inputs and
 // D <= kMmaMaxD. Forward: loss, npos, stats for the anchor rows (thresholds are the caller's:
 // no mining). Backward: dU (float32, exactly the (hi - lo) x D anchor rows, every element
-// written, unscaled by inv_temp); h_scale: device pointer to one float, a power of two that keeps
-// H inside the 16-bit operand range (see the kernel).
+// written, unscaled by inv_temp).
 constexpr int64_t kMmaMaxD = 128;
 bool supcon_mma_supported(int in_kind, int64_t D);
 cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
@@ -77,8 +76,8 @@ cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int64_t*
                                       int32_t* npos, float* stats, cudaStream_t stream);
 cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
                                        int64_t D, int64_t ignore_index, float inv_temp, int variant,
-                                       const int32_t* npos, const float* stats, const float* grad_rows,
-                                       const float* h_scale, float* dU, cudaStream_t stream);
+                                       const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
+                                       cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ct_kernels

@@ -406,15 +406,13 @@ __device__ __forceinline__ float grad_term(const RowStat& r, bool pos, float p) 
 
 // dU rows [lo, hi) (float32, (hi - lo) x D, written once) = sum_j (G_ij + G_ji) u_j; the caller
 // scales by inv_temp. VARIANT 0 supcon, 1 infonce. Statistics cover all M rows.
-// *h_scale: a power of two that H is multiplied by before it is rounded to the 16-bit operand
-// type and divided out of dU after (exact): with mean reduction g_i ~ 1 / M and p_ij ~ 1 / M, so
-// H would sit in fp16's subnormal range, or under it, at the batch sizes this library is for.
+// H is rounded to the operand type: for 16-bit inputs the caller scales grad_rows by a power of
+// two that keeps it in range and divides it out of dU (csrc/cuda/supcon.cpp, half_weight_scale).
 template <int P, int DP, int VARIANT>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const typename Tr<P>::Bits* __restrict__ U, const int64_t* __restrict__ y, int64_t M, int64_t lo,
                     int64_t hi, int64_t D, int64_t ignore, float inv_temp, const int32_t* __restrict__ npos,
-                    const float* __restrict__ stats, const float* __restrict__ grad_rows,
-                    const float* __restrict__ h_scale, float* __restrict__ dU) {
+                    const float* __restrict__ stats, const float* __restrict__ grad_rows, float* __restrict__ dU) {
   using Bits = typename Tr<P>::Bits;
   constexpr int BN = Tr<P>::BN, NT = BN / 8, LD = DP + Tr<P>::PAD, KS = DP / Tr<P>::K, K = Tr<P>::K;
   constexpr int DT = DP / 8;  // n-tiles of dU
@@ -434,7 +432,7 @@ __global__ void __launch_bounds__(kThreads)
   RowStat rs[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) rs[r] = row_stat(ir[r] < hi ? ir[r] : M, M, y, ignore, npos, stats, grad_rows);
-  const float scale2 = inv_temp * kLog2e, hs = *h_scale;
+  const float scale2 = inv_temp * kLog2e;
   float du[DT][4];
 #pragma unroll
   for (int n = 0; n < DT; ++n)
@@ -462,7 +460,7 @@ __global__ void __launch_bounds__(kThreads)
         const float x2 = h[nt][e] * scale2;
         const float term = grad_term<VARIANT>(rs[r], pos, exp2f(x2 - rs[r].lse2)) +
                            grad_term<VARIANT>(cj, pos, exp2f(x2 - cj.lse2));
-        h[nt][e] = valid ? term * hs : 0.f;
+        h[nt][e] = valid ? term : 0.f;
       }
 #pragma unroll
     for (int kc = 0; kc < BN / K; ++kc) {
@@ -476,14 +474,13 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   });
-  const float inv_hs = 1.f / hs;
 #pragma unroll
   for (int n = 0; n < DT; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = e >> 1;
       const int64_t col = 8 * n + 2 * t + (e & 1);
-      if (ir[r] < hi && col < D) dU[(ir[r] - lo) * D + col] = du[n][e] * inv_hs;
+      if (ir[r] < hi && col < D) dU[(ir[r] - lo) * D + col] = du[n][e];
     }
 }
 

@@ -41,16 +41,16 @@ cudaError_t forward(const void* u, const int64_t* labels, int64_t M, RowSlice rs
 template <int P, int DP>
 cudaError_t backward(const void* u, const int64_t* labels, int64_t M, RowSlice rs, int64_t D, int64_t ignore,
                      float inv_temp, int variant, const int32_t* npos, const float* stats, const float* grad_rows,
-                     const float* h_scale, float* dU, cudaStream_t stream) {
+                     float* dU, cudaStream_t stream) {
   using Bits = typename mma_path::Tr<P>::Bits;
   const auto* U = static_cast<const Bits*>(u);
   const unsigned nb = row_blocks(rs);
   if (variant == 0)
     mma_path::backward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
-                                                                   npos, stats, grad_rows, h_scale, dU);
+                                                                   npos, stats, grad_rows, dU);
   else
     mma_path::backward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
-                                                                   npos, stats, grad_rows, h_scale, dU);
+                                                                   npos, stats, grad_rows, dU);
   return cudaGetLastError();
 }
 
@@ -98,12 +98,12 @@ cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int64_t*
 
 cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
                                        int64_t D, int64_t ignore_index, float inv_temp, int variant,
-                                       const int32_t* npos, const float* stats, const float* grad_rows,
-                                       const float* h_scale, float* dU, cudaStream_t stream) {
+                                       const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
+                                       cudaStream_t stream) {
   if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
   if (rows.hi == rows.lo) return cudaSuccess;
   return dispatch<Bwd>(in_kind, D, u, labels, M, rows, D, ignore_index, inv_temp, variant, npos, stats, grad_rows,
-                       h_scale, dU, stream);
+                       dU, stream);
 }
 
 }  // namespace cuda

@@ -13,6 +13,7 @@ import torch
 import triton
 
 from ..backends import place_rows
+from ..precision import half_weight_scale
 from . import tuning
 from ._select import select_sort_kernel
 from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel, supcon_select_kernel
@@ -87,6 +88,11 @@ def select_passes() -> int:
 
 def _buffer_width(k: int, block: int) -> int:
     return max(tuning.next_pow2(k), block) if k > 0 else 16
+
+
+# Input dtypes whose backward rounds the weights H to 16 bits for the dot with U: they get the
+# power-of-two weight scale of precision.half_weight_scale (exact; undone in the dU scale).
+SCALED_H_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class _Call:
@@ -236,12 +242,17 @@ class _Call:
         grad = grad_rows.to(device=self.u.device, dtype=self.acc)
         has = npos > 0
         g = torch.where(has, grad, torch.zeros_like(grad))
+        temp = self.temp
+        if self.u.dtype in SCALED_H_DTYPES:
+            hs = half_weight_scale(g, self.m).to(self.acc)
+            g = g * hs
+            temp = torch.stack([self.temp[0], self.temp[1] / hs])  # the kernel's dU scale undoes it
         a_eff = torch.where(has, a, torch.full_like(a, float("inf"))).contiguous()
         gn = (g / npos.clamp(min=1).to(self.acc)).contiguous()
         w1 = (g * q if self.infonce else g).contiguous()
         one = self.one_pass(cfg)
         supcon_bwd_kernel[self.grid(cfg.bm, 1 if one else triton.cdiv(self.d, cfg.bdo))](
-            self.u, self.cls, self.temp, *self._thresholds(thrp, colp, thrn, coln),
+            self.u, self.cls, temp, *self._thresholds(thrp, colp, thrn, coln),
             a_eff, w1, gn, du, self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
             REUSE_TILE=self.mined and os.environ.get("CT_KERNELS_TRITON_MINED_BWD") == "reuse", **self.consts(cfg))
         return du

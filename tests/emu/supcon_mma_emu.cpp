@@ -56,24 +56,27 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
   forward(0, a.M, loss_f, npos_f, stats_f);
   forward(a.lo, a.hi, loss_s, npos_s, stats_s);
 
-  // the host's h_scale rule (csrc/cuda/supcon.cpp): 2^floor(log2(min(M, 2^14) / max|g|)), 1 if g == 0
+  // 16-bit inputs: the host's weight scale (csrc/cuda/supcon.cpp half_weight_scale), applied to
+  // grad_rows before the kernel and divided out of dU after, as supcon_backward_cuda does
   float gmax = 0.f;
   for (float g : grad) gmax = std::max(gmax, std::fabs(g));
   float hs = 1.f;
-  if (gmax > 0.f) {
-    const double e = std::floor(std::log2(std::min<double>(static_cast<double>(a.M), 16384.0) / gmax));
+  if (a.kind != 2 && gmax > 0.f && std::isfinite(gmax)) {
+    const double e = std::floor(std::log2(std::min<double>(static_cast<double>(std::max<int64_t>(a.M, 1)), 16384.0) / gmax));
     hs = static_cast<float>(std::exp2(std::clamp(e, -100.0, 100.0)));
   }
+  std::vector<float> grad_s(grad);
+  for (float& g : grad_s) g *= hs;
   const int64_t R = a.hi - a.lo;
   std::vector<float> dU(R * a.D, -7.f);
   const unsigned nb = static_cast<unsigned>((R + mp::kBM - 1) / mp::kBM);
   emu::launch(nb, mp::kThreads, [&] {
     if (a.variant == 0)
       mp::backward_kernel<P, DP, 0>(U, y.data(), a.M, a.lo, a.hi, a.D, a.ignore, it, npos_f.data(), stats_f.data(),
-                                    grad.data(), &hs, dU.data());
+                                    grad_s.data(), dU.data());
     else
       mp::backward_kernel<P, DP, 1>(U, y.data(), a.M, a.lo, a.hi, a.D, a.ignore, it, npos_f.data(), stats_f.data(),
-                                    grad.data(), &hs, dU.data());
+                                    grad_s.data(), dU.data());
   });
   std::fwrite(loss_f.data(), 4, loss_f.size(), out);
   std::fwrite(npos_f.data(), 4, npos_f.size(), out);
@@ -81,6 +84,7 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
   std::fwrite(loss_s.data(), 4, loss_s.size(), out);
   std::fwrite(npos_s.data(), 4, npos_s.size(), out);
   std::fwrite(stats_s.data(), 4, stats_s.size(), out);
+  for (float& x : dU) x /= hs;
   std::fwrite(dU.data(), 4, dU.size(), out);
 }
 

@@ -1,0 +1,28 @@
+"""The precision helpers every backend shares (ct_kernels/precision.py)."""
+import math
+
+import torch
+
+from ct_kernels.precision import half_weight_scale
+
+
+def test_half_weight_scale_is_a_power_of_two_that_brings_weights_near_one():
+    for m, gmax in ((4099, 1 / 4099), (32768, 1 / 32768), (16, 3.0), (10**6, 1e-7), (100, 65504.0)):
+        g = torch.full((7,), gmax / 2)
+        g[3] = -gmax  # the largest magnitude may be negative
+        s = half_weight_scale(g, m)
+        e = math.log2(float(s))
+        assert s.dtype == torch.float32 and s.dim() == 0 and e == int(e)
+        # the largest H (~ 2 max|g|) stays below 2 * 2^14; a typical one (~ max|g| / m) is near 1
+        assert gmax * float(s) <= min(m, 2**14) < 2 * gmax * float(s)
+    # the scaled fp16 products of the typical weights are normal numbers, not zeros
+    m = 32768
+    h = torch.full((4,), (1 / m) * (1 / m))
+    assert torch.all(h.half() == 0)
+    assert torch.all((h * half_weight_scale(torch.full((m,), 1 / m), m)).half() > 6.1e-5)
+
+
+def test_half_weight_scale_without_usable_weights_is_one():
+    for g in (torch.zeros(5), torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), 1.0])):
+        assert float(half_weight_scale(g, 100)) == 1.0
+    assert 2.0 ** -100 <= float(half_weight_scale(torch.tensor([1e38]), 1)) < 1  # clamped exponent
