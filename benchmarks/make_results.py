@@ -244,9 +244,10 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   row block's U is restaged for every tile. Since then (not yet run on a GPU; `ct_native_mma`, opt-in
   with CT_KERNELS_NATIVE_MMA=1) `mma.sync` kernels in the flash-attention-2 layout: each warp keeps
   its 16 rows' U fragments and its 16 x 64 tile of s (backward: of H, reused as the A operand of
-  H·U) in registers, exp2 with a per-lane running max, cp.async double-buffered column tiles. sm_90
-  compile (D = 128): forward 96-139 registers, backward 180-200 (bf16 / fp16), spill-free; tf32
-  backward 242-255 with 12 bytes spilled. Expected bound: four warps share each staged tile, so the B
+  H·U) in registers, ex2.approx with a per-lane running max, int32 class ids (host relabelling)
+  and the self pair found by one compare with a per-tile constant, cp.async double-buffered column
+  tiles. sm_90 compile (D = 128): forward 92-122 registers, backward 180-191 (bf16 / fp16) and
+  214-216 (tf32), all spill-free. Expected bound: four warps share each staged tile, so the B
   operand is read from shared memory once per 16 rows (about 16 FLOP per shared byte); more rows
   per warp is the next lever if the run shows it.
 - **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2

@@ -50,6 +50,14 @@ bool use_mma(int kind, int64_t D, int64_t kp, int64_t kn) {
          cuda::supcon_mma_supported(kind, D);
 }
 
+// int32 class ids for the mma.sync kernels: the index of the first equal label in sorted order (equal
+// exactly where the labels are), -1 for ignored rows. O(M log M) on the device, no host sync.
+at::Tensor class_ids(const at::Tensor& labels, int64_t ignore_index) {
+  const at::Tensor sorted = std::get<0>(labels.sort());
+  const at::Tensor first = at::searchsorted(sorted, labels);
+  return at::where(labels != ignore_index, first, at::full({}, -1, first.options())).to(at::kInt).contiguous();
+}
+
 // 16-bit inputs: the backward rounds the weights H to the input type for the tensor-core product,
 // and with mean reduction H ~ 1 / M^2 underflows fp16 at the batch sizes this library is for. A
 // power of two applied to grad_rows (so to H) and divided out of dU is exact. The rule of
@@ -94,10 +102,10 @@ ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_
                          flag.data_ptr<int32_t>()};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
   if (use_mma(kind, D, kp, kn)) {
-    C10_CUDA_CHECK(cuda::launch_supcon_forward_mma(
-        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
-        static_cast<float>(inv_temp), var, loss.data_ptr<float>(), npos.data_ptr<int32_t>(),
-        stats.data_ptr<float>(), stream));
+    const at::Tensor cls = class_ids(labels, ignore_index);
+    C10_CUDA_CHECK(cuda::launch_supcon_forward_mma(kind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D,
+                                                   static_cast<float>(inv_temp), var, loss.data_ptr<float>(),
+                                                   npos.data_ptr<int32_t>(), stats.data_ptr<float>(), stream));
     thr_val.select(1, 0).fill_(std::numeric_limits<double>::infinity());  // no mining (common.h)
     thr_val.select(1, 1).fill_(-std::numeric_limits<double>::infinity());
     thr_col.fill_(M);
@@ -155,10 +163,11 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   }
   if (use_mma(kind, D, kp, kn)) {
     at::Tensor dU = at::empty({R, D}, u.options().dtype(at::kFloat));  // every element written
+    const at::Tensor cls = class_ids(labels, ignore_index);
     C10_CUDA_CHECK(cuda::launch_supcon_backward_mma(
-        kind, u.const_data_ptr(), labels.const_data_ptr<int64_t>(), M, rows, D, ignore_index,
-        static_cast<float>(inv_temp), var, sv.npos.const_data_ptr<int32_t>(), sv.stats.const_data_ptr<float>(),
-        grad.const_data_ptr<float>(), dU.data_ptr<float>(), stream));
+        kind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D, static_cast<float>(inv_temp), var,
+        sv.npos.const_data_ptr<int32_t>(), sv.stats.const_data_ptr<float>(), grad.const_data_ptr<float>(),
+        dU.data_ptr<float>(), stream));
     return (dU * du_scale).to(u_in.scalar_type()).contiguous();
   }
   if (kind >= 0) {

@@ -66,18 +66,18 @@ cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t*
                                       float* dU_padded, int64_t Dp, cudaStream_t stream);
 
 // mma.sync path (supcon_mma.cuh; sm_80+): the unmined loss for bf16 / fp16 / tf32 inputs and
-// D <= kMmaMaxD. Forward: loss, npos, stats for the anchor rows (thresholds are the caller's:
-// no mining). Backward: dU (float32, exactly the (hi - lo) x D anchor rows, every element
-// written, unscaled by inv_temp).
+// D <= kMmaMaxD. Rows are labelled by cls: int32 class ids, equal exactly where the labels are,
+// -1 for ignored rows (the caller relabels). Forward: loss, npos, stats for the anchor rows
+// (thresholds are the caller's: no mining). Backward: dU (float32, exactly the (hi - lo) x D
+// anchor rows, every element written, unscaled by inv_temp).
 constexpr int64_t kMmaMaxD = 128;
 bool supcon_mma_supported(int in_kind, int64_t D);
-cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
-                                      int64_t D, int64_t ignore_index, float inv_temp, int variant, float* loss,
-                                      int32_t* npos, float* stats, cudaStream_t stream);
-cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
-                                       int64_t D, int64_t ignore_index, float inv_temp, int variant,
-                                       const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
-                                       cudaStream_t stream);
+cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
+                                      int64_t D, float inv_temp, int variant, float* loss, int32_t* npos, float* stats,
+                                      cudaStream_t stream);
+cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
+                                       int64_t D, float inv_temp, int variant, const int32_t* npos, const float* stats,
+                                       const float* grad_rows, float* dU, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ct_kernels

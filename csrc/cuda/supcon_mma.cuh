@@ -167,10 +167,11 @@ __device__ __forceinline__ void lse2_merge(float& m, float& sum, float m2, float
   m = mm;
 }
 
-// Labels of a column tile, past M marked as ignored (so they fail every validity test).
+// Class ids of a column tile (cls: the caller's int32 relabelling, -1 for ignored rows; one
+// compare per element instead of two int64 ones), -1 past M so those columns fail every test.
 template <int BN>
-__device__ __forceinline__ void stage_labels(int64_t* ys, const int64_t* y, int64_t M, int64_t c0, int64_t ignore) {
-  for (int b = static_cast<int>(threadIdx.x); b < BN; b += kThreads) ys[b] = c0 + b < M ? y[c0 + b] : ignore;
+__device__ __forceinline__ void stage_classes(int32_t* cs, const int32_t* cls, int64_t M, int64_t c0) {
+  for (int b = static_cast<int>(threadIdx.x); b < BN; b += kThreads) cs[b] = c0 + b < M ? cls[c0 + b] : -1;
 }
 
 // Whether stage_rows may use 16-byte copies: whole pieces inside or outside D, aligned base.
@@ -180,22 +181,35 @@ __device__ __forceinline__ bool stage_vectorizable(const typename Tr<P>::Bits* U
          (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
 }
 
-// The two anchor rows of this lane (g and g + 8 of its warp's 16): index, label, and whether
-// the row is an anchor here (inside [r0, hi) and not ignored).
+// The two anchor rows of this lane (g and g + 8 of its warp's 16): index, class id, and whether
+// the row is an anchor here (inside [r0, hi) and not ignored; a row that is not has class -2,
+// equal to no column's).
 struct LaneRows {
-  int64_t i[2], y[2];
+  int64_t i[2];
+  int32_t c[2];
   bool ok[2];
 };
-__device__ __forceinline__ LaneRows lane_rows(int64_t r0, int64_t hi, const int64_t* y, int64_t ignore) {
+__device__ __forceinline__ LaneRows lane_rows(int64_t r0, int64_t hi, const int32_t* cls) {
   const int warp = static_cast<int>(threadIdx.x >> 5), g = lane_id() >> 2;
   LaneRows lr;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     lr.i[r] = r0 + 16 * warp + g + 8 * r;
-    lr.ok[r] = lr.i[r] < hi && y[lr.i[r]] != ignore;
-    lr.y[r] = lr.ok[r] ? y[lr.i[r]] : 0;
+    lr.ok[r] = lr.i[r] < hi && cls[lr.i[r]] >= 0;
+    lr.c[r] = lr.ok[r] ? cls[lr.i[r]] : -2;
   }
   return lr;
+}
+
+// Per tile, the column of each lane row's self pair (i - c0) when the tile holds it, else -1: the
+// element loops, unrolled, then exclude j == i by comparing that number with a constant.
+template <int BN>
+__device__ __forceinline__ void self_columns(int (&sc)[2], const LaneRows& lr, int64_t c0) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t d = lr.i[r] - c0;
+    sc[r] = d >= 0 && d < BN ? static_cast<int>(d) : -1;
+  }
 }
 
 // The warp's anchor rows as A fragments (registers), staged through the (not yet used) tile
@@ -258,22 +272,22 @@ __device__ __forceinline__ void sweep_columns(int64_t M, Stage&& stage, Body&& b
 // 2: infonce positive terms, reading L_i = stats[2 o] of phase 1. Anchors: rows [lo, hi).
 template <int P, int DP, int PHASE>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const typename Tr<P>::Bits* __restrict__ U, const int64_t* __restrict__ y, int64_t M, int64_t lo,
-                   int64_t hi, int64_t D, int64_t ignore, float inv_temp, float* __restrict__ loss,
-                   int32_t* __restrict__ npos, float* __restrict__ stats) {
+    forward_kernel(const typename Tr<P>::Bits* __restrict__ U, const int32_t* __restrict__ cls, int64_t M, int64_t lo,
+                   int64_t hi, int64_t D, float inv_temp, float* __restrict__ loss, int32_t* __restrict__ npos,
+                   float* __restrict__ stats) {
   using Bits = typename Tr<P>::Bits;
   constexpr int BN = Tr<P>::BN, NT = BN / 8, LD = DP + Tr<P>::PAD, KS = DP / Tr<P>::K;
   __shared__ __align__(16) Bits tiles[2][BN * LD];
-  __shared__ int64_t ys[2][BN];
+  __shared__ int32_t ys[2][BN];
   const int t = lane_id() & 3;
   const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * kBM;
   const bool vec = stage_vectorizable<P>(U, D);
   uint32_t a[KS][4];
   load_row_block<P, DP>(a, &tiles[0][0], U, M, D, r0, vec);
 
-  const LaneRows rows = lane_rows(r0, hi, y, ignore);
+  const LaneRows rows = lane_rows(r0, hi, cls);
   const int64_t(&ir)[2] = rows.i;
-  const int64_t(&yr)[2] = rows.y;
+  const int32_t(&cr)[2] = rows.c;
   const bool(&ok)[2] = rows.ok;
   float L[2] = {0.f, 0.f};
 #pragma unroll
@@ -285,20 +299,24 @@ __global__ void __launch_bounds__(kThreads)
 
   auto stage = [&](int b, int64_t c0) {
     stage_rows<P, DP>(tiles[b], BN, U, M, D, c0, vec);
-    stage_labels<BN>(ys[b], y, M, c0, ignore);
+    stage_classes<BN>(ys[b], cls, M, c0);
   };
+  // Rows that are not anchors here are computed like the others (their results are not written):
+  // no per-element row test.
   sweep_columns<BN>(M, stage, [&](int buf, int64_t c0) {
     float acc[NT][4];
     s_tile<P, DP>(acc, a, tiles[buf]);
     float tmax[2] = {-INFINITY, -INFINITY};
+    int sc[2];
+    self_columns<BN>(sc, rows, c0);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1, jj = 8 * nt + 2 * t + (e & 1);
-        const int64_t yj = ys[buf][jj];
-        const bool valid = ok[r] && yj != ignore && c0 + jj != ir[r];
-        const bool pos = valid && yj == yr[r];
+        const int32_t cj = ys[buf][jj];
+        const bool valid = cj >= 0 && jj != sc[r];
+        const bool pos = valid && cj == cr[r];
         if (PHASE == 2) {
           if (pos) {
             const float x = L[r] - acc[nt][e] * inv_temp;
@@ -317,22 +335,20 @@ __global__ void __launch_bounds__(kThreads)
         }
       }
     if (PHASE != 2) {
+      float mu[2];  // the max to subtract: 0 while a row has no member (then every x is -inf)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const float mn = fmaxf(m[r], tmax[r]);
-        if (mn != -INFINITY && m[r] != mn) {
-          sum[r] = m[r] == -INFINITY ? 0.f : sum[r] * exp2f(m[r] - mn);
+        if (mn > m[r]) {  // exp2(-inf - mn) = 0 covers m = -inf
+          sum[r] *= fast_exp2(m[r] - mn);
           m[r] = mn;
         }
+        mu[r] = m[r] == -INFINITY ? 0.f : m[r];
       }
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          const float x = acc[nt][e];
-          sum[r] += x == -INFINITY ? 0.f : exp2f(x - m[r]);
-        }
+        for (int e = 0; e < 4; ++e) sum[e >> 1] += fast_exp2(acc[nt][e] - mu[e >> 1]);  // -inf -> 0
     }
   });
 
@@ -385,10 +401,10 @@ struct RowStat {
   float w;     // infonce: W_i
 };
 
-__device__ __forceinline__ RowStat row_stat(int64_t i, int64_t M, const int64_t* y, int64_t ignore,
-                                            const int32_t* npos, const float* stats, const float* grad_rows) {
+__device__ __forceinline__ RowStat row_stat(int64_t i, int64_t M, const int32_t* cls, const int32_t* npos,
+                                            const float* stats, const float* grad_rows) {
   RowStat s{INFINITY, 0.f, 0.f, 0.f};
-  if (i < M && y[i] != ignore && npos[i] > 0) {
+  if (i < M && cls[i] >= 0 && npos[i] > 0) {
     s.lse2 = stats[2 * i] * kLog2e;
     s.g = grad_rows[i];
     s.gnp = s.g / static_cast<float>(npos[i]);
@@ -410,14 +426,14 @@ __device__ __forceinline__ float grad_term(const RowStat& r, bool pos, float p) 
 // two that keeps it in range and divides it out of dU (csrc/cuda/supcon.cpp, half_weight_scale).
 template <int P, int DP, int VARIANT>
 __global__ void __launch_bounds__(kThreads)
-    backward_kernel(const typename Tr<P>::Bits* __restrict__ U, const int64_t* __restrict__ y, int64_t M, int64_t lo,
-                    int64_t hi, int64_t D, int64_t ignore, float inv_temp, const int32_t* __restrict__ npos,
+    backward_kernel(const typename Tr<P>::Bits* __restrict__ U, const int32_t* __restrict__ cls, int64_t M, int64_t lo,
+                    int64_t hi, int64_t D, float inv_temp, const int32_t* __restrict__ npos,
                     const float* __restrict__ stats, const float* __restrict__ grad_rows, float* __restrict__ dU) {
   using Bits = typename Tr<P>::Bits;
   constexpr int BN = Tr<P>::BN, NT = BN / 8, LD = DP + Tr<P>::PAD, KS = DP / Tr<P>::K, K = Tr<P>::K;
   constexpr int DT = DP / 8;  // n-tiles of dU
   __shared__ __align__(16) Bits tiles[2][BN * LD];
-  __shared__ int64_t ys[2][BN];
+  __shared__ int32_t ys[2][BN];
   __shared__ RowStat cs[2][BN];
   const int t = lane_id() & 3;
   const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * kBM;
@@ -425,13 +441,13 @@ __global__ void __launch_bounds__(kThreads)
   uint32_t a[KS][4];
   load_row_block<P, DP>(a, &tiles[0][0], U, M, D, r0, vec);
 
-  const LaneRows rows = lane_rows(r0, hi, y, ignore);
+  const LaneRows rows = lane_rows(r0, hi, cls);
   const int64_t(&ir)[2] = rows.i;
-  const int64_t(&yr)[2] = rows.y;
+  const int32_t(&cr)[2] = rows.c;
   const bool(&vi)[2] = rows.ok;
   RowStat rs[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) rs[r] = row_stat(ir[r] < hi ? ir[r] : M, M, y, ignore, npos, stats, grad_rows);
+  for (int r = 0; r < 2; ++r) rs[r] = row_stat(ir[r] < hi ? ir[r] : M, M, cls, npos, stats, grad_rows);
   const float scale2 = inv_temp * kLog2e;
   float du[DT][4];
 #pragma unroll
@@ -441,25 +457,27 @@ __global__ void __launch_bounds__(kThreads)
 
   auto stage = [&](int b, int64_t c0) {
     stage_rows<P, DP>(tiles[b], BN, U, M, D, c0, vec);
-    stage_labels<BN>(ys[b], y, M, c0, ignore);
+    stage_classes<BN>(ys[b], cls, M, c0);
     for (int j = static_cast<int>(threadIdx.x); j < BN; j += kThreads)
-      cs[b][j] = row_stat(c0 + j, M, y, ignore, npos, stats, grad_rows);
+      cs[b][j] = row_stat(c0 + j, M, cls, npos, stats, grad_rows);
   };
   sweep_columns<BN>(M, stage, [&](int buf, int64_t c0) {
     float h[NT][4];
     s_tile<P, DP>(h, a, tiles[buf]);
+    int sc[2];
+    self_columns<BN>(sc, rows, c0);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int r = e >> 1, jj = 8 * nt + 2 * t + (e & 1);
-        const int64_t yj = ys[buf][jj];
-        const bool valid = vi[r] && yj != ignore && c0 + jj != ir[r];
-        const bool pos = yj == yr[r];
-        const RowStat& cj = cs[buf][jj];
+        const int32_t cj = ys[buf][jj];
+        const bool valid = vi[r] && cj >= 0 && jj != sc[r];
+        const bool pos = cj == cr[r];
+        const RowStat& sj = cs[buf][jj];
         const float x2 = h[nt][e] * scale2;
-        const float term = grad_term<VARIANT>(rs[r], pos, exp2f(x2 - rs[r].lse2)) +
-                           grad_term<VARIANT>(cj, pos, exp2f(x2 - cj.lse2));
+        const float term = grad_term<VARIANT>(rs[r], pos, fast_exp2(x2 - rs[r].lse2)) +
+                           grad_term<VARIANT>(sj, pos, fast_exp2(x2 - sj.lse2));
         h[nt][e] = valid ? term : 0.f;
       }
 #pragma unroll

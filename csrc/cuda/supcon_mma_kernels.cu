@@ -19,38 +19,38 @@ inline bool slice_ok(int64_t M, RowSlice rs) {
 }
 
 template <int P, int DP>
-cudaError_t forward(const void* u, const int64_t* labels, int64_t M, RowSlice rs, int64_t D, int64_t ignore,
-                    float inv_temp, int variant, float* loss, int32_t* npos, float* stats, cudaStream_t stream) {
+cudaError_t forward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp, int variant,
+                    float* loss, int32_t* npos, float* stats, cudaStream_t stream) {
   using Bits = typename mma_path::Tr<P>::Bits;
   const auto* U = static_cast<const Bits*>(u);
   const unsigned nb = row_blocks(rs);
   if (variant == 0) {
-    mma_path::forward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
-                                                                  loss, npos, stats);
+    mma_path::forward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss, npos,
+                                                                  stats);
     return cudaGetLastError();
   }
-  mma_path::forward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
-                                                                loss, npos, stats);
+  mma_path::forward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss, npos,
+                                                                stats);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  mma_path::forward_kernel<P, DP, 2><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
-                                                                loss, npos, stats);
+  mma_path::forward_kernel<P, DP, 2><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss, npos,
+                                                                stats);
   return cudaGetLastError();
 }
 
 template <int P, int DP>
-cudaError_t backward(const void* u, const int64_t* labels, int64_t M, RowSlice rs, int64_t D, int64_t ignore,
-                     float inv_temp, int variant, const int32_t* npos, const float* stats, const float* grad_rows,
-                     float* dU, cudaStream_t stream) {
+cudaError_t backward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp,
+                     int variant, const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
+                     cudaStream_t stream) {
   using Bits = typename mma_path::Tr<P>::Bits;
   const auto* U = static_cast<const Bits*>(u);
   const unsigned nb = row_blocks(rs);
   if (variant == 0)
-    mma_path::backward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
-                                                                   npos, stats, grad_rows, dU);
+    mma_path::backward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, npos, stats,
+                                                                   grad_rows, dU);
   else
-    mma_path::backward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, labels, M, rs.lo, rs.hi, D, ignore, inv_temp,
-                                                                   npos, stats, grad_rows, dU);
+    mma_path::backward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, npos, stats,
+                                                                   grad_rows, dU);
   return cudaGetLastError();
 }
 
@@ -87,23 +87,20 @@ bool supcon_mma_supported(int in_kind, int64_t D) {
   return (in_kind == kInBf16 || in_kind == kInFp16 || in_kind == kInTf32) && D >= 1 && D <= kMmaMaxD;
 }
 
-cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
-                                      int64_t D, int64_t ignore_index, float inv_temp, int variant, float* loss,
-                                      int32_t* npos, float* stats, cudaStream_t stream) {
+cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
+                                      int64_t D, float inv_temp, int variant, float* loss, int32_t* npos, float* stats,
+                                      cudaStream_t stream) {
   if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
   if (rows.hi == rows.lo) return cudaSuccess;
-  return dispatch<Fwd>(in_kind, D, u, labels, M, rows, D, ignore_index, inv_temp, variant, loss, npos, stats,
-                       stream);
+  return dispatch<Fwd>(in_kind, D, u, cls, M, rows, D, inv_temp, variant, loss, npos, stats, stream);
 }
 
-cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int64_t* labels, int64_t M, RowSlice rows,
-                                       int64_t D, int64_t ignore_index, float inv_temp, int variant,
-                                       const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
-                                       cudaStream_t stream) {
+cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
+                                       int64_t D, float inv_temp, int variant, const int32_t* npos, const float* stats,
+                                       const float* grad_rows, float* dU, cudaStream_t stream) {
   if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
   if (rows.hi == rows.lo) return cudaSuccess;
-  return dispatch<Bwd>(in_kind, D, u, labels, M, rows, D, ignore_index, inv_temp, variant, npos, stats, grad_rows,
-                       dU, stream);
+  return dispatch<Bwd>(in_kind, D, u, cls, M, rows, D, inv_temp, variant, npos, stats, grad_rows, dU, stream);
 }
 
 }  // namespace cuda

@@ -83,6 +83,14 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
 }
 __device__ __forceinline__ float bits_to_float(uint32_t b) { return __uint_as_float(b); }
 
+// 2^x on the special-function unit (what Triton's tl.exp2 emits): relative error ~2^-22,
+// exp2(-inf) = +0, subnormal results flushed to zero.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Two floats as one register of 16-bit values, lo in the low half (the lower column index).
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);

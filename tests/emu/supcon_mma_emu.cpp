@@ -27,9 +27,22 @@ static void read_into(FILE* f, T* dst, size_t n) {
   }
 }
 
+// The host's relabelling (csrc/cuda/supcon.cpp class_ids): index of the first equal label in
+// sorted order, -1 for ignored rows.
+static std::vector<int32_t> class_ids(const std::vector<int64_t>& y, int64_t ignore) {
+  std::vector<int64_t> sorted(y);
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<int32_t> cls(y.size());
+  for (size_t i = 0; i < y.size(); ++i)
+    cls[i] = y[i] == ignore ? -1
+                            : static_cast<int32_t>(std::lower_bound(sorted.begin(), sorted.end(), y[i]) - sorted.begin());
+  return cls;
+}
+
 template <int P, int DP>
 static void run(const Args& a, const std::vector<int64_t>& y, const void* u, const std::vector<float>& grad,
                 FILE* out) {
+  const std::vector<int32_t> cls = class_ids(y, a.ignore);
   using Bits = typename mp::Tr<P>::Bits;
   const auto* U = static_cast<const Bits*>(u);
   const float it = static_cast<float>(a.inv_temp);
@@ -44,11 +57,11 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
     for (int ph = phases[a.variant][0]; ph <= phases[a.variant][1]; ++ph)
       emu::launch(nb, mp::kThreads, [&] {
         if (ph == 0)
-          mp::forward_kernel<P, DP, 0>(U, y.data(), a.M, lo, hi, a.D, a.ignore, it, loss.data(), npos.data(), stats.data());
+          mp::forward_kernel<P, DP, 0>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
         else if (ph == 1)
-          mp::forward_kernel<P, DP, 1>(U, y.data(), a.M, lo, hi, a.D, a.ignore, it, loss.data(), npos.data(), stats.data());
+          mp::forward_kernel<P, DP, 1>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
         else
-          mp::forward_kernel<P, DP, 2>(U, y.data(), a.M, lo, hi, a.D, a.ignore, it, loss.data(), npos.data(), stats.data());
+          mp::forward_kernel<P, DP, 2>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
       });
   };
   std::vector<float> loss_f, stats_f, loss_s, stats_s;
@@ -72,10 +85,10 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
   const unsigned nb = static_cast<unsigned>((R + mp::kBM - 1) / mp::kBM);
   emu::launch(nb, mp::kThreads, [&] {
     if (a.variant == 0)
-      mp::backward_kernel<P, DP, 0>(U, y.data(), a.M, a.lo, a.hi, a.D, a.ignore, it, npos_f.data(), stats_f.data(),
+      mp::backward_kernel<P, DP, 0>(U, cls.data(), a.M, a.lo, a.hi, a.D, it, npos_f.data(), stats_f.data(),
                                     grad_s.data(), dU.data());
     else
-      mp::backward_kernel<P, DP, 1>(U, y.data(), a.M, a.lo, a.hi, a.D, a.ignore, it, npos_f.data(), stats_f.data(),
+      mp::backward_kernel<P, DP, 1>(U, cls.data(), a.M, a.lo, a.hi, a.D, it, npos_f.data(), stats_f.data(),
                                     grad_s.data(), dU.data());
   });
   std::fwrite(loss_f.data(), 4, loss_f.size(), out);

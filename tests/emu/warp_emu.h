@@ -206,6 +206,7 @@ inline uint32_t to_tf32(float x) {  // cvt.rna.tf32.f32: nearest, ties away from
   if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
   return u & 0xffffe000u;
 }
+inline float fast_exp2(float x) { return std::exp2(x); }
 inline float bits_to_float(uint32_t b) {
   float f;
   std::memcpy(&f, &b, 4);
