@@ -98,8 +98,21 @@ def make_impls(have_pml, have_infcl):
         else:
             print(f"ct_{b}: not available ({avail[b]})")
     if "ct_native" in impls:  # A/B: the mma.sync kernels (opt-in until measured; unmined, D <= 128)
-        impls["ct_native_mma"] = _with_env("CT_KERNELS_NATIVE_MMA", "1", impls["ct_native"])
+        impls["ct_native_mma"] = _mma_only(_with_env("CT_KERNELS_NATIVE_MMA", "1", impls["ct_native"]))
     return impls
+
+
+class NotApplicable(Exception):
+    """An implementation that does not run on this input (recorded as skipped, not as an error)."""
+
+
+def _mma_only(fn):
+    """The mma.sync path runs tensor-core inputs with D <= 128; elsewhere it is ct_native itself."""
+    def call(z, y):
+        if z.shape[1] > 128 or (z.dtype == torch.float32 and not fp32_matmul_allows_tf32()):
+            raise NotApplicable("the mma.sync path takes bf16 / fp16 / tf32 inputs with D <= 128")
+        return fn(z, y)
+    return call
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -207,6 +220,8 @@ def run_loss_grid(rec, impls, ns, ds, precisions, mode="fwd+bwd", op="supcon", e
                         rec.add(**meta, ms=ms, peak_mib=peak)
                     except torch.OutOfMemoryError:
                         rec.add(**meta, ms=None, peak_mib=None, status="out of memory")
+                    except NotApplicable as exc:
+                        rec.add(**meta, ms=None, peak_mib=None, status=f"skipped: {exc}")
                     except Exception as exc:  # a peer that does not support a dtype, say
                         rec.add(**meta, ms=None, peak_mib=None, status=f"error: {type(exc).__name__}: {exc}"[:300])
                     torch.cuda.empty_cache()
