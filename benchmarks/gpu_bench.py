@@ -97,8 +97,11 @@ def make_impls(have_pml, have_infcl):
                 print(f"ct_{b}: {exc}")
         else:
             print(f"ct_{b}: not available ({avail[b]})")
-    if "ct_native" in impls:  # A/B: the mma.sync kernels (opt-in until measured; unmined, D <= 128)
-        impls["ct_native_mma"] = _mma_only(_with_env("CT_KERNELS_NATIVE_MMA", "1", impls["ct_native"]))
+    if "ct_native" in impls:  # A/B: the mma.sync kernels (opt-in until measured; unmined, D <= 128),
+        # with 16 and 32 forward rows per warp
+        mma = _with_env("CT_KERNELS_NATIVE_MMA", "1", impls["ct_native"])
+        impls["ct_native_mma"] = _mma_only(mma)
+        impls["ct_native_mma32"] = _mma_only(_with_env("CT_KERNELS_NATIVE_MMA_ROWS", "32", mma))
     return impls
 
 

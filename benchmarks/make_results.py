@@ -155,10 +155,11 @@ def goals_table(rows):
         nat, tri = (_ms(rows, "supcon", i, 32768, prec) for i in ("ct_native", "ct_triton"))
         line(f"native CUDA / triton, supcon N=32768 {prec} <= 1.5 (native issue)", nat and tri and nat["ms"] / tri["ms"],
              1.5, "x")
-        mma = _ms(rows, "supcon", "ct_native_mma", 32768, prec)
-        if mma and prec != "fp32":  # runs since the mma.sync kernels exist; fp32 without tf32 is FMA either way
-            line(f"native CUDA mma.sync path (CT_KERNELS_NATIVE_MMA=1) / triton, N=32768 {prec} <= 1.5",
-                 tri and mma["ms"] / tri["ms"], 1.5, "x")
+        for impl, rows_per_warp in (("ct_native_mma", 16), ("ct_native_mma32", 32)):
+            mma = _ms(rows, "supcon", impl, 32768, prec)
+            if mma and prec != "fp32":  # runs since the mma.sync kernels exist; not applicable to fp32
+                line(f"native CUDA mma.sync path ({rows_per_warp} rows a warp) / triton, N=32768 {prec} <= 1.5",
+                     tri and mma["ms"] / tri["ms"], 1.5, "x")
     for dt in ("uint8", "int64"):
         pl, cp = (_ms(rows, "patch_labels", i, 16777216, "-", dt) for i in ("ct_triton", "mask_copy"))
         line(f"patch labels {dt} <= 1.5x one mask copy", pl and cp and pl["ms"] / cp["ms"], 1.5, "x")
@@ -247,7 +248,9 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   H·U) in registers, ex2.approx with a per-lane running max, int32 class ids (host relabelling)
   and the self pair found by one compare with a per-tile constant, cp.async double-buffered column
   tiles. sm_90 compile (D = 128): forward 92-122 registers, backward 180-191 (bf16 / fp16) and
-  214-216 (tf32), all spill-free. Expected bound: four warps share each staged tile, so the B
+  214-216 (tf32), all spill-free; `ct_native_mma32` (CT_KERNELS_NATIVE_MMA_ROWS=32) gives each
+  warp 32 rows, so each staged B fragment serves two m-tiles (255 registers, 4-32 bytes spilled).
+  Expected bound: four warps share each staged tile, so the B
   operand is read from shared memory once per 16 rows (about 16 FLOP per shared byte); more rows
   per warp is the next lever if the run shows it.
 - **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2

@@ -60,10 +60,10 @@ def _operands(u: torch.Tensor, kind: str):
     return v.numpy().tobytes(), _round_tf32(v).double()
 
 
-def _run(binary: Path, tmp_path: Path, kind, variant, u, labels, lo, hi, grad, inv_temp, dp):
+def _run(binary: Path, tmp_path: Path, kind, variant, u, labels, lo, hi, grad, inv_temp, dp, rows=16):
     m, d = u.shape
     raw, used = _operands(u, kind)
-    head = struct.pack("<8q", KINDS[kind], 0 if variant == "supcon" else 1, m, d, lo, hi, IGN, dp)
+    head = struct.pack("<9q", KINDS[kind], 0 if variant == "supcon" else 1, m, d, lo, hi, IGN, dp, rows)
     head += struct.pack("<d", inv_temp)
     src, dst = tmp_path / "in.bin", tmp_path / "out.bin"
     src.write_bytes(head + labels.numpy().astype("<i8").tobytes() + raw + grad.numpy().astype("<f4").tobytes())
@@ -103,16 +103,23 @@ def _rel(out, ref):
 DU_TOL = {"bf16": 2e-2, "fp16": 4e-3, "tf32": 4e-3}
 
 
-@pytest.mark.parametrize("kind", ["bf16", "fp16", "tf32"])
-@pytest.mark.parametrize("variant", ["supcon", "infonce"])
-@pytest.mark.parametrize("m,d,lo,hi", [(70, 37, 0, 70), (97, 64, 11, 90), (45, 100, 3, 45), (33, 1, 0, 33)])
-def test_mma_kernels_match_reference(emu_binary, tmp_path, kind, variant, m, d, lo, hi):
+SHAPES = [(70, 37, 0, 70), (97, 64, 11, 90), (45, 100, 3, 45), (33, 1, 0, 33), (200, 40, 7, 197)]  # m, d, lo, hi
+# forward rows per warp: 16 (one m-tile, the default) on every case; 32 (the A/B alternative,
+# CT_KERNELS_NATIVE_MMA_ROWS=32) on some, including one past a 128-row block
+CASES = ([(kind, variant, shape, 16) for kind in KINDS for variant in ("supcon", "infonce") for shape in SHAPES]
+         + [(kind, variant, shape, 32) for kind in ("bf16", "tf32") for variant in ("supcon", "infonce")
+            for shape in (SHAPES[1], SHAPES[4])])
+
+
+@pytest.mark.parametrize("kind,variant,shape,rows", CASES)
+def test_mma_kernels_match_reference(emu_binary, tmp_path, kind, variant, shape, rows):
+    m, d, lo, hi = shape
     u, labels, grad = _case(m, d, 4, seed=m * 31 + d + KINDS[kind])
     grad[:lo] = 0  # rows outside the slice were never anchors: zero weight, as _FusedSupCon passes
     grad[hi:] = 0
     inv_temp = 1 / 0.1
     dp = 64 if d <= 64 else 128
-    out, used = _run(emu_binary, tmp_path, kind, variant, u, labels, lo, hi, grad.float(), inv_temp, dp)
+    out, used = _run(emu_binary, tmp_path, kind, variant, u, labels, lo, hi, grad.float(), inv_temp, dp, rows)
     valid = labels != IGN
 
     ref_rows, ref_npos = supcon_rows_reference(used, labels, valid, 0.1, variant)

@@ -50,6 +50,14 @@ bool use_mma(int kind, int64_t D, int64_t kp, int64_t kn) {
          cuda::supcon_mma_supported(kind, D);
 }
 
+// Rows per warp of the mma.sync forward: 16 (default) or 32 with CT_KERNELS_NATIVE_MMA_ROWS=32 (half
+// the shared-memory reads per product, but 255 registers and a few spilled bytes in sm_90 compiles
+// against 92: fewer warps resident), for the GPU A/B that decides between them.
+int mma_rows_per_warp() {
+  const char* env = std::getenv("CT_KERNELS_NATIVE_MMA_ROWS");
+  return env != nullptr && std::strcmp(env, "32") == 0 ? 32 : 16;
+}
+
 // int32 class ids for the mma.sync kernels: the index of the first equal label in sorted order (equal
 // exactly where the labels are), -1 for ignored rows. O(M log M) on the device, no host sync.
 at::Tensor class_ids(const at::Tensor& labels, int64_t ignore_index) {
@@ -105,7 +113,8 @@ ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_
     const at::Tensor cls = class_ids(labels, ignore_index);
     C10_CUDA_CHECK(cuda::launch_supcon_forward_mma(kind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D,
                                                    static_cast<float>(inv_temp), var, loss.data_ptr<float>(),
-                                                   npos.data_ptr<int32_t>(), stats.data_ptr<float>(), stream));
+                                                   npos.data_ptr<int32_t>(), stats.data_ptr<float>(),
+                                                   mma_rows_per_warp(), stream));
     thr_val.select(1, 0).fill_(std::numeric_limits<double>::infinity());  // no mining (common.h)
     thr_val.select(1, 1).fill_(-std::numeric_limits<double>::infinity());
     thr_col.fill_(M);

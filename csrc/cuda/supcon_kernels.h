@@ -72,9 +72,10 @@ cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t*
 // anchor rows, every element written, unscaled by inv_temp).
 constexpr int64_t kMmaMaxD = 128;
 bool supcon_mma_supported(int in_kind, int64_t D);
+// rows_per_warp: 16 or 32 (two m-tiles a warp: each staged B fragment serves both).
 cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
                                       int64_t D, float inv_temp, int variant, float* loss, int32_t* npos, float* stats,
-                                      cudaStream_t stream);
+                                      int rows_per_warp, cudaStream_t stream);
 cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
                                        int64_t D, float inv_temp, int variant, const int32_t* npos, const float* stats,
                                        const float* grad_rows, float* dU, cudaStream_t stream);

@@ -24,7 +24,14 @@ using namespace warp;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kBM = 16 * kWarps;  // anchor rows per CTA
+// Anchor rows per CTA: each warp owns MT m-tiles of 16 rows. MT = 2 (flash attention 2's choice at
+// head dim 128) lets every staged B fragment serve two m-tiles, half the shared-memory reads per
+// product, for 255 registers instead of 92 in the forward (sm_90, D = 128); the launcher takes
+// either, the host picks MT = 1 unless told otherwise. The backward, with dU accumulators, MT = 1.
+template <int MT>
+__host__ __device__ constexpr int block_rows() {
+  return 16 * MT * kWarps;
+}
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
@@ -181,71 +188,85 @@ __device__ __forceinline__ bool stage_vectorizable(const typename Tr<P>::Bits* U
          (reinterpret_cast<uintptr_t>(U) & 15u) == 0;
 }
 
-// The two anchor rows of this lane (g and g + 8 of its warp's 16): index, class id, and whether
-// the row is an anchor here (inside [r0, hi) and not ignored; a row that is not has class -2,
-// equal to no column's).
+// The anchor rows of this lane: q = 2 mt + r is row g + 8 r of the warp's m-tile mt. Index, class
+// id, and whether the row is an anchor here (inside [r0, hi) and not ignored; a row that is not
+// has class -2, equal to no column's).
+template <int MT>
 struct LaneRows {
-  int64_t i[2];
-  int32_t c[2];
-  bool ok[2];
+  int64_t i[2 * MT];
+  int32_t c[2 * MT];
+  bool ok[2 * MT];
 };
-__device__ __forceinline__ LaneRows lane_rows(int64_t r0, int64_t hi, const int32_t* cls) {
+template <int MT>
+__device__ __forceinline__ LaneRows<MT> lane_rows(int64_t r0, int64_t hi, const int32_t* cls) {
   const int warp = static_cast<int>(threadIdx.x >> 5), g = lane_id() >> 2;
-  LaneRows lr;
+  LaneRows<MT> lr;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    lr.i[r] = r0 + 16 * warp + g + 8 * r;
-    lr.ok[r] = lr.i[r] < hi && cls[lr.i[r]] >= 0;
-    lr.c[r] = lr.ok[r] ? cls[lr.i[r]] : -2;
+  for (int q = 0; q < 2 * MT; ++q) {
+    lr.i[q] = r0 + 16 * (MT * warp + q / 2) + g + 8 * (q % 2);
+    lr.ok[q] = lr.i[q] < hi && cls[lr.i[q]] >= 0;
+    lr.c[q] = lr.ok[q] ? cls[lr.i[q]] : -2;
   }
   return lr;
 }
 
 // Per tile, the column of each lane row's self pair (i - c0) when the tile holds it, else -1: the
 // element loops, unrolled, then exclude j == i by comparing that number with a constant.
-template <int BN>
-__device__ __forceinline__ void self_columns(int (&sc)[2], const LaneRows& lr, int64_t c0) {
+template <int BN, int MT>
+__device__ __forceinline__ void self_columns(int (&sc)[2 * MT], const LaneRows<MT>& lr, int64_t c0) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t d = lr.i[r] - c0;
-    sc[r] = d >= 0 && d < BN ? static_cast<int>(d) : -1;
+  for (int q = 0; q < 2 * MT; ++q) {
+    const int64_t d = lr.i[q] - c0;
+    sc[q] = d >= 0 && d < BN ? static_cast<int>(d) : -1;
   }
 }
 
-// The warp's anchor rows as A fragments (registers), staged through the (not yet used) tile
-// buffers: kBM rows fit in two column tiles.
-template <int P, int DP>
-__device__ __forceinline__ void load_row_block(uint32_t (&a)[DP / Tr<P>::K][4], typename Tr<P>::Bits* tiles,
+// The warp's anchor rows as A fragments (registers), staged through the (not yet used) two tile
+// buffers, 2 BN rows at a time.
+template <int P, int DP, int MT>
+__device__ __forceinline__ void load_row_block(uint32_t (&a)[MT][DP / Tr<P>::K][4], typename Tr<P>::Bits* tiles,
                                                const typename Tr<P>::Bits* U, int64_t M, int64_t D, int64_t r0,
                                                bool vec) {
-  constexpr int LD = DP + Tr<P>::PAD;
-  static_assert(kBM <= 2 * Tr<P>::BN, "the row block is staged in the two tile buffers");
-  stage_rows<P, DP>(tiles, kBM, U, M, D, r0, vec);
-  cp_async_commit();
-  cp_async_wait_all();
-  __syncthreads();
+  constexpr int LD = DP + Tr<P>::PAD, BM = block_rows<MT>(), STAGE = 2 * Tr<P>::BN;
   const int warp = static_cast<int>(threadIdx.x >> 5);
 #pragma unroll
-  for (int ks = 0; ks < DP / Tr<P>::K; ++ks) load_a<P, LD>(a[ks], tiles, 16 * warp, ks);
-  __syncthreads();  // every warp holds its fragments before tile 0 overwrites the buffers
+  for (int base = 0; base < BM; base += STAGE) {
+    stage_rows<P, DP>(tiles, BM - base < STAGE ? BM - base : STAGE, U, M, D, r0 + base, vec);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int row0 = 16 * (MT * warp + mt) - base;  // warp-uniform
+      if (row0 >= 0 && row0 < STAGE) {
+#pragma unroll
+        for (int ks = 0; ks < DP / Tr<P>::K; ++ks) load_a<P, LD>(a[mt][ks], tiles, row0, ks);
+      }
+    }
+    __syncthreads();  // fragments read before the buffers are staged again
+  }
 }
 
-// acc = (U rows of the warp) x (tile rows)^T, raw dot products.
-template <int P, int DP>
-__device__ __forceinline__ void s_tile(float (&acc)[Tr<P>::BN / 8][4], const uint32_t (&a)[DP / Tr<P>::K][4],
+// acc[mt] = (U rows of the warp's m-tile mt) x (tile rows)^T, raw dot products; each B fragment
+// read from shared memory serves the MT m-tiles.
+template <int P, int DP, int MT>
+__device__ __forceinline__ void s_tile(float (&acc)[MT][Tr<P>::BN / 8][4], const uint32_t (&a)[MT][DP / Tr<P>::K][4],
                                        const typename Tr<P>::Bits* tile) {
   constexpr int LD = DP + Tr<P>::PAD, NT = Tr<P>::BN / 8;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt)
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 #pragma unroll
   for (int ks = 0; ks < DP / Tr<P>::K; ++ks)
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       uint32_t b[2];
       load_b_rows<P, LD>(b, tile, 8 * nt, ks);
-      mma<P>(acc[nt], a[ks], b);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma<P>(acc[mt][nt], a[mt][ks], b);
     }
 }
 
@@ -269,33 +290,38 @@ __device__ __forceinline__ void sweep_columns(int64_t M, Stage&& stage, Body&& b
 }
 
 // PHASE 0: supcon (lse over A_i, positive sums). 1: infonce, lse over the negatives N_i.
-// 2: infonce positive terms, reading L_i = stats[2 o] of phase 1. Anchors: rows [lo, hi).
-template <int P, int DP, int PHASE>
+// 2: infonce positive terms, reading L_i = stats[2 o] of phase 1. Anchors: rows [lo, hi), in
+// blocks of block_rows<MT>(). A lane's rows q = 2 mt + r (see lane_rows); accumulator element e
+// of n-tile nt belongs to its row 2 mt + (e >> 1).
+template <int P, int DP, int PHASE, int MT>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const typename Tr<P>::Bits* __restrict__ U, const int32_t* __restrict__ cls, int64_t M, int64_t lo,
                    int64_t hi, int64_t D, float inv_temp, float* __restrict__ loss, int32_t* __restrict__ npos,
                    float* __restrict__ stats) {
   using Bits = typename Tr<P>::Bits;
-  constexpr int BN = Tr<P>::BN, NT = BN / 8, LD = DP + Tr<P>::PAD, KS = DP / Tr<P>::K;
+  constexpr int BN = Tr<P>::BN, NT = BN / 8, LD = DP + Tr<P>::PAD, KS = DP / Tr<P>::K, Q = 2 * MT;
   __shared__ __align__(16) Bits tiles[2][BN * LD];
   __shared__ int32_t ys[2][BN];
   const int t = lane_id() & 3;
-  const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * block_rows<MT>();
   const bool vec = stage_vectorizable<P>(U, D);
-  uint32_t a[KS][4];
-  load_row_block<P, DP>(a, &tiles[0][0], U, M, D, r0, vec);
+  uint32_t a[MT][KS][4];
+  load_row_block<P, DP, MT>(a, &tiles[0][0], U, M, D, r0, vec);
 
-  const LaneRows rows = lane_rows(r0, hi, cls);
-  const int64_t(&ir)[2] = rows.i;
-  const int32_t(&cr)[2] = rows.c;
-  const bool(&ok)[2] = rows.ok;
-  float L[2] = {0.f, 0.f};
+  const LaneRows<MT> rows = lane_rows<MT>(r0, hi, cls);
+  const int64_t(&ir)[Q] = rows.i;
+  const int32_t(&cr)[Q] = rows.c;
+  const bool(&ok)[Q] = rows.ok;
+  float L[Q], m[Q], sum[Q], a1[Q], a2[Q];
+  int np[Q];
 #pragma unroll
-  for (int r = 0; r < 2; ++r)
-    if (PHASE == 2 && ok[r]) L[r] = stats[2 * (ir[r] - lo)];
+  for (int q = 0; q < Q; ++q) {
+    L[q] = PHASE == 2 && ok[q] ? stats[2 * (ir[q] - lo)] : 0.f;
+    m[q] = -INFINITY;
+    sum[q] = a1[q] = a2[q] = 0.f;
+    np[q] = 0;
+  }
   const float scale2 = inv_temp * kLog2e;
-  float m[2] = {-INFINITY, -INFINITY}, sum[2] = {0.f, 0.f}, a1[2] = {0.f, 0.f}, a2[2] = {0.f, 0.f};
-  int np[2] = {0, 0};
 
   auto stage = [&](int b, int64_t c0) {
     stage_rows<P, DP>(tiles[b], BN, U, M, D, c0, vec);
@@ -304,69 +330,79 @@ __global__ void __launch_bounds__(kThreads)
   // Rows that are not anchors here are computed like the others (their results are not written):
   // no per-element row test.
   sweep_columns<BN>(M, stage, [&](int buf, int64_t c0) {
-    float acc[NT][4];
-    s_tile<P, DP>(acc, a, tiles[buf]);
-    float tmax[2] = {-INFINITY, -INFINITY};
-    int sc[2];
-    self_columns<BN>(sc, rows, c0);
+    float acc[MT][NT][4];
+    s_tile<P, DP, MT>(acc, a, tiles[buf]);
+    float tmax[Q];
+    int sc[Q];
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
+    for (int q = 0; q < Q; ++q) tmax[q] = -INFINITY;
+    self_columns<BN, MT>(sc, rows, c0);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = e >> 1, jj = 8 * nt + 2 * t + (e & 1);
-        const int32_t cj = ys[buf][jj];
-        const bool valid = cj >= 0 && jj != sc[r];
-        const bool pos = valid && cj == cr[r];
-        if (PHASE == 2) {
-          if (pos) {
-            const float x = L[r] - acc[nt][e] * inv_temp;
-            a1[r] += softplus(x);
-            a2[r] += sigmoid(x);
-            ++np[r];
-          }
-        } else {
-          if (PHASE == 0 && pos) {
-            a1[r] += acc[nt][e];
-            ++np[r];
-          }
-          const bool in_lse = PHASE == 0 ? valid : valid && !pos;
-          acc[nt][e] = in_lse ? acc[nt][e] * scale2 : -INFINITY;
-          tmax[r] = fmaxf(tmax[r], acc[nt][e]);
-        }
-      }
-    if (PHASE != 2) {
-      float mu[2];  // the max to subtract: 0 while a row has no member (then every x is -inf)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const float mn = fmaxf(m[r], tmax[r]);
-        if (mn > m[r]) {  // exp2(-inf - mn) = 0 covers m = -inf
-          sum[r] *= fast_exp2(m[r] - mn);
-          m[r] = mn;
-        }
-        mu[r] = m[r] == -INFINITY ? 0.f : m[r];
-      }
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) sum[e >> 1] += fast_exp2(acc[nt][e] - mu[e >> 1]);  // -inf -> 0
+        for (int e = 0; e < 4; ++e) {
+          const int q = 2 * mt + (e >> 1), jj = 8 * nt + 2 * t + (e & 1);
+          float& x = acc[mt][nt][e];
+          const int32_t cj = ys[buf][jj];
+          const bool valid = cj >= 0 && jj != sc[q];
+          const bool pos = valid && cj == cr[q];
+          if (PHASE == 2) {
+            if (pos) {
+              const float z = L[q] - x * inv_temp;
+              a1[q] += softplus(z);
+              a2[q] += sigmoid(z);
+              ++np[q];
+            }
+          } else {
+            if (PHASE == 0 && pos) {
+              a1[q] += x;
+              ++np[q];
+            }
+            const bool in_lse = PHASE == 0 ? valid : valid && !pos;
+            x = in_lse ? x * scale2 : -INFINITY;
+            tmax[q] = fmaxf(tmax[q], x);
+          }
+        }
+    if (PHASE != 2) {
+      float mu[Q];  // the max to subtract: 0 while a row has no member (then every x is -inf)
+#pragma unroll
+      for (int q = 0; q < Q; ++q) {
+        const float mn = fmaxf(m[q], tmax[q]);
+        if (mn > m[q]) {  // exp2(-inf - mn) = 0 covers m = -inf
+          sum[q] *= fast_exp2(m[q] - mn);
+          m[q] = mn;
+        }
+        mu[q] = m[q] == -INFINITY ? 0.f : m[q];
+      }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int q = 2 * mt + (e >> 1);
+            sum[q] += fast_exp2(acc[mt][nt][e] - mu[q]);  // -inf -> 0
+          }
     }
   });
 
-  // the four lanes of a row group hold disjoint columns of the same two rows: fixed-order merge
+  // the four lanes of a row group hold disjoint columns of the same rows: fixed-order merge
 #pragma unroll
   for (int off = 1; off <= 2; off <<= 1)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m[r], off);
-      const float s2 = __shfl_xor_sync(0xffffffffu, sum[r], off);
-      lse2_merge(m[r], sum[r], m2, s2);
-      a1[r] += __shfl_xor_sync(0xffffffffu, a1[r], off);
-      a2[r] += __shfl_xor_sync(0xffffffffu, a2[r], off);
-      np[r] += __shfl_xor_sync(0xffffffffu, np[r], off);
+    for (int q = 0; q < Q; ++q) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[q], off);
+      const float s2 = __shfl_xor_sync(0xffffffffu, sum[q], off);
+      lse2_merge(m[q], sum[q], m2, s2);
+      a1[q] += __shfl_xor_sync(0xffffffffu, a1[q], off);
+      a2[q] += __shfl_xor_sync(0xffffffffu, a2[q], off);
+      np[q] += __shfl_xor_sync(0xffffffffu, np[q], off);
     }
   if (t != 0) return;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < Q; ++r) {
     if (ir[r] >= hi) continue;
     const int64_t o = ir[r] - lo;
     if (!ok[r]) {
@@ -436,12 +472,12 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int32_t ys[2][BN];
   __shared__ RowStat cs[2][BN];
   const int t = lane_id() & 3;
-  const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t r0 = lo + static_cast<int64_t>(blockIdx.x) * block_rows<1>();
   const bool vec = stage_vectorizable<P>(U, D);
-  uint32_t a[KS][4];
-  load_row_block<P, DP>(a, &tiles[0][0], U, M, D, r0, vec);
+  uint32_t a[1][KS][4];  // one m-tile a warp: the dU accumulators take the registers
+  load_row_block<P, DP, 1>(a, &tiles[0][0], U, M, D, r0, vec);
 
-  const LaneRows rows = lane_rows(r0, hi, cls);
+  const LaneRows<1> rows = lane_rows<1>(r0, hi, cls);
   const int64_t(&ir)[2] = rows.i;
   const int32_t(&cr)[2] = rows.c;
   const bool(&vi)[2] = rows.ok;
@@ -462,10 +498,11 @@ __global__ void __launch_bounds__(kThreads)
       cs[b][j] = row_stat(c0 + j, M, cls, npos, stats, grad_rows);
   };
   sweep_columns<BN>(M, stage, [&](int buf, int64_t c0) {
-    float h[NT][4];
-    s_tile<P, DP>(h, a, tiles[buf]);
+    float hm[1][NT][4];
+    s_tile<P, DP, 1>(hm, a, tiles[buf]);
+    float(&h)[NT][4] = hm[0];
     int sc[2];
-    self_columns<BN>(sc, rows, c0);
+    self_columns<BN, 1>(sc, rows, c0);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

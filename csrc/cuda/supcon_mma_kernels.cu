@@ -9,33 +9,50 @@ namespace ct_kernels {
 namespace cuda {
 namespace {
 
-using mma_path::kBM;
 using mma_path::kThreads;
 
-inline unsigned row_blocks(RowSlice rs) { return static_cast<unsigned>((rs.hi - rs.lo + kBM - 1) / kBM); }
+template <int MT>
+inline unsigned row_blocks(RowSlice rs) {
+  constexpr int BM = mma_path::block_rows<MT>();
+  return static_cast<unsigned>((rs.hi - rs.lo + BM - 1) / BM);
+}
 
 inline bool slice_ok(int64_t M, RowSlice rs) {
   return M < (int64_t(1) << 31) && rs.lo >= 0 && rs.hi <= M && rs.lo <= rs.hi;
 }
 
-template <int P, int DP>
-cudaError_t forward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp, int variant,
-                    float* loss, int32_t* npos, float* stats, cudaStream_t stream) {
+template <int P, int DP, int MT>
+cudaError_t forward_rows(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp,
+                         int variant, float* loss, int32_t* npos, float* stats, cudaStream_t stream) {
   using Bits = typename mma_path::Tr<P>::Bits;
   const auto* U = static_cast<const Bits*>(u);
-  const unsigned nb = row_blocks(rs);
-  if (variant == 0) {
-    mma_path::forward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss, npos,
-                                                                  stats);
-    return cudaGetLastError();
+  const unsigned nb = row_blocks<MT>(rs);
+  const int first = variant == 0 ? 0 : 1, last = variant == 0 ? 0 : 2;  // infonce: phase 1, then 2
+  for (int phase = first; phase <= last; ++phase) {
+    if (phase == 0)
+      mma_path::forward_kernel<P, DP, 0, MT><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss,
+                                                                        npos, stats);
+    else if (phase == 1)
+      mma_path::forward_kernel<P, DP, 1, MT><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss,
+                                                                        npos, stats);
+    else
+      mma_path::forward_kernel<P, DP, 2, MT><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss,
+                                                                        npos, stats);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
   }
-  mma_path::forward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss, npos,
-                                                                stats);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
-  mma_path::forward_kernel<P, DP, 2><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss, npos,
-                                                                stats);
-  return cudaGetLastError();
+  return cudaSuccess;
+}
+
+// rows_per_warp 16 or 32 (MT 1 or 2)
+template <int P, int DP>
+cudaError_t forward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp, int variant,
+                    float* loss, int32_t* npos, float* stats, int rows_per_warp, cudaStream_t stream) {
+  if (rows_per_warp == 32)
+    return forward_rows<P, DP, 2>(u, cls, M, rs, D, inv_temp, variant, loss, npos, stats, stream);
+  if (rows_per_warp == 16)
+    return forward_rows<P, DP, 1>(u, cls, M, rs, D, inv_temp, variant, loss, npos, stats, stream);
+  return cudaErrorInvalidValue;
 }
 
 template <int P, int DP>
@@ -44,7 +61,7 @@ cudaError_t backward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, 
                      cudaStream_t stream) {
   using Bits = typename mma_path::Tr<P>::Bits;
   const auto* U = static_cast<const Bits*>(u);
-  const unsigned nb = row_blocks(rs);
+  const unsigned nb = row_blocks<1>(rs);
   if (variant == 0)
     mma_path::backward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, npos, stats,
                                                                    grad_rows, dU);
@@ -89,10 +106,10 @@ bool supcon_mma_supported(int in_kind, int64_t D) {
 
 cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
                                       int64_t D, float inv_temp, int variant, float* loss, int32_t* npos, float* stats,
-                                      cudaStream_t stream) {
+                                      int rows_per_warp, cudaStream_t stream) {
   if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
   if (rows.hi == rows.lo) return cudaSuccess;
-  return dispatch<Fwd>(in_kind, D, u, cls, M, rows, D, inv_temp, variant, loss, npos, stats, stream);
+  return dispatch<Fwd>(in_kind, D, u, cls, M, rows, D, inv_temp, variant, loss, npos, stats, rows_per_warp, stream);
 }
 
 cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,

@@ -1,5 +1,6 @@
 // Driver of the mma.sync SupCon kernels under the CPU warp emulator (tests/test_native_mma_emu.py).
-// Input file: int64 kind (0 bf16, 1 fp16, 2 tf32), variant, M, D, lo, hi, ignore, DP; double
+// Input file: int64 kind (0 bf16, 1 fp16, 2 tf32), variant, M, D, lo, hi, ignore, DP, forward rows
+// per warp (16 or 32); double
 // inv_temp; int64 labels[M]; U bits[M * D] (uint16 or uint32); float grad_rows[M].
 // Output file: the forward over all rows (loss[M], npos[M] int32, stats[2M]), the forward over the
 // anchor slice [lo, hi) (loss, npos, stats), and the backward's dU of the slice ((hi - lo) x D,
@@ -7,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <type_traits>
 #include <vector>
 
 #include "warp_emu.h"
@@ -15,7 +17,7 @@
 namespace mp = ct_kernels::cuda::mma_path;
 
 struct Args {
-  int64_t kind, variant, M, D, lo, hi, ignore, dp;
+  int64_t kind, variant, M, D, lo, hi, ignore, dp, rows;
   double inv_temp;
 };
 
@@ -39,7 +41,7 @@ static std::vector<int32_t> class_ids(const std::vector<int64_t>& y, int64_t ign
   return cls;
 }
 
-template <int P, int DP>
+template <int P, int DP, int MT>
 static void run(const Args& a, const std::vector<int64_t>& y, const void* u, const std::vector<float>& grad,
                 FILE* out) {
   const std::vector<int32_t> cls = class_ids(y, a.ignore);
@@ -52,16 +54,17 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
     loss.assign(R, -7.f);
     npos.assign(R, -7);
     stats.assign(2 * R, -7.f);
-    const unsigned nb = static_cast<unsigned>((R + mp::kBM - 1) / mp::kBM);
+    constexpr int BM = mp::block_rows<MT>();
+    const unsigned nb = static_cast<unsigned>((R + BM - 1) / BM);
     const int phases[2][2] = {{0, 0}, {1, 2}};
     for (int ph = phases[a.variant][0]; ph <= phases[a.variant][1]; ++ph)
       emu::launch(nb, mp::kThreads, [&] {
         if (ph == 0)
-          mp::forward_kernel<P, DP, 0>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
+          mp::forward_kernel<P, DP, 0, MT>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
         else if (ph == 1)
-          mp::forward_kernel<P, DP, 1>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
+          mp::forward_kernel<P, DP, 1, MT>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
         else
-          mp::forward_kernel<P, DP, 2>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
+          mp::forward_kernel<P, DP, 2, MT>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
       });
   };
   std::vector<float> loss_f, stats_f, loss_s, stats_s;
@@ -82,7 +85,7 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
   for (float& g : grad_s) g *= hs;
   const int64_t R = a.hi - a.lo;
   std::vector<float> dU(R * a.D, -7.f);
-  const unsigned nb = static_cast<unsigned>((R + mp::kBM - 1) / mp::kBM);
+  const unsigned nb = static_cast<unsigned>((R + mp::block_rows<1>() - 1) / mp::block_rows<1>());
   emu::launch(nb, mp::kThreads, [&] {
     if (a.variant == 0)
       mp::backward_kernel<P, DP, 0>(U, cls.data(), a.M, a.lo, a.hi, a.D, it, npos_f.data(), stats_f.data(),
@@ -109,10 +112,10 @@ int main(int argc, char** argv) {
   FILE* in = std::fopen(argv[1], "rb");
   if (!in) return 2;
   Args a;
-  int64_t head[8];
-  read_into(in, head, 8);
+  int64_t head[9];
+  read_into(in, head, 9);
   a.kind = head[0], a.variant = head[1], a.M = head[2], a.D = head[3], a.lo = head[4], a.hi = head[5];
-  a.ignore = head[6], a.dp = head[7];
+  a.ignore = head[6], a.dp = head[7], a.rows = head[8];
   read_into(in, &a.inv_temp, 1);
   std::vector<int64_t> y(a.M);
   read_into(in, y.data(), y.size());
@@ -124,16 +127,25 @@ int main(int argc, char** argv) {
   std::fclose(in);
   FILE* out = std::fopen(argv[2], "wb");
   if (!out) return 2;
-  const bool wide = a.dp == 128;
+  // every (type, width, rows per warp) instantiation the launcher has
+  auto go = [&](auto p_tag, auto dp_tag) {
+    constexpr int P = decltype(p_tag)::value, DP = decltype(dp_tag)::value;
+    if (a.rows == 32) run<P, DP, 2>(a, y, u.data(), grad, out);
+    else run<P, DP, 1>(a, y, u.data(), grad, out);
+  };
+  auto by_width = [&](auto p_tag) {
+    if (a.dp == 128) go(p_tag, std::integral_constant<int, 128>{});
+    else go(p_tag, std::integral_constant<int, 64>{});
+  };
   switch (a.kind) {
     case 0:
-      wide ? run<mp::kBf16, 128>(a, y, u.data(), grad, out) : run<mp::kBf16, 64>(a, y, u.data(), grad, out);
+      by_width(std::integral_constant<int, mp::kBf16>{});
       break;
     case 1:
-      wide ? run<mp::kFp16, 128>(a, y, u.data(), grad, out) : run<mp::kFp16, 64>(a, y, u.data(), grad, out);
+      by_width(std::integral_constant<int, mp::kFp16>{});
       break;
     default:
-      wide ? run<mp::kTf32, 128>(a, y, u.data(), grad, out) : run<mp::kTf32, 64>(a, y, u.data(), grad, out);
+      by_width(std::integral_constant<int, mp::kTf32>{});
   }
   std::fclose(out);
   return 0;
