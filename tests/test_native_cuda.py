@@ -115,16 +115,19 @@ def test_float32_normwise(variant, kp, kn, m, d):
     assert _rel(du, rdu) <= 1e-5
 
 
-@pytest.fixture(params=["tc", "fma", "mma"])
+@pytest.fixture(params=["tc", "fma", "mma", "mma32"])
 def path(request, monkeypatch):
     """bf16 / fp16 (and tf32) run on WMMA tensor-core tiles by default; CT_KERNELS_NATIVE_TC=0 forces
-    FMA tiles; CT_KERNELS_NATIVE_MMA=1 the mma.sync kernels (unmined, D <= 128; others fall back)."""
-    monkeypatch.delenv("CT_KERNELS_NATIVE_TC", raising=False)
-    monkeypatch.delenv("CT_KERNELS_NATIVE_MMA", raising=False)
+    FMA tiles; CT_KERNELS_NATIVE_MMA=1 the mma.sync kernels (unmined, D <= 128; others fall back),
+    with CT_KERNELS_NATIVE_MMA_ROWS=32 their forward at 32 rows a warp."""
+    for name in ("CT_KERNELS_NATIVE_TC", "CT_KERNELS_NATIVE_MMA", "CT_KERNELS_NATIVE_MMA_ROWS"):
+        monkeypatch.delenv(name, raising=False)
     if request.param == "fma":
         monkeypatch.setenv("CT_KERNELS_NATIVE_TC", "0")
-    elif request.param == "mma":
+    elif request.param.startswith("mma"):
         monkeypatch.setenv("CT_KERNELS_NATIVE_MMA", "1")
+        if request.param == "mma32":
+            monkeypatch.setenv("CT_KERNELS_NATIVE_MMA_ROWS", "32")
     return request.param
 
 
@@ -168,10 +171,12 @@ def test_tf32_no_mining(m, d, path):
 
 @pytest.mark.parametrize("dtype,tf32", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, True)])
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
-def test_mma_path_large_batch_slices_and_determinism(dtype, tf32, variant, monkeypatch):
+@pytest.mark.parametrize("rows_per_warp", ["16", "32"])
+def test_mma_path_large_batch_slices_and_determinism(dtype, tf32, variant, rows_per_warp, monkeypatch):
     """The mma.sync kernels at a batch with many tiles and mean-reduction weights (1/M: the fp16
     H scale), on an anchor slice that starts and ends inside row blocks, twice (deterministic)."""
     monkeypatch.setenv("CT_KERNELS_NATIVE_MMA", "1")
+    monkeypatch.setenv("CT_KERNELS_NATIVE_MMA_ROWS", rows_per_warp)
     m, d = 4099, 128
     u, y, _ = _case(m, d, 6, seed=40)
     uh = u.to(dtype)
