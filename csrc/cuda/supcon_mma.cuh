@@ -1,7 +1,7 @@
 // Fused SupCon / per-positive InfoNCE, forward and backward, on mma.sync tensor cores (bf16 / fp16,
 // or float32 as tf32), without hard mining, for D <= 128. The layout of flash attention 2: each
-// warp owns 16 anchor rows, holds their U fragments in registers for the whole sweep, and keeps
-// its 16 x BN tile of s (and of the gradient weights H) in the mma accumulators, so the masked
+// warp owns 16 (forward: or 32) anchor rows, holds their U fragments in registers for the whole
+// sweep, and keeps its 16 x BN tiles of s (and of the gradient weights H) in the mma accumulators, so the masked
 // log-sum-exp and H never leave registers; column tiles of U stream through shared memory, the
 // next one loading (cp.async) while the current one is used. The backward multiplies H by the
 // same shared tile (H's accumulator fragments are the A operand of the next product).
