@@ -9,8 +9,6 @@ CT_KERNELS_NATIVE_MMA=1, run by benchmarks/gpu_check.sh).
 """
 from __future__ import annotations
 
-import hashlib
-import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -21,24 +19,17 @@ import torch
 
 from ct_kernels.reference import supcon_rows_reference
 
+from emu_build import build_emulator
+
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [ROOT / "tests" / "emu" / "warp_emu.h", ROOT / "tests" / "emu" / "supcon_mma_emu.cpp",
-           ROOT / "csrc" / "cuda" / "supcon_mma.cuh"]
 KINDS = {"bf16": 0, "fp16": 1, "tf32": 2}
 IGN = -1
 
 
 @pytest.fixture(scope="session")
 def emu_binary(tmp_path_factory) -> Path:
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("needs a C++20 host compiler (g++) to build the warp emulator")
-    digest = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:12]
-    out = tmp_path_factory.mktemp("emu") / f"supcon_mma_emu_{digest}"
-    cmd = [cxx, "-std=c++20", "-O2", "-pthread", "-Wall", "-Wno-unknown-pragmas", "-o", str(out), str(SOURCES[1])]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr
-    return out
+    return build_emulator(tmp_path_factory, "supcon_mma_emu.cpp",
+                          [ROOT / "csrc" / "cuda" / "supcon_mma.cuh"])
 
 
 def _round_tf32(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 // T is the accumulation type (float for float32/bf16/fp16 inputs, converted by the caller;
 // double for float64). All pointers are device pointers of contiguous arrays.
 #pragma once
+#ifndef CT_KERNELS_WARP_EMULATION  // tests/emu supplies the two types used here
 #include <cuda_runtime.h>
+#endif
 
 #include <cstdint>
 

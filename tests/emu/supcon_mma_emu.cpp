@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "host_rules.h"
 #include "warp_emu.h"
 #include "../../csrc/cuda/supcon_mma.cuh"
 
@@ -29,22 +30,10 @@ static void read_into(FILE* f, T* dst, size_t n) {
   }
 }
 
-// The host's relabelling (csrc/cuda/supcon.cpp class_ids): index of the first equal label in
-// sorted order, -1 for ignored rows.
-static std::vector<int32_t> class_ids(const std::vector<int64_t>& y, int64_t ignore) {
-  std::vector<int64_t> sorted(y);
-  std::sort(sorted.begin(), sorted.end());
-  std::vector<int32_t> cls(y.size());
-  for (size_t i = 0; i < y.size(); ++i)
-    cls[i] = y[i] == ignore ? -1
-                            : static_cast<int32_t>(std::lower_bound(sorted.begin(), sorted.end(), y[i]) - sorted.begin());
-  return cls;
-}
-
 template <int P, int DP, int MT>
 static void run(const Args& a, const std::vector<int64_t>& y, const void* u, const std::vector<float>& grad,
                 FILE* out) {
-  const std::vector<int32_t> cls = class_ids(y, a.ignore);
+  const std::vector<int32_t> cls = emu_host::class_ids(y, a.ignore);
   using Bits = typename mp::Tr<P>::Bits;
   const auto* U = static_cast<const Bits*>(u);
   const float it = static_cast<float>(a.inv_temp);
@@ -72,15 +61,9 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
   forward(0, a.M, loss_f, npos_f, stats_f);
   forward(a.lo, a.hi, loss_s, npos_s, stats_s);
 
-  // 16-bit inputs: the host's weight scale (csrc/cuda/supcon.cpp half_weight_scale), applied to
-  // grad_rows before the kernel and divided out of dU after, as supcon_backward_cuda does
-  float gmax = 0.f;
-  for (float g : grad) gmax = std::max(gmax, std::fabs(g));
-  float hs = 1.f;
-  if (a.kind != 2 && gmax > 0.f && std::isfinite(gmax)) {
-    const double e = std::floor(std::log2(std::min<double>(static_cast<double>(std::max<int64_t>(a.M, 1)), 16384.0) / gmax));
-    hs = static_cast<float>(std::exp2(std::clamp(e, -100.0, 100.0)));
-  }
+  // 16-bit inputs: the host's weight scale, applied to grad_rows before the kernel and divided out
+  // of dU after, as supcon_backward_cuda does
+  const float hs = a.kind != 2 ? static_cast<float>(emu_host::half_weight_scale(grad, a.M)) : 1.f;
   std::vector<float> grad_s(grad);
   for (float& g : grad_s) g *= hs;
   const int64_t R = a.hi - a.lo;

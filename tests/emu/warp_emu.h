@@ -10,13 +10,16 @@
 #pragma once
 #define CT_KERNELS_WARP_EMULATION 1
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #define __global__
@@ -33,11 +36,14 @@ struct EmuIdx {
 };
 inline thread_local EmuIdx threadIdx;
 inline thread_local EmuIdx blockIdx;
+inline thread_local EmuIdx blockDim;
+inline thread_local EmuIdx gridDim;
 
 namespace emu {
 
 struct Warp {
   std::barrier<> bar{32};
+  float fa[32][8], fb[32][8];  // WMMA operands
   uint32_t a[32][4];
   uint32_t b[32][2];
   float d[32][4];
@@ -67,6 +73,8 @@ inline void launch(unsigned grid, int threads, const std::function<void()>& body
       pool.emplace_back([&, t] {
         threadIdx.x = static_cast<unsigned>(t);
         blockIdx.x = b;
+        blockDim.x = static_cast<unsigned>(threads);
+        gridDim.x = grid;
         block = &ctx;
         body();
       });
@@ -152,6 +160,159 @@ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 }  // namespace emu
 
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
+[[noreturn]] inline void __trap() { std::abort(); }
+
+// ---- what csrc/cuda/supcon_kernels.h takes from cuda_runtime.h
+using cudaError_t = int;
+using cudaStream_t = void*;
+constexpr cudaError_t cudaSuccess = 0, cudaErrorInvalidValue = 1;
+
+// ---- scalar intrinsics and types of the WMMA / FMA kernels (csrc/cuda/supcon_tiles.cuh)
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+struct __half {
+  uint16_t bits;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return {emu::float_to_bf16(f)}; }
+inline __half __float2half_rn(float f) { return {emu::float_to_f16(f)}; }
+inline float emu_to_float(__nv_bfloat16 v) { return emu::bf16_to_float(v.bits); }
+inline float emu_to_float(__half v) { return emu::f16_to_float(v.bits); }
+inline float emu_to_float(float v) { return v; }
+
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+template <typename To, typename From>
+inline To emu_bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To r;
+  std::memcpy(&r, &v, sizeof(To));
+  return r;
+}
+inline float __int_as_float(int v) { return emu_bit_cast<float>(v); }
+inline float __uint_as_float(unsigned v) { return emu_bit_cast<float>(v); }
+inline unsigned __float_as_uint(float v) { return emu_bit_cast<unsigned>(v); }
+inline double __longlong_as_double(long long v) { return emu_bit_cast<double>(v); }
+inline long long __double_as_longlong(double v) { return emu_bit_cast<long long>(v); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+
+inline int atomicAdd(int* addr, int v) { return std::atomic_ref<int>(*addr).fetch_add(v); }
+inline int atomicOr(int* addr, int v) { return std::atomic_ref<int>(*addr).fetch_or(v); }
+
+// ---- nvcuda::wmma, 16 x 16 x K tiles. The kernels only load, store, multiply and apply one
+// function to every element of a fragment, so any assignment of elements to lanes is faithful:
+// here lane l holds elements l * n .. l * n + n - 1 of the fragment's matrix in row-major order.
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+namespace precision {
+struct tf32 {};
+}
+inline float __float_to_tf32(float x) {
+  uint32_t u = emu_bit_cast<uint32_t>(x);  // cvt.rna.tf32.f32, as to_tf32 below
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;
+  return emu_bit_cast<float>(u & 0xffffe000u);
+}
+
+template <typename Use, int M, int N, int K>
+struct Shape;
+template <int M, int N, int K>
+struct Shape<matrix_a, M, N, K> {
+  static constexpr int rows = M, cols = K;
+};
+template <int M, int N, int K>
+struct Shape<matrix_b, M, N, K> {
+  static constexpr int rows = K, cols = N;
+};
+template <int M, int N, int K>
+struct Shape<accumulator, M, N, K> {
+  static constexpr int rows = M, cols = N;
+};
+template <typename T>
+struct Elem {
+  using type = T;
+};
+template <>
+struct Elem<precision::tf32> {
+  using type = float;
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  static constexpr int rows = Shape<Use, M, N, K>::rows, cols = Shape<Use, M, N, K>::cols;
+  static constexpr int num_elements = rows * cols / 32;
+  typename Elem<T>::type x[num_elements];
+  // (row, col) of element e of this lane
+  static int row_of(int e) { return (emu::lane() * num_elements + e) / cols; }
+  static int col_of(int e) { return (emu::lane() * num_elements + e) % cols; }
+};
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float v) {
+  for (auto& x : f.x) x = v;
+}
+template <typename Use, int M, int N, int K, typename T, typename L, typename P>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const P* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, L>;
+  for (int e = 0; e < F::num_elements; ++e) {
+    const int r = F::row_of(e), c = F::col_of(e);
+    f.x[e] = std::is_same_v<L, col_major> ? p[c * ldm + r] : p[r * ldm + c];
+  }
+}
+template <int M, int N, int K, typename T>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, T>& f, const float* p, unsigned ldm, layout_t l) {
+  using F = fragment<accumulator, M, N, K, T>;
+  for (int e = 0; e < F::num_elements; ++e) {
+    const int r = F::row_of(e), c = F::col_of(e);
+    f.x[e] = l == mem_col_major ? p[c * ldm + r] : p[r * ldm + c];
+  }
+}
+template <int M, int N, int K, typename T>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm, layout_t l) {
+  using F = fragment<accumulator, M, N, K, T>;
+  for (int e = 0; e < F::num_elements; ++e) {
+    const int r = F::row_of(e), c = F::col_of(e);
+    (l == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.x[e];
+  }
+}
+// d = a b + c, collective: every lane's elements of a and b are gathered first
+template <int M, int N, int K, typename T, typename LA, typename LB, typename TC>
+inline void mma_sync(fragment<accumulator, M, N, K, TC>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, TC>& c) {
+  emu::Warp& w = emu::warp();
+  const int l = emu::lane();
+  constexpr int NA = M * K / 32, NB = K * N / 32;
+  static_assert(NA <= 8 && NB <= 8, "the warp's exchange slots hold 8 values a lane");
+  for (int e = 0; e < NA; ++e) w.fa[l][e] = emu_to_float(a.x[e]);
+  for (int e = 0; e < NB; ++e) w.fb[l][e] = emu_to_float(b.x[e]);
+  w.bar.arrive_and_wait();
+  float A[M][K], B[K][N];
+  for (int L = 0; L < 32; ++L) {
+    for (int e = 0; e < NA; ++e) A[(L * NA + e) / K][(L * NA + e) % K] = w.fa[L][e];
+    for (int e = 0; e < NB; ++e) B[(L * NB + e) / N][(L * NB + e) % N] = w.fb[L][e];
+  }
+  using F = fragment<accumulator, M, N, K, TC>;
+  float out[F::num_elements];
+  for (int e = 0; e < F::num_elements; ++e) {
+    const int r = F::row_of(e), col = F::col_of(e);
+    float s = 0.f;
+    for (int k = 0; k < K; ++k) s += A[r][k] * B[k][col];
+    out[e] = c.x[e] + s;
+  }
+  for (int e = 0; e < F::num_elements; ++e) d.x[e] = out[e];
+  w.bar.arrive_and_wait();
+}
+}  // namespace wmma
+}  // namespace nvcuda
 
 template <typename T>
 T __shfl_xor_sync(unsigned, T v, int off) {
