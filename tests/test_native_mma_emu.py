@@ -29,7 +29,7 @@ IGN = -1
 @pytest.fixture(scope="session")
 def emu_binary(tmp_path_factory) -> Path:
     return build_emulator(tmp_path_factory, "supcon_mma_emu.cpp",
-                          [ROOT / "csrc" / "cuda" / "supcon_mma.cuh"])
+                          [ROOT / "csrc" / "cuda" / n for n in ("supcon_mma.cuh", "launch.cuh", "supcon_kernels.h")])
 
 
 def _round_tf32(x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,8 @@
 #pragma once
 #include <cstdint>
 
+#include "launch.cuh"
+#include "supcon_kernels.h"
 #ifndef CT_KERNELS_WARP_EMULATION
 #include "warp_mma.cuh"
 #endif
@@ -537,6 +539,43 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t col = 8 * n + 2 * t + (e & 1);
       if (ir[r] < hi && col < D) dU[(ir[r] - lo) * D + col] = du[n][e];
     }
+}
+
+// Launch sequences for the anchor rows rs (the launchers in supcon_mma_kernels.cu dispatch on the
+// input type, D and the rows per warp). Infonce: phase 1, then phase 2.
+template <int MT>
+inline unsigned row_blocks(RowSlice rs) {
+  constexpr int BM = block_rows<MT>();
+  return static_cast<unsigned>((rs.hi - rs.lo + BM - 1) / BM);
+}
+
+template <int P, int DP, int MT>
+cudaError_t forward_rows(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp,
+                         int variant, float* loss, int32_t* npos, float* stats, cudaStream_t stream) {
+  using Bits = typename Tr<P>::Bits;
+  const auto* U = static_cast<const Bits*>(u);
+  const unsigned nb = row_blocks<MT>(rs);
+  const int first = variant == 0 ? 0 : 1, last = variant == 0 ? 0 : 2;  // infonce: phase 1, then 2
+  for (int phase = first; phase <= last; ++phase) {
+    auto* kernel = phase == 0 ? forward_kernel<P, DP, 0, MT> : phase == 1 ? forward_kernel<P, DP, 1, MT>
+                                                                          : forward_kernel<P, DP, 2, MT>;
+    CT_LAUNCH(kernel, nb, kThreads, stream, U, cls, M, rs.lo, rs.hi, D, inv_temp, loss, npos, stats);
+    const cudaError_t err = CT_LAST_ERROR();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+template <int P, int DP>
+cudaError_t backward_rows(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp,
+                          int variant, const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
+                          cudaStream_t stream) {
+  using Bits = typename Tr<P>::Bits;
+  const auto* U = static_cast<const Bits*>(u);
+  auto* kernel = variant == 0 ? backward_kernel<P, DP, 0> : backward_kernel<P, DP, 1>;
+  CT_LAUNCH(kernel, row_blocks<1>(rs), kThreads, stream, U, cls, M, rs.lo, rs.hi, D, inv_temp, npos, stats, grad_rows,
+            dU);
+  return CT_LAST_ERROR();
 }
 
 }  // namespace mma_path

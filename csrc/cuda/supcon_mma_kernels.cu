@@ -9,39 +9,8 @@ namespace ct_kernels {
 namespace cuda {
 namespace {
 
-using mma_path::kThreads;
-
-template <int MT>
-inline unsigned row_blocks(RowSlice rs) {
-  constexpr int BM = mma_path::block_rows<MT>();
-  return static_cast<unsigned>((rs.hi - rs.lo + BM - 1) / BM);
-}
-
 inline bool slice_ok(int64_t M, RowSlice rs) {
   return M < (int64_t(1) << 31) && rs.lo >= 0 && rs.hi <= M && rs.lo <= rs.hi;
-}
-
-template <int P, int DP, int MT>
-cudaError_t forward_rows(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp,
-                         int variant, float* loss, int32_t* npos, float* stats, cudaStream_t stream) {
-  using Bits = typename mma_path::Tr<P>::Bits;
-  const auto* U = static_cast<const Bits*>(u);
-  const unsigned nb = row_blocks<MT>(rs);
-  const int first = variant == 0 ? 0 : 1, last = variant == 0 ? 0 : 2;  // infonce: phase 1, then 2
-  for (int phase = first; phase <= last; ++phase) {
-    if (phase == 0)
-      mma_path::forward_kernel<P, DP, 0, MT><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss,
-                                                                        npos, stats);
-    else if (phase == 1)
-      mma_path::forward_kernel<P, DP, 1, MT><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss,
-                                                                        npos, stats);
-    else
-      mma_path::forward_kernel<P, DP, 2, MT><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, loss,
-                                                                        npos, stats);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
 }
 
 // rows_per_warp 16 or 32 (MT 1 or 2)
@@ -49,9 +18,9 @@ template <int P, int DP>
 cudaError_t forward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp, int variant,
                     float* loss, int32_t* npos, float* stats, int rows_per_warp, cudaStream_t stream) {
   if (rows_per_warp == 32)
-    return forward_rows<P, DP, 2>(u, cls, M, rs, D, inv_temp, variant, loss, npos, stats, stream);
+    return mma_path::forward_rows<P, DP, 2>(u, cls, M, rs, D, inv_temp, variant, loss, npos, stats, stream);
   if (rows_per_warp == 16)
-    return forward_rows<P, DP, 1>(u, cls, M, rs, D, inv_temp, variant, loss, npos, stats, stream);
+    return mma_path::forward_rows<P, DP, 1>(u, cls, M, rs, D, inv_temp, variant, loss, npos, stats, stream);
   return cudaErrorInvalidValue;
 }
 
@@ -59,16 +28,7 @@ template <int P, int DP>
 cudaError_t backward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp,
                      int variant, const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
                      cudaStream_t stream) {
-  using Bits = typename mma_path::Tr<P>::Bits;
-  const auto* U = static_cast<const Bits*>(u);
-  const unsigned nb = row_blocks<1>(rs);
-  if (variant == 0)
-    mma_path::backward_kernel<P, DP, 0><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, npos, stats,
-                                                                   grad_rows, dU);
-  else
-    mma_path::backward_kernel<P, DP, 1><<<nb, kThreads, 0, stream>>>(U, cls, M, rs.lo, rs.hi, D, inv_temp, npos, stats,
-                                                                   grad_rows, dU);
-  return cudaGetLastError();
+  return mma_path::backward_rows<P, DP>(u, cls, M, rs, D, inv_temp, variant, npos, stats, grad_rows, dU, stream);
 }
 
 // One table for both directions: the instantiation for (in_kind, D), or F() for unsupported.

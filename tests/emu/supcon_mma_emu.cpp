@@ -34,8 +34,6 @@ template <int P, int DP, int MT>
 static void run(const Args& a, const std::vector<int64_t>& y, const void* u, const std::vector<float>& grad,
                 FILE* out) {
   const std::vector<int32_t> cls = emu_host::class_ids(y, a.ignore);
-  using Bits = typename mp::Tr<P>::Bits;
-  const auto* U = static_cast<const Bits*>(u);
   const float it = static_cast<float>(a.inv_temp);
   auto forward = [&](int64_t lo, int64_t hi, std::vector<float>& loss, std::vector<int32_t>& npos,
                      std::vector<float>& stats) {
@@ -43,18 +41,10 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
     loss.assign(R, -7.f);
     npos.assign(R, -7);
     stats.assign(2 * R, -7.f);
-    constexpr int BM = mp::block_rows<MT>();
-    const unsigned nb = static_cast<unsigned>((R + BM - 1) / BM);
-    const int phases[2][2] = {{0, 0}, {1, 2}};
-    for (int ph = phases[a.variant][0]; ph <= phases[a.variant][1]; ++ph)
-      emu::launch(nb, mp::kThreads, [&] {
-        if (ph == 0)
-          mp::forward_kernel<P, DP, 0, MT>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
-        else if (ph == 1)
-          mp::forward_kernel<P, DP, 1, MT>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
-        else
-          mp::forward_kernel<P, DP, 2, MT>(U, cls.data(), a.M, lo, hi, a.D, it, loss.data(), npos.data(), stats.data());
-      });
+    const int err = mp::forward_rows<P, DP, MT>(u, cls.data(), a.M, ct_kernels::cuda::RowSlice{lo, hi}, a.D, it,
+                                                static_cast<int>(a.variant), loss.data(), npos.data(), stats.data(),
+                                                nullptr);
+    if (err != cudaSuccess) std::exit(3);
   };
   std::vector<float> loss_f, stats_f, loss_s, stats_s;
   std::vector<int32_t> npos_f, npos_s;
@@ -68,15 +58,10 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
   for (float& g : grad_s) g *= hs;
   const int64_t R = a.hi - a.lo;
   std::vector<float> dU(R * a.D, -7.f);
-  const unsigned nb = static_cast<unsigned>((R + mp::block_rows<1>() - 1) / mp::block_rows<1>());
-  emu::launch(nb, mp::kThreads, [&] {
-    if (a.variant == 0)
-      mp::backward_kernel<P, DP, 0>(U, cls.data(), a.M, a.lo, a.hi, a.D, it, npos_f.data(), stats_f.data(),
-                                    grad_s.data(), dU.data());
-    else
-      mp::backward_kernel<P, DP, 1>(U, cls.data(), a.M, a.lo, a.hi, a.D, it, npos_f.data(), stats_f.data(),
-                                    grad_s.data(), dU.data());
-  });
+  const int err = mp::backward_rows<P, DP>(u, cls.data(), a.M, ct_kernels::cuda::RowSlice{a.lo, a.hi}, a.D, it,
+                                           static_cast<int>(a.variant), npos_f.data(), stats_f.data(), grad_s.data(),
+                                           dU.data(), nullptr);
+  if (err != cudaSuccess) std::exit(3);
   std::fwrite(loss_f.data(), 4, loss_f.size(), out);
   std::fwrite(npos_f.data(), 4, npos_f.size(), out);
   std::fwrite(stats_f.data(), 4, stats_f.size(), out);
