@@ -16,7 +16,7 @@ def build_emulator(tmp_path_factory, driver: str, kernel_sources: list[Path]) ->
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("needs a C++20 host compiler (g++) to build the warp emulator")
-    sources = [EMU / driver, EMU / "warp_emu.h", EMU / "host_rules.h", *kernel_sources]
+    sources = [EMU / driver, EMU / "warp_emu.h", EMU / "host_rules.h", EMU / "driver_io.h", *kernel_sources]
     digest = hashlib.sha1(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     out = tmp_path_factory.mktemp("emu") / f"{Path(driver).stem}_{digest}"
     # -fno-strict-aliasing: the kernels read 16-byte pieces through uint4 pointers, as CUDA allows

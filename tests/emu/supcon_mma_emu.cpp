@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "driver_io.h"
 #include "host_rules.h"
 #include "warp_emu.h"
 #include "../../csrc/cuda/supcon_mma.cuh"
@@ -21,14 +22,6 @@ struct Args {
   int64_t kind, variant, M, D, lo, hi, ignore, dp, rows;
   double inv_temp;
 };
-
-template <typename T>
-static void read_into(FILE* f, T* dst, size_t n) {
-  if (std::fread(dst, sizeof(T), n, f) != n) {
-    std::fprintf(stderr, "short input\n");
-    std::exit(2);
-  }
-}
 
 template <int P, int DP, int MT>
 static void run(const Args& a, const std::vector<int64_t>& y, const void* u, const std::vector<float>& grad,
@@ -73,28 +66,18 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
 }
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: %s input output\n", argv[0]);
-    return 2;
-  }
-  FILE* in = std::fopen(argv[1], "rb");
-  if (!in) return 2;
+  FILE *in, *out;
+  const emu_io::Input inp = emu_io::read_input(argc, argv, [](int64_t k) -> size_t { return k == 2 ? 4 : 2; }, &in, &out);
+  const int64_t* h = inp.head;
   Args a;
-  int64_t head[9];
-  read_into(in, head, 9);
-  a.kind = head[0], a.variant = head[1], a.M = head[2], a.D = head[3], a.lo = head[4], a.hi = head[5];
-  a.ignore = head[6], a.dp = head[7], a.rows = head[8];
-  read_into(in, &a.inv_temp, 1);
-  std::vector<int64_t> y(a.M);
-  read_into(in, y.data(), y.size());
-  const size_t esize = a.kind == 2 ? 4 : 2;
-  std::vector<unsigned char> u(a.M * a.D * esize + 16);
-  read_into(in, u.data(), a.M * a.D * esize);
+  a.kind = h[0], a.variant = h[1], a.M = h[2], a.D = h[3], a.lo = h[4], a.hi = h[5], a.ignore = h[6];
+  a.dp = h[7], a.rows = h[8];
+  a.inv_temp = inp.inv_temp;
+  const std::vector<int64_t>& y = inp.labels;
+  const std::vector<unsigned char>& u = inp.u;
   std::vector<float> grad(a.M);
-  read_into(in, grad.data(), grad.size());
+  emu_io::read_into(in, grad.data(), grad.size());
   std::fclose(in);
-  FILE* out = std::fopen(argv[2], "wb");
-  if (!out) return 2;
   // every (type, width, rows per warp) instantiation the launcher has
   auto go = [&](auto p_tag, auto dp_tag) {
     constexpr int P = decltype(p_tag)::value, DP = decltype(dp_tag)::value;
