@@ -63,23 +63,26 @@ inline thread_local Block* block = nullptr;
 inline Warp& warp() { return *block->warps[threadIdx.x / 32]; }
 inline int lane() { return static_cast<int>(threadIdx.x & 31u); }
 
-// Runs `body` (the kernel call) as grid x threads CUDA threads, one block at a time.
+// Runs `body` (the kernel call) as grid x threads CUDA threads, one block at a time: `threads`
+// workers take every block in turn, with a barrier between blocks (their static "shared" memory
+// is then free again), so a launch starts its threads once.
 inline void launch(unsigned grid, int threads, const std::function<void()>& body) {
-  for (unsigned b = 0; b < grid; ++b) {
-    Block ctx(threads);
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        threadIdx.x = static_cast<unsigned>(t);
+  Block ctx(threads);
+  std::vector<std::thread> pool;
+  pool.reserve(threads);
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      threadIdx.x = static_cast<unsigned>(t);
+      blockDim.x = static_cast<unsigned>(threads);
+      gridDim.x = grid;
+      block = &ctx;
+      for (unsigned b = 0; b < grid; ++b) {
         blockIdx.x = b;
-        blockDim.x = static_cast<unsigned>(threads);
-        gridDim.x = grid;
-        block = &ctx;
         body();
-      });
-    for (auto& th : pool) th.join();
-  }
+        ctx.bar.arrive_and_wait();
+      }
+    });
+  for (auto& th : pool) th.join();
 }
 
 inline float bf16_to_float(uint16_t h) {
