@@ -110,10 +110,10 @@ class NotApplicable(Exception):
 
 
 def _mma_only(fn):
-    """The mma.sync path runs tensor-core inputs with D <= 128; elsewhere it is ct_native itself."""
+    """The mma.sync path runs D <= 128 (float32 without tf32 as 3xTF32); elsewhere it is ct_native."""
     def call(z, y):
-        if z.shape[1] > 128 or (z.dtype == torch.float32 and not fp32_matmul_allows_tf32()):
-            raise NotApplicable("the mma.sync path takes bf16 / fp16 / tf32 inputs with D <= 128")
+        if z.shape[1] > 128:
+            raise NotApplicable("the mma.sync path takes D <= 128")
         return fn(z, y)
     return call
 

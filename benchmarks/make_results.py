@@ -157,7 +157,7 @@ def goals_table(rows):
              1.5, "x")
         for impl, rows_per_warp in (("ct_native_mma", 16), ("ct_native_mma32", 32)):
             mma = _ms(rows, "supcon", impl, 32768, prec)
-            if mma and prec != "fp32":  # runs since the mma.sync kernels exist; not applicable to fp32
+            if mma:  # runs since the mma.sync kernels exist (fp32: their 3xTF32 products)
                 line(f"native CUDA mma.sync path ({rows_per_warp} rows a warp) / triton, N=32768 {prec} <= 1.5",
                      tri and mma["ms"] / tri["ms"], 1.5, "x")
     for dt in ("uint8", "int64"):
@@ -248,7 +248,8 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   H·U) in registers, ex2.approx with a per-lane running max, int32 class ids (host relabelling)
   and the self pair found by one compare with a per-tile constant, cp.async double-buffered column
   tiles. sm_90 compile (D = 128): forward 92-122 registers, backward 180-191 (bf16 / fp16) and
-  214-216 (tf32), all spill-free; `ct_native_mma32` (CT_KERNELS_NATIVE_MMA_ROWS=32) gives each
+  214-216 (tf32), all spill-free; float32 without tf32 runs there as three tf32 products of hi / lo
+  splits (forward 127, backward 212-223 registers, spill-free); `ct_native_mma32` (CT_KERNELS_NATIVE_MMA_ROWS=32) gives each
   warp 32 rows, so each staged B fragment serves two m-tiles (255 registers, 4-32 bytes spilled).
   Expected bound: four warps share each staged tile, so the B
   operand is read from shared memory once per 16 rows (about 16 FLOP per shared byte); more rows

@@ -40,10 +40,19 @@ int tc_kind(const at::Tensor& u, bool allow_tf32) {
 }
 
 // The mma.sync kernels (supcon_mma.cuh: flash-attention-2 layout) for the unmined loss with D <=
-// 128 on tensor-core inputs. Opt-in with CT_KERNELS_NATIVE_MMA=1 until a GPU run has checked them
+// 128 on tensor-core inputs, float32 without tf32 included (3xTF32). Opt-in with CT_KERNELS_NATIVE_MMA=1 until a GPU run has checked them
 // on the hardware and timed them against the WMMA kernels (they were written and tested on a CPU
 // warp emulator, tests/test_native_mma_emu.py). Forward and backward decide alike from the same
 // arguments; unmined, each may also run without the other (they share only the statistics).
+// The mma path's input kind: the tensor-core kind, or for float32 without tf32 (FMA tiles
+// otherwise) the 3xTF32 products; -1 where it does not apply.
+int mma_kind(const at::Tensor& u, int kind, bool allow_tf32) {
+  if (kind >= 0) return kind;
+  if (u.scalar_type() == at::kFloat && !allow_tf32 && at::cuda::getDeviceProperties(u.device().index())->major >= 8)
+    return cuda::kInTf32x3;
+  return -1;
+}
+
 bool use_mma(int kind, int64_t D, int64_t kp, int64_t kn) {
   const char* env = std::getenv("CT_KERNELS_NATIVE_MMA");
   return env != nullptr && std::strcmp(env, "1") == 0 && kind >= 0 && kp <= 0 && kn <= 0 &&
@@ -109,9 +118,10 @@ ForwardOut supcon_forward_cuda(const at::Tensor& u_in, const at::Tensor& labels_
                          reinterpret_cast<uint32_t*>(pc.data_ptr<int32_t>()), rem.data_ptr<int64_t>(),
                          flag.data_ptr<int32_t>()};
   auto stream = c10::cuda::getCurrentCUDAStream().stream();
-  if (use_mma(kind, D, kp, kn)) {
+  const int mkind = mma_kind(u_in, kind, allow_tf32);
+  if (use_mma(mkind, D, kp, kn)) {
     const at::Tensor cls = class_ids(labels, ignore_index);
-    C10_CUDA_CHECK(cuda::launch_supcon_forward_mma(kind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D,
+    C10_CUDA_CHECK(cuda::launch_supcon_forward_mma(mkind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D,
                                                    static_cast<float>(inv_temp), var, loss.data_ptr<float>(),
                                                    npos.data_ptr<int32_t>(), stats.data_ptr<float>(),
                                                    mma_rows_per_warp(), stream));
@@ -170,11 +180,12 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
     grad = (sv.grad_rows * hs).contiguous();
     du_scale = du_scale / hs;
   }
-  if (use_mma(kind, D, kp, kn)) {
+  const int mkind = mma_kind(u_in, kind, allow_tf32);
+  if (use_mma(mkind, D, kp, kn)) {
     at::Tensor dU = at::empty({R, D}, u.options().dtype(at::kFloat));  // every element written
     const at::Tensor cls = class_ids(labels, ignore_index);
     C10_CUDA_CHECK(cuda::launch_supcon_backward_mma(
-        kind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D, static_cast<float>(inv_temp), var,
+        mkind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D, static_cast<float>(inv_temp), var,
         sv.npos.const_data_ptr<int32_t>(), sv.stats.const_data_ptr<float>(), grad.const_data_ptr<float>(),
         dU.data_ptr<float>(), stream));
     return (dU * du_scale).to(u_in.scalar_type()).contiguous();

@@ -49,7 +49,8 @@ cudaError_t launch_supcon_backward(const T* u, const int64_t* labels, int64_t M,
                                    cudaStream_t stream);
 
 // Tensor-core path (WMMA, float accumulation): u in bf16 / fp16, or float32 read as tf32.
-enum InKind : int { kInBf16 = 0, kInFp16 = 1, kInTf32 = 2 };
+// kInTf32x3: float32 without tf32 as three tf32 products (the mma.sync path only).
+enum InKind : int { kInBf16 = 0, kInFp16 = 1, kInTf32 = 2, kInTf32x3 = 3 };
 
 cudaError_t launch_supcon_forward_tc(int in_kind, const void* u, const int64_t* labels, int64_t M,
                                      RowSlice rows, int64_t D, int64_t ignore_index,
@@ -67,8 +68,8 @@ cudaError_t launch_supcon_backward_tc(int in_kind, const void* u, const int64_t*
                                       const int64_t* thr_col, const float* grad_rows,
                                       float* dU_padded, int64_t Dp, cudaStream_t stream);
 
-// mma.sync path (supcon_mma.cuh; sm_80+): the unmined loss for bf16 / fp16 / tf32 inputs and
-// D <= kMmaMaxD. Rows are labelled by cls: int32 class ids, equal exactly where the labels are,
+// mma.sync path (supcon_mma.cuh; sm_80+): the unmined loss for bf16 / fp16 / tf32 / 3xTF32 inputs
+// and D <= kMmaMaxD. Rows are labelled by cls: int32 class ids, equal exactly where the labels are,
 // -1 for ignored rows (the caller relabels). Forward: loss, npos, stats for the anchor rows
 // (thresholds are the caller's: no mining). Backward: dU (float32, exactly the (hi - lo) x D
 // anchor rows, every element written, unscaled by inv_temp).

@@ -37,7 +37,9 @@ __host__ __device__ constexpr int block_rows() {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-enum Prec : int { kBf16 = 0, kFp16 = 1, kTf32 = 2 };
+// kTf32x3: float32 without tf32, as three tf32 products of hi / lo splits (a_hi b_lo + a_lo b_hi +
+// a_hi b_hi, the lo x lo term dropped): an fp32 dot's accuracy on tensor cores.
+enum Prec : int { kBf16 = 0, kFp16 = 1, kTf32 = 2, kTf32x3 = 3 };
 
 // Bits: how U's elements are stored and staged (raw bit copies). K: the mma's k. BN: columns per
 // tile (tf32 tiles are half as wide: same bytes). PAD: elements after each staged row (16 bytes:
@@ -52,12 +54,56 @@ struct Tr<kTf32> {
   using Bits = uint32_t;
   static constexpr int K = 8, BN = 32, PAD = 4;
 };
+template <>
+struct Tr<kTf32x3> : Tr<kTf32> {};
 
 template <int P>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  if constexpr (P == kBf16) mma_bf16_16816(d, a, b);
-  else if constexpr (P == kFp16) mma_f16_16816(d, a, b);
-  else mma_tf32_1688(d, a, b);
+constexpr bool k32 = P == kTf32 || P == kTf32x3;  // 32-bit elements, m16n8k8
+
+// A float as it enters a fragment register: tf32 (rounded) or, for the 3xTF32 split, as is.
+template <int P>
+__device__ __forceinline__ uint32_t op32(float x) {
+  if constexpr (P == kTf32x3) return float_to_bits(x);
+  else return to_tf32(x);
+}
+
+// Operands as the mma instructions take them: the fragment registers, or for kTf32x3 their
+// hi / lo tf32 splits (made once per fragment, then used for every product it enters).
+template <int P, int N>
+struct Op {
+  uint32_t r[N];
+};
+template <int N>
+struct Op<kTf32x3, N> {
+  uint32_t hi[N], lo[N];
+};
+template <int P, int N>
+__device__ __forceinline__ Op<P, N> prep(const uint32_t (&x)[N]) {
+  Op<P, N> o;
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    if constexpr (P == kTf32x3) {
+      uint32_t raw = x[i];
+      opaque(raw);  // split here, every time: not hoisted out of the column sweep
+      const float v = bits_to_float(raw);
+      o.hi[i] = to_tf32(v);
+      o.lo[i] = to_tf32(v - bits_to_float(o.hi[i]));  // exact difference, rounded to tf32
+    } else {
+      o.r[i] = x[i];
+    }
+  }
+  return o;
+}
+template <int P>
+__device__ __forceinline__ void mma(float (&d)[4], const Op<P, 4>& a, const Op<P, 2>& b) {
+  if constexpr (P == kBf16) mma_bf16_16816(d, a.r, b.r);
+  else if constexpr (P == kFp16) mma_f16_16816(d, a.r, b.r);
+  else if constexpr (P == kTf32) mma_tf32_1688(d, a.r, b.r);
+  else {  // small terms first
+    mma_tf32_1688(d, a.lo, b.hi);
+    mma_tf32_1688(d, a.hi, b.lo);
+    mma_tf32_1688(d, a.hi, b.hi);
+  }
 }
 
 __device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
@@ -66,13 +112,13 @@ __device__ __forceinline__ uint32_t ld32(const uint16_t* p) { return *reinterpre
 template <int P, int LD>
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const typename Tr<P>::Bits* s, int row0, int ks) {
   const int lane = lane_id(), g = lane >> 2, t = lane & 3;
-  if constexpr (P == kTf32) {
+  if constexpr (k32<P>) {
     const uint32_t* r0 = s + (row0 + g) * LD + ks * 8 + t;
     const uint32_t* r1 = r0 + 8 * LD;
-    a[0] = to_tf32(bits_to_float(r0[0]));
-    a[1] = to_tf32(bits_to_float(r1[0]));
-    a[2] = to_tf32(bits_to_float(r0[4]));
-    a[3] = to_tf32(bits_to_float(r1[4]));
+    a[0] = op32<P>(bits_to_float(r0[0]));
+    a[1] = op32<P>(bits_to_float(r1[0]));
+    a[2] = op32<P>(bits_to_float(r0[4]));
+    a[3] = op32<P>(bits_to_float(r1[4]));
   } else {
     const uint16_t* r0 = s + (row0 + g) * LD + ks * 16 + 2 * t;
     const uint16_t* r1 = r0 + 8 * LD;
@@ -87,10 +133,10 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const typename Tr<P>::B
 template <int P, int LD>
 __device__ __forceinline__ void load_b_rows(uint32_t (&b)[2], const typename Tr<P>::Bits* s, int n0, int ks) {
   const int lane = lane_id(), g = lane >> 2, t = lane & 3;
-  if constexpr (P == kTf32) {
+  if constexpr (k32<P>) {
     const uint32_t* r = s + (n0 + g) * LD + ks * 8 + t;
-    b[0] = to_tf32(bits_to_float(r[0]));
-    b[1] = to_tf32(bits_to_float(r[4]));
+    b[0] = op32<P>(bits_to_float(r[0]));
+    b[1] = op32<P>(bits_to_float(r[4]));
   } else {
     const uint16_t* r = s + (n0 + g) * LD + ks * 16 + 2 * t;
     b[0] = ld32(r);
@@ -104,10 +150,10 @@ __device__ __forceinline__ void load_b_rows(uint32_t (&b)[2], const typename Tr<
 template <int P, int LD>
 __device__ __forceinline__ void load_b_cols(uint32_t (&b)[2], const typename Tr<P>::Bits* s, int k0, int n0) {
   const int lane = lane_id(), g = lane >> 2, t = lane & 3;
-  if constexpr (P == kTf32) {
+  if constexpr (k32<P>) {
     const uint32_t* c = s + (k0 + 2 * t) * LD + n0 + g;
-    b[0] = to_tf32(bits_to_float(c[0]));
-    b[1] = to_tf32(bits_to_float(c[LD]));
+    b[0] = op32<P>(bits_to_float(c[0]));
+    b[1] = op32<P>(bits_to_float(c[LD]));
   } else {
     ldsm_x2_trans(b, s + (k0 + (lane & 15)) * LD + n0);
   }
@@ -117,11 +163,11 @@ __device__ __forceinline__ void load_b_cols(uint32_t (&b)[2], const typename Tr<
 // accumulator layout of two adjacent n-tiles is the A layout of one k16 step).
 template <int P, int NT>
 __device__ __forceinline__ void h_fragment(uint32_t (&a)[4], const float (&h)[NT][4], int kc) {
-  if constexpr (P == kTf32) {
-    a[0] = to_tf32(h[kc][0]);
-    a[1] = to_tf32(h[kc][2]);
-    a[2] = to_tf32(h[kc][1]);
-    a[3] = to_tf32(h[kc][3]);
+  if constexpr (k32<P>) {
+    a[0] = op32<P>(h[kc][0]);
+    a[1] = op32<P>(h[kc][2]);
+    a[2] = op32<P>(h[kc][1]);
+    a[3] = op32<P>(h[kc][3]);
   } else {
     const float(&x)[4] = h[2 * kc];
     const float(&z)[4] = h[2 * kc + 1];
@@ -262,14 +308,19 @@ __device__ __forceinline__ void s_tile(float (&acc)[MT][Tr<P>::BN / 8][4], const
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mt][nt][e] = 0.f;
 #pragma unroll
-  for (int ks = 0; ks < DP / Tr<P>::K; ++ks)
+  for (int ks = 0; ks < DP / Tr<P>::K; ++ks) {
+    Op<P, 4> ap[MT];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) ap[mt] = prep<P>(a[mt][ks]);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       uint32_t b[2];
       load_b_rows<P, LD>(b, tile, 8 * nt, ks);
+      const Op<P, 2> bp = prep<P>(b);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) mma<P>(acc[mt][nt], a[mt][ks], b);
+      for (int mt = 0; mt < MT; ++mt) mma<P>(acc[mt][nt], ap[mt], bp);
     }
+  }
 }
 
 // The column sweep of every kernel here: stage(b, c0) fills buffer b with the tile from column c0
@@ -523,11 +574,12 @@ __global__ void __launch_bounds__(kThreads)
     for (int kc = 0; kc < BN / K; ++kc) {
       uint32_t ha[4];
       h_fragment<P, NT>(ha, h, kc);
+      const Op<P, 4> hp = prep<P>(ha);
 #pragma unroll
       for (int n = 0; n < DT; ++n) {
         uint32_t b[2];
         load_b_cols<P, LD>(b, tiles[buf], kc * K, 8 * n);
-        mma<P>(du[n], ha, b);
+        mma<P>(du[n], hp, prep<P>(b));
       }
     }
   });

@@ -42,6 +42,8 @@ cudaError_t dispatch(int in_kind, int64_t D, Args... args) {
       return narrow ? Op<mma_path::kFp16, 64>::run(args...) : Op<mma_path::kFp16, 128>::run(args...);
     case kInTf32:
       return narrow ? Op<mma_path::kTf32, 64>::run(args...) : Op<mma_path::kTf32, 128>::run(args...);
+    case kInTf32x3:
+      return narrow ? Op<mma_path::kTf32x3, 64>::run(args...) : Op<mma_path::kTf32x3, 128>::run(args...);
     default:
       return cudaErrorInvalidValue;
   }
@@ -61,7 +63,8 @@ struct Bwd {
 }  // namespace
 
 bool supcon_mma_supported(int in_kind, int64_t D) {
-  return (in_kind == kInBf16 || in_kind == kInFp16 || in_kind == kInTf32) && D >= 1 && D <= kMmaMaxD;
+  return (in_kind == kInBf16 || in_kind == kInFp16 || in_kind == kInTf32 || in_kind == kInTf32x3) && D >= 1 &&
+         D <= kMmaMaxD;
 }
 
 cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,

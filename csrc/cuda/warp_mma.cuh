@@ -82,6 +82,12 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
 #endif
 }
 __device__ __forceinline__ float bits_to_float(uint32_t b) { return __uint_as_float(b); }
+__device__ __forceinline__ uint32_t float_to_bits(float x) { return __float_as_uint(x); }
+
+// An empty asm that the compiler must assume changes v: what is computed from v afterwards is not
+// hoisted out of the enclosing loop (the 3xTF32 splits of loop-invariant fragments would otherwise
+// be kept for the whole sweep, in twice the registers).
+__device__ __forceinline__ void opaque(uint32_t& v) { asm volatile("" : "+r"(v)); }
 
 // 2^x on the special-function unit (what Triton's tl.exp2 emits): relative error ~2^-22,
 // exp2(-inf) = +0, subnormal results flushed to zero.

@@ -1,5 +1,5 @@
 // Driver of the mma.sync SupCon kernels under the CPU warp emulator (tests/test_native_mma_emu.py).
-// Input file: int64 kind (0 bf16, 1 fp16, 2 tf32), variant, M, D, lo, hi, ignore, DP, forward rows
+// Input file: int64 kind (0 bf16, 1 fp16, 2 tf32, 3 float32 as 3xTF32), variant, M, D, lo, hi, ignore, DP, forward rows
 // per warp (16 or 32); double
 // inv_temp; int64 labels[M]; U bits[M * D] (uint16 or uint32); float grad_rows[M].
 // Output file: the forward over all rows (loss[M], npos[M] int32, stats[2M]), the forward over the
@@ -46,7 +46,7 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
 
   // 16-bit inputs: the host's weight scale, applied to grad_rows before the kernel and divided out
   // of dU after, as supcon_backward_cuda does
-  const float hs = a.kind != 2 ? static_cast<float>(emu_host::half_weight_scale(grad, a.M)) : 1.f;
+  const float hs = a.kind <= 1 ? static_cast<float>(emu_host::half_weight_scale(grad, a.M)) : 1.f;
   std::vector<float> grad_s(grad);
   for (float& g : grad_s) g *= hs;
   const int64_t R = a.hi - a.lo;
@@ -67,7 +67,7 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
 
 int main(int argc, char** argv) {
   FILE *in, *out;
-  const emu_io::Input inp = emu_io::read_input(argc, argv, [](int64_t k) -> size_t { return k == 2 ? 4 : 2; }, &in, &out);
+  const emu_io::Input inp = emu_io::read_input(argc, argv, [](int64_t k) -> size_t { return k >= 2 ? 4 : 2; }, &in, &out);
   const int64_t* h = inp.head;
   Args a;
   a.kind = h[0], a.variant = h[1], a.M = h[2], a.D = h[3], a.lo = h[4], a.hi = h[5], a.ignore = h[6];
@@ -95,8 +95,11 @@ int main(int argc, char** argv) {
     case 1:
       by_width(std::integral_constant<int, mp::kFp16>{});
       break;
-    default:
+    case 2:
       by_width(std::integral_constant<int, mp::kTf32>{});
+      break;
+    default:
+      by_width(std::integral_constant<int, mp::kTf32x3>{});
   }
   std::fclose(out);
   return 0;

@@ -371,6 +371,12 @@ inline uint32_t to_tf32(float x) {  // cvt.rna.tf32.f32: nearest, ties away from
   return u & 0xffffe000u;
 }
 inline float fast_exp2(float x) { return std::exp2(x); }
+inline void opaque(uint32_t&) {}
+inline uint32_t float_to_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
 inline float bits_to_float(uint32_t b) {
   float f;
   std::memcpy(&f, &b, 4);
