@@ -1,5 +1,5 @@
 // Fused SupCon / per-positive InfoNCE, forward and backward, on mma.sync tensor cores (bf16 / fp16,
-// or float32 as tf32), without hard mining, for D <= 128. The layout of flash attention 2: each
+// float32 as tf32, or float32 as 3xTF32 when tf32 is off), without hard mining, for D <= 128. The layout of flash attention 2: each
 // warp owns 16 (forward: or 32) anchor rows, holds their U fragments in registers for the whole
 // sweep, and keeps its 16 x BN tiles of s (and of the gradient weights H) in the mma accumulators, so the masked
 // log-sum-exp and H never leave registers; column tiles of U stream through shared memory, the
