@@ -39,11 +39,6 @@ int tc_kind(const at::Tensor& u, bool allow_tf32) {
   }
 }
 
-// The mma.sync kernels (supcon_mma.cuh: flash-attention-2 layout) for the unmined loss with D <=
-// 128 on tensor-core inputs, float32 without tf32 included (3xTF32). Opt-in with CT_KERNELS_NATIVE_MMA=1 until a GPU run has checked them
-// on the hardware and timed them against the WMMA kernels (they were written and tested on a CPU
-// warp emulator, tests/test_native_mma_emu.py). Forward and backward decide alike from the same
-// arguments; unmined, each may also run without the other (they share only the statistics).
 // The mma path's input kind: the tensor-core kind, or for float32 without tf32 (FMA tiles
 // otherwise) the 3xTF32 products; -1 where it does not apply.
 int mma_kind(const at::Tensor& u, int kind, bool allow_tf32) {
@@ -53,6 +48,12 @@ int mma_kind(const at::Tensor& u, int kind, bool allow_tf32) {
   return -1;
 }
 
+// The mma.sync kernels (supcon_mma.cuh: flash-attention-2 layout) for the unmined loss with D <= 128
+// on tensor-core inputs, float32 without tf32 included (3xTF32). Opt-in with CT_KERNELS_NATIVE_MMA=1
+// until a GPU run has checked them on the hardware and timed them against the WMMA kernels (they
+// were written and tested on a CPU warp emulator, tests/test_native_mma_emu.py). Forward and
+// backward decide alike from the same arguments; unmined, each may also run without the other
+// (they share only the statistics).
 bool use_mma(int kind, int64_t D, int64_t kp, int64_t kn) {
   const char* env = std::getenv("CT_KERNELS_NATIVE_MMA");
   return env != nullptr && std::strcmp(env, "1") == 0 && kind >= 0 && kp <= 0 && kn <= 0 &&
@@ -174,12 +175,14 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   const int64_t T = cuda::kDuRows, base = row_start / T * T;
   const int64_t du_rows = (row_start + R + T - 1) / T * T - base;
   // tensor-core paths: 16-bit H gets the weight scale, undone with inv_temp on the fp32 result
-  at::Tensor grad = sv.grad_rows, du_scale = at::full({}, inv_temp, u.options().dtype(at::kFloat));
+  at::Tensor grad = sv.grad_rows, hs;
   if (kind == cuda::kInBf16 || kind == cuda::kInFp16) {
-    const at::Tensor hs = half_weight_scale(sv.grad_rows, M);
+    hs = half_weight_scale(sv.grad_rows, M);
     grad = (sv.grad_rows * hs).contiguous();
-    du_scale = du_scale / hs;
   }
+  auto scaled = [&](const at::Tensor& dU) {
+    return (hs.defined() ? dU * (inv_temp / hs) : dU * inv_temp).to(u_in.scalar_type()).contiguous();
+  };
   const int mkind = mma_kind(u_in, kind, allow_tf32);
   if (use_mma(mkind, D, kp, kn)) {
     at::Tensor dU = at::empty({R, D}, u.options().dtype(at::kFloat));  // every element written
@@ -188,7 +191,7 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
         mkind, u.const_data_ptr(), cls.const_data_ptr<int32_t>(), M, rows, D, static_cast<float>(inv_temp), var,
         sv.npos.const_data_ptr<int32_t>(), sv.stats.const_data_ptr<float>(), grad.const_data_ptr<float>(),
         dU.data_ptr<float>(), stream));
-    return (dU * du_scale).to(u_in.scalar_type()).contiguous();
+    return scaled(dU);
   }
   if (kind >= 0) {
     const int64_t Dp = (D + 15) / 16 * 16;
@@ -199,8 +202,7 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
         sv.stats.const_data_ptr<float>(), sv.thr_val.const_data_ptr<float>(),
         sv.thr_col.const_data_ptr<int64_t>(), grad.const_data_ptr<float>(),
         dUp.data_ptr<float>(), Dp, stream));
-    at::Tensor dU = dUp.narrow(0, row_start - base, R).narrow(1, 0, D);
-    return (dU * du_scale).to(u_in.scalar_type()).contiguous();
+    return scaled(dUp.narrow(0, row_start - base, R).narrow(1, 0, D));
   }
   at::Tensor dU = at::zeros({du_rows, D}, u.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES(acc, "supcon_backward_cuda", [&] {

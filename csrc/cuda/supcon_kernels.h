@@ -17,6 +17,11 @@ struct RowSlice {
   int64_t lo, hi;
 };
 
+// What every launcher accepts: 32-bit row indices, and a slice inside [0, M).
+inline bool slice_fits(int64_t M, RowSlice rs) {
+  return M < (int64_t(1) << 31) && rs.lo >= 0 && rs.hi <= M && rs.lo <= rs.hi;
+}
+
 // Scratch for the per-row mining selection: 2 * (hi - lo) entries each (index 2 * (i - lo) + side).
 struct SelectScratch {
   uint64_t* prefix_v;

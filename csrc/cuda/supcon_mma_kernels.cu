@@ -1,17 +1,11 @@
 // Launchers of the mma.sync SupCon kernels (supcon_mma.cuh): template dispatch on the input type
 // and the padded width DP, launch checks. CUDA headers only.
-#include <cmath>
-
 #include "supcon_kernels.h"
 #include "supcon_mma.cuh"
 
 namespace ct_kernels {
 namespace cuda {
 namespace {
-
-inline bool slice_ok(int64_t M, RowSlice rs) {
-  return M < (int64_t(1) << 31) && rs.lo >= 0 && rs.hi <= M && rs.lo <= rs.hi;
-}
 
 // rows_per_warp 16 or 32 (MT 1 or 2)
 template <int P, int DP>
@@ -24,14 +18,8 @@ cudaError_t forward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, i
   return cudaErrorInvalidValue;
 }
 
-template <int P, int DP>
-cudaError_t backward(const void* u, const int32_t* cls, int64_t M, RowSlice rs, int64_t D, float inv_temp,
-                     int variant, const int32_t* npos, const float* stats, const float* grad_rows, float* dU,
-                     cudaStream_t stream) {
-  return mma_path::backward_rows<P, DP>(u, cls, M, rs, D, inv_temp, variant, npos, stats, grad_rows, dU, stream);
-}
-
-// One table for both directions: the instantiation for (in_kind, D), or F() for unsupported.
+// One table for both directions: Op's instantiation for (in_kind, D); cudaErrorInvalidValue for
+// a kind without one.
 template <template <int, int> class Op, typename... Args>
 cudaError_t dispatch(int in_kind, int64_t D, Args... args) {
   const bool narrow = D <= 64;
@@ -57,7 +45,7 @@ struct Fwd {
 template <int P, int DP>
 struct Bwd {
   template <typename... A>
-  static cudaError_t run(A... a) { return backward<P, DP>(a...); }
+  static cudaError_t run(A... a) { return mma_path::backward_rows<P, DP>(a...); }
 };
 
 }  // namespace
@@ -70,7 +58,7 @@ bool supcon_mma_supported(int in_kind, int64_t D) {
 cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
                                       int64_t D, float inv_temp, int variant, float* loss, int32_t* npos, float* stats,
                                       int rows_per_warp, cudaStream_t stream) {
-  if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
+  if (!supcon_mma_supported(in_kind, D) || !slice_fits(M, rows)) return cudaErrorInvalidValue;
   if (rows.hi == rows.lo) return cudaSuccess;
   return dispatch<Fwd>(in_kind, D, u, cls, M, rows, D, inv_temp, variant, loss, npos, stats, rows_per_warp, stream);
 }
@@ -78,7 +66,7 @@ cudaError_t launch_supcon_forward_mma(int in_kind, const void* u, const int32_t*
 cudaError_t launch_supcon_backward_mma(int in_kind, const void* u, const int32_t* cls, int64_t M, RowSlice rows,
                                        int64_t D, float inv_temp, int variant, const int32_t* npos, const float* stats,
                                        const float* grad_rows, float* dU, cudaStream_t stream) {
-  if (!supcon_mma_supported(in_kind, D) || !slice_ok(M, rows)) return cudaErrorInvalidValue;
+  if (!supcon_mma_supported(in_kind, D) || !slice_fits(M, rows)) return cudaErrorInvalidValue;
   if (rows.hi == rows.lo) return cudaSuccess;
   return dispatch<Bwd>(in_kind, D, u, cls, M, rows, D, inv_temp, variant, npos, stats, grad_rows, dU, stream);
 }

@@ -992,8 +992,7 @@ cudaError_t forward_impl(const typename P::In* u, const int64_t* labels, int64_t
                          int32_t* npos, typename P::Acc* stats, typename P::Acc* thr_val,
                          int64_t* thr_col, cudaStream_t stream) {
   using T = typename P::Acc;
-  if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  if (rs.lo < 0 || rs.hi > M || rs.hi < rs.lo) return cudaErrorInvalidValue;
+  if (!slice_fits(M, rs)) return cudaErrorInvalidValue;
   const int64_t count = rs.hi - rs.lo;
   if (count == 0) return cudaSuccess;
   const unsigned nb = slice_blocks(rs.hi, P::BM);
@@ -1028,8 +1027,7 @@ cudaError_t backward_impl(const typename P::In* u, const int64_t* labels, int64_
                           const typename P::Acc* thr_val, const int64_t* thr_col,
                           const typename P::Acc* grad_rows, typename P::Acc* dU,
                           cudaStream_t stream) {
-  if (M >= (int64_t(1) << 31)) return cudaErrorInvalidValue;
-  if (rs.lo < 0 || rs.hi > M || rs.hi < rs.lo) return cudaErrorInvalidValue;
+  if (!slice_fits(M, rs)) return cudaErrorInvalidValue;
   if (rs.hi == rs.lo) return cudaSuccess;
   const unsigned nb = slice_blocks(rs.hi, P::BM);
   auto* kernel = backward_kernel<P, kTC>;
