@@ -247,12 +247,12 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   its 16 rows' U fragments and its 16 x 64 tile of s (backward: of H, reused as the A operand of
   H·U) in registers, ex2.approx with a per-lane running max, int32 class ids (host relabelling)
   and the self pair found by one compare with a per-tile constant, cp.async double-buffered column
-  tiles. sm_90 compile (D = 128): forward 92-122 registers, backward 180-191 (bf16 / fp16) and
-  214-216 (tf32), all spill-free; float32 without tf32 runs there as three tf32 products of hi / lo
-  splits (forward 127, backward 212-223 registers, spill-free); `ct_native_mma32` (CT_KERNELS_NATIVE_MMA_ROWS=32) gives each
-  warp 32 rows, so each staged B fragment serves two m-tiles (255 registers, 4-32 bytes spilled).
-  Expected bound: four warps share each staged tile, so the B
-  operand is read from shared memory once per 16 rows (about 16 FLOP per shared byte); more rows
+  tiles. sm_90 compile (D = 128): forward 91-94 registers (bf16 / fp16) and 118-123 (tf32),
+  backward 194 and 213-216, all spill-free; float32 without tf32 runs there as three tf32 products
+  of hi / lo splits (forward 125-128, backward 212-223 registers, spill-free). `ct_native_mma32`
+  (CT_KERNELS_NATIVE_MMA_ROWS=32) gives each warp 32 rows, so each staged B fragment serves two
+  m-tiles (255 registers, 4-32 bytes spilled). Expected bound: four warps share each staged tile,
+  so the B operand is read from shared memory once per 16 rows (about 16 FLOP per shared byte); more rows
   per warp is the next lever if the run shows it.
 - **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2
   under CUDA graphs (7 us = 4.6 TB/s); the kernel loops over classes per patch, so its cost grows

@@ -32,7 +32,7 @@ def half_weight_scale(grad_rows: torch.Tensor, m: int) -> torch.Tensor:
     to [-100, 100]; 1 where g is all zero or not finite. H's largest entries are then below
     2 * 2**14 (fp16's max is 65504), its typical ones (~ max|g| / m) near 1.
 
-    The native CUDA extension applies the same rule (csrc/cuda/supcon.cpp, h_scale_for)."""
+    The native CUDA extension applies the same rule (csrc/cuda/supcon.cpp, half_weight_scale)."""
     gmax = grad_rows.detach().abs().max().to(torch.float32)
     lim = float(min(max(int(m), 1), 2 ** HALF_H_TARGET_LOG2))
     e = torch.floor(torch.log2(lim / gmax)).clamp(-100, 100)

@@ -1,9 +1,9 @@
 """Patch-majority labels in one kernel and one read of the mask.
 
 A program loads PB neighbouring patches of one patch row as a [PH, PB, PW] block (rows of the
-mask are contiguous along the last axis), counts the classes on chip (several per reduction, in
-the bit fields of one int64), keeps the first class with the largest count (ties -> smallest
-class id) and writes label and purity once. Pixels that are neither ignore_index nor in [0,
+mask are contiguous along the last axis), counts the classes on chip (several at a time, in bit
+fields: int32 along a patch row, int64 over the rows), keeps the first class with the largest
+count (ties -> smallest class id) and writes label and purity once. Pixels that are neither ignore_index nor in [0,
 num_classes) are counted into the `bad` word with one atomic add per program that saw any: the
 caller reads it afterwards, no second pass.
 """
@@ -16,7 +16,8 @@ import triton.language as tl
 from .tuning import interpreting, next_pow2
 
 MAX_CLASSES = 1024  # the class loop is linear in num_classes; beyond this use backend='torch'
-NO_CLASS = tl.constexpr(1 << 24)  # class id of pixels that are not counted: above every group, and * ROW_BITS fits int32
+# class id of pixels that are not counted: above every class group, and NO_CLASS * ROW_BITS fits int32
+NO_CLASS = tl.constexpr(1 << 24)
 
 
 @triton.jit

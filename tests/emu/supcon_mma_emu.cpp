@@ -1,7 +1,7 @@
 // Driver of the mma.sync SupCon kernels under the CPU warp emulator (tests/test_native_mma_emu.py).
-// Input file: int64 kind (0 bf16, 1 fp16, 2 tf32, 3 float32 as 3xTF32), variant, M, D, lo, hi, ignore, DP, forward rows
-// per warp (16 or 32); double
-// inv_temp; int64 labels[M]; U bits[M * D] (uint16 or uint32); float grad_rows[M].
+// Input file (driver_io.h): int64 kind (0 bf16, 1 fp16, 2 tf32, 3 float32 as 3xTF32), variant, M, D,
+// lo, hi, ignore, DP, forward rows per warp (16 or 32); double inv_temp; int64 labels[M]; U bits
+// [M * D] (uint16 or uint32); float grad_rows[M].
 // Output file: the forward over all rows (loss[M], npos[M] int32, stats[2M]), the forward over the
 // anchor slice [lo, hi) (loss, npos, stats), and the backward's dU of the slice ((hi - lo) x D,
 // unscaled by inv_temp), computed from the all-row statistics as supcon_backward uses them.
