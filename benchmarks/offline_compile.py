@@ -1,22 +1,31 @@
-"""Compile the Triton SupCon kernels for a GPU architecture without a GPU; report registers,
-spills and shared memory per kernel and configuration (ptxas -v of the generated PTX).
+"""Compile the Triton kernels for a GPU architecture without a GPU, exactly as the host wrappers
+launch them; report registers, spills and shared memory, or check that every launch compiles.
 
-    python benchmarks/offline_compile.py [--arch 90] [--d 128] [--dtype bf16|fp32]
+    python benchmarks/offline_compile.py [--arch 90] [--d 128] [--dtype bf16|fp16|tf32|fp32|fp64] [--k 64]
+    python benchmarks/offline_compile.py --check [--shard 0/2]     # what tests/test_gpu_compile.py runs
 
-Evidence for register budgets when no GPU is at hand (spills are a cost, not an error); the
-timings still need the card (benchmarks/gpu_bench.py). Runs on the CPU machine with the Triton
-wheel's bundled ptxas; TRITON_INTERPRET must not be set.
+How: a stand-in Triton driver answers "the current device is an sm_<arch> GPU", and every
+`kernel[grid](...)` launch of the host wrappers (ct_kernels/triton_ops, run on CPU tensors) becomes
+`kernel.run(..., warmup=True)`: Triton's own JIT specializes the arguments (dtypes, 16-byte
+alignment, divisibility) and compiles to a cubin, and nothing runs. So the launch constants come
+from the code that the GPU runs, not from a copy kept here. The interpreter (TRITON_INTERPRET=1,
+which CI uses for the numbers) never compiles; this catches what only a GPU compile meets:
+lowering errors, shared memory over the card's limit, grids over CUDA's limits. Registers and
+spills (ptxas -v on the generated PTX, the Triton wheel's ptxas) are evidence of cost, not errors.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
+import contextlib
+import importlib
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -25,41 +34,178 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
+from triton.runtime.jit import KernelInterface  # noqa: E402
 
+from ct_kernels.backends import place_rows  # noqa: E402
 from ct_kernels.triton_ops import supcon as S  # noqa: E402
-from ct_kernels.triton_ops import supcon_kernels as K  # noqa: E402
 from ct_kernels.triton_ops import tuning  # noqa: E402
-from ct_kernels.triton_ops._select import select_sort_kernel  # noqa: E402
 
-INT_ARGS = {"kp", "kn", "M", "R0", "R", "D", "stride", "k"}
-DIVISIBLE_INTS = {"kp", "kn", "D", "stride"}
-I32_PTRS = {"lab_ptr", "colp_ptr", "coln_ptr", "bcolp_ptr", "bcoln_ptr", "cntp_ptr", "cntn_ptr", "npos_ptr",
-            "col_ptr", "bcol_ptr", "count_ptr"}
+P = importlib.import_module("ct_kernels.triton_ops.patch_labels")  # the package's attribute is the function
+
+# opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): H100 / H200, A100
+MAX_SHARED = {90: 232448, 80: 166912}
+MAX_GRID_YZ = 65535
+# input dtypes by name: (torch dtype, tf32 allowed)
+DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False), "tf32": (torch.float32, True),
+          "fp32": (torch.float32, False), "fp64": (torch.float64, False)}
 
 
-def ptxas_report(kernel, in_type: str, consts: dict, num_warps: int, num_stages: int, arch: int):
-    """(registers, spill store bytes, spill load bytes, shared bytes) of one compile."""
-    names = list(inspect.signature(kernel.fn).parameters)
-    sig, cexp, attrs = {}, {}, {}
-    for i, name in enumerate(names):
-        if name in consts:
-            sig[name], cexp[(i,)] = "constexpr", consts[name]
-            continue
-        if name in INT_ARGS:
-            sig[name] = "i32"
-        elif name in ("u_ptr", "du_ptr"):
-            sig[name] = in_type
-        else:
-            sig[name] = "*i32" if name in I32_PTRS else "*fp32"
-        # what the JIT specializes at run time: 16-byte aligned tensors, and ints divisible by
-        # 16 that are not do_not_specialize (D, the row stride, k at D = 128, k = 64)
-        if not sig[name].startswith("i") or name in DIVISIBLE_INTS:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(ASTSource(kernel, sig, cexp, attrs), target=GPUTarget("cuda", arch, 32),
-                              options={"num_warps": num_warps, "num_stages": num_stages})
+class _StandInDriver:
+    """What the JIT asks the active driver before compiling; launching is never reached."""
+
+    def __init__(self, arch: int):
+        self.arch = arch
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self):
+        # the JIT caches compiled kernels per device: one "device" per architecture
+        return self.arch
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+class Launch(NamedTuple):
+    kernel: str
+    grid: tuple
+    compiled: object  # triton CompiledKernel (asm, metadata)
+
+
+@contextlib.contextmanager
+def compiling_launches(arch: int):
+    """Within: `kernel[grid](...)` compiles for sm_<arch> and records a Launch instead of running."""
+    launches: list[Launch] = []
+    saved_getitem = KernelInterface.__getitem__
+
+    def getitem(kernel, grid):
+        def launch(*args, **kwargs):
+            compiled = kernel.run(*args, grid=grid, warmup=True, **kwargs)
+            launches.append(Launch(kernel.fn.__name__, tuple(grid), compiled))
+        return launch
+
+    driver.set_active(_StandInDriver(arch))
+    KernelInterface.__getitem__ = getitem
+    try:
+        yield launches
+    finally:
+        KernelInterface.__getitem__ = saved_getitem
+
+
+@contextlib.contextmanager
+def _env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def supcon_step(dtype: str, d: int, variant: str = "supcon", kp: int = 0, kn: int = 0,
+                config: tuning.Config | None = None, m: int = 320) -> None:
+    """One forward + backward through the Triton host wrapper (S._Call) on CPU tensors:
+    `config` forced, else the default (first) candidate, as an untimed call takes."""
+    torch_dtype, tf32 = DTYPES[dtype]
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(m, d, generator=g).to(torch_dtype)
+    labels = torch.randint(0, 6, (m,), generator=g)
+    forced = ",".join(map(str, config)) if config else None
+    with _env(CT_KERNELS_TRITON_CONFIG=forced, CT_KERNELS_TRITON_AUTOTUNE="0"):
+        call = S._Call(u, labels, -1, 10.0, variant, kp, kn, tf32)
+        cfg = call.config()
+        loss, _, saved = call.forward(cfg)
+        call.backward(cfg, place_rows(saved, 0, m), loss.new_ones(m))
+
+
+def patch_labels_step(mask_dtype: torch.dtype, ph: int, pw: int, num_classes: int = 6) -> None:
+    mask = torch.zeros((2, 4 * ph, 3 * pw), dtype=mask_dtype)
+    P.patch_labels(mask, ph, pw, num_classes, 255 if mask_dtype != torch.bool else 2)
+
+
+class Scenario(NamedTuple):
+    name: str
+    arch: int
+    run: Callable[[], None]
+
+
+# --check: (input dtype, D, variant, hard_positives, hard_negatives), each with its default
+# configuration (the one untimed calls and the GPU tests take). D = 40 pads to 64, D = 1 and
+# 1024 are the edges; fp16 shares bf16's code and fp64 mining (the top-k merge) compiles slowly,
+# so they get the headline D only. About a minute on 2 cores with an empty Triton cache.
+CHECK_SUPCON = (
+    [("bf16", 128, "supcon", 0, 0), ("bf16", 128, "infonce", 0, 0), ("bf16", 128, "supcon", 64, 64),
+     ("bf16", 40, "supcon", 0, 0), ("bf16", 40, "supcon", 64, 64), ("bf16", 128, "infonce", 0, 300)]
+    + [("bf16", d, "supcon", k, k) for d in (1, 1024) for k in (0, 8)]
+    + [("fp16", 128, "supcon", 0, 0), ("fp16", 128, "supcon", 64, 64)]
+    + [(dt, 128, v, k, k) for dt in ("tf32", "fp32", "fp64") for v, k in (("supcon", 0), ("infonce", 0),
+                                                                          ("supcon", 64))]
+    + [("tf32", 40, "supcon", 0, 0), ("fp32", 40, "supcon", 0, 0), ("fp32", 1024, "supcon", 8, 8)])
+
+
+def check_scenarios() -> list[Scenario]:
+    """What --check compiles: CHECK_SUPCON for sm_90, the headline bf16 step for sm_80, and the
+    patch-label kernel for every mask dtype."""
+    out = [Scenario(f"{dt} D={d} {v}" + (f" mined {kp}/{kn}" if kp or kn else ""), 90,
+                    lambda a=(dt, d, v, kp, kn): supcon_step(*a))
+           for dt, d, v, kp, kn in CHECK_SUPCON]
+    out.append(Scenario("bf16 D=128 supcon", 80, lambda: supcon_step("bf16", 128)))
+    for mdt in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool):
+        for ph, pw in ((16, 16), (8, 14)):
+            out.append(Scenario(f"patch labels {str(mdt)[6:]} {ph}x{pw}", 90,
+                                lambda mdt=mdt, ph=ph, pw=pw: patch_labels_step(mdt, ph, pw)))
+    out.append(Scenario("patch labels uint8 1x1", 90, lambda: patch_labels_step(torch.uint8, 1, 1)))
+    out.append(Scenario("patch labels uint8 16x16, 1000 classes", 90,
+                        lambda: patch_labels_step(torch.uint8, 16, 16, 1000)))
+    return out
+
+
+def launch_problems(launch: Launch, arch: int) -> list[str]:
+    shared = launch.compiled.metadata.shared
+    out = []
+    if shared > MAX_SHARED[arch]:
+        out.append(f"{launch.kernel}: {shared} bytes of shared memory > sm_{arch}'s {MAX_SHARED[arch]}")
+    if any(g > MAX_GRID_YZ for g in launch.grid[1:]) or launch.grid[0] >= 2 ** 31:
+        out.append(f"{launch.kernel}: grid {launch.grid} beyond CUDA's limits")
+    return out
+
+
+def check(shard: int, shards: int) -> int:
+    """Compile every launch of check_scenarios()[shard::shards]; 1 if any fails."""
+    failures = []
+    scenarios = check_scenarios()[shard::shards]
+    for sc in scenarios:
+        t0 = time.perf_counter()
+        with compiling_launches(sc.arch) as launches:
+            try:
+                sc.run()
+            except Exception as exc:  # a compile error is the finding: name the scenario and go on
+                failures.append(f"sm_{sc.arch} {sc.name}: {type(exc).__name__}: {str(exc)[:400]}")
+                continue
+        problems = [p for launch in launches for p in launch_problems(launch, sc.arch)]
+        failures += [f"sm_{sc.arch} {sc.name}: {p}" for p in problems]
+        kernels = ", ".join(f"{x.kernel} {x.compiled.metadata.shared} B" for x in launches)
+        took = f" ({time.perf_counter() - t0:.1f} s)"
+        print((f"ok   sm_{sc.arch} {sc.name}: {kernels}" if not problems else f"FAIL sm_{sc.arch} {sc.name}") + took)
+    print(f"{len(scenarios)} scenarios, triton {triton.__version__}, {len(failures)} failed")
+    for f in failures:
+        print("FAILED", f)
+    return 1 if failures else 0
+
+
+def ptxas_report(compiled, arch: int) -> tuple[int, int, int]:
+    """(registers, spill store bytes, spill load bytes): ptxas -v of the kernel's PTX."""
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     with tempfile.TemporaryDirectory() as tmp:
         ptx = Path(tmp) / "k.ptx"
@@ -70,51 +216,48 @@ def ptxas_report(kernel, in_type: str, consts: dict, num_warps: int, num_stages:
     text = res.stdout + res.stderr
     regs = int(re.search(r"Used (\d+) registers", text).group(1))
     st, ld = (int(x) for x in re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text).groups())
-    return regs, st, ld, compiled.metadata.shared
+    return regs, st, ld
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", type=int, default=90)
-    ap.add_argument("--d", type=int, default=128)
-    ap.add_argument("--dtype", choices=["bf16", "tf32", "fp32"], default="bf16",
-                    help="tf32: float32 inputs with tf32 allowed; fp32: without (tf32x3 dots)")
-    ap.add_argument("--k", type=int, default=64, help="hard_positives = hard_negatives for the mining kernels")
-    args = ap.parse_args()
-    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    in_type = "*bf16" if args.dtype == "bf16" else "*fp32"
-    prec = S._dot_precision(dtype, allow_tf32=args.dtype == "tf32")
-    width = S.GATHER_SLOTS
-    print(f"triton {triton.__version__}, sm_{args.arch}, D={args.d}, {args.dtype}, k={args.k}")
-    print(f"{'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
-    rows = []
+def report(arch: int, d: int, dtype: str, k: int) -> None:
+    """Every GPU candidate configuration of the tuner, unmined (supcon, infonce) and mined."""
+    torch_dtype, tf32 = DTYPES[dtype]
+    print(f"triton {triton.__version__}, sm_{arch}, D={d}, {dtype}, k={k}")
+    print(f"{'step':<16} {'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
     for mined in (False, True):
-        for cfg in tuning.gpu_candidates(args.d, dtype, mined, prec == "tf32"):
-            single = S.holds_row_block(dtype, prec, cfg.bd, args.d)
-            common = dict(BD=cfg.bd, SINGLE_D=single, PREC=prec, ACC=tl.float32)
-            bn = cfg.bm if mined else cfg.bn
-            loss = dict(common, INFONCE=False, MINE_P=mined, MINE_N=mined, BM=cfg.bm, BN=bn)
-            rows.append(("fwd" + (" mined" if mined else ""), cfg, K.supcon_fwd_kernel, loss))
-            if not mined:
-                rows.append(("fwd infonce", cfg, K.supcon_fwd_kernel, dict(loss, INFONCE=True)))
-            bwd = dict(loss, BDO=cfg.bdo, ONE_PASS=single and cfg.bdo >= args.d, REUSE_TILE=False)
-            rows.append(("bwd" + (" mined" if mined else ""), cfg, K.supcon_bwd_kernel, bwd))
-            if mined:
-                rows.append(("bwd mined, tile reuse", cfg, K.supcon_bwd_kernel, dict(bwd, REUSE_TILE=True)))
-                rows.append(("select", cfg, K.supcon_select_kernel, dict(
-                    common, MINE_P=True, MINE_N=True, C=width, NB=S.SELECT_BINS,
-                    V_PASSES=S.SELECT_VALUE_PASSES, MAX_PASSES=S.select_passes(), BLOCK=cfg.bm)))
-    for name, cfg, kernel, consts in rows:
-        try:
-            r = ptxas_report(kernel, in_type, consts, cfg.num_warps, cfg.num_stages, args.arch)
-            print(f"{name:<22} {str(tuple(cfg)):<36} {r[0]:>4}  {r[1]:>5}/{r[2]:<5}  {r[3]}")
-        except Exception as exc:  # a configuration the compiler rejects is a finding too
-            print(f"{name:<22} {str(tuple(cfg)):<36} failed: {type(exc).__name__}: {str(exc)[:80]}")
-    sb = max(1, 4096 // width)
-    r = ptxas_report(select_sort_kernel, in_type,
-                     dict(C=width, LOG_C=width.bit_length() - 1, SB=sb, NEGATE=True), 8, 1, args.arch)
-    print(f"{'select sort':<22} {f'C={width}, {sb} rows':<36} {r[0]:>4}  {r[1]:>5}/{r[2]:<5}  {r[3]}")
+        for cfg in tuning.gpu_candidates(d, torch_dtype, mined, tf32):
+            for variant in (("supcon",) if mined else ("supcon", "infonce")):
+                step = variant + (" mined" if mined else "")
+                with compiling_launches(arch) as launches:
+                    try:
+                        supcon_step(dtype, d, variant, k if mined else 0, k if mined else 0, cfg)
+                    except Exception as exc:  # a configuration the compiler rejects is a finding too
+                        print(f"{step:<16} {'':<22} {str(tuple(cfg)):<36} failed: {type(exc).__name__}: "
+                              f"{str(exc)[:80]}")
+                for launch in launches:
+                    if variant == "infonce" and launch.kernel != "supcon_fwd_kernel":
+                        continue  # the rest is the supcon row's
+                    regs, st, ld = ptxas_report(launch.compiled, arch)
+                    print(f"{step:<16} {launch.kernel:<22} {str(tuple(cfg)):<36} {regs:>4}  {st:>5}/{ld:<5}  "
+                          f"{launch.compiled.metadata.shared}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compile the check scenarios; exit 1 on a failure")
+    ap.add_argument("--shard", default="0/1", help="i/n: the i-th of n interleaved parts of --check")
+    ap.add_argument("--arch", type=int, default=90, choices=sorted(MAX_SHARED))
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--dtype", choices=list(DTYPES), default="bf16",
+                    help="tf32: float32 inputs with tf32 allowed; fp32: without (tf32x3 dots)")
+    ap.add_argument("--k", type=int, default=64, help="hard_positives = hard_negatives for the mined rows")
+    args = ap.parse_args()
+    if args.check:
+        i, n = (int(x) for x in args.shard.split("/"))
+        return check(i, n)
+    report(args.arch, args.d, args.dtype, args.k)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
