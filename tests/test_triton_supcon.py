@@ -270,6 +270,8 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
     them), so bitwise-equal dU here is the evidence for switching the default on a GPU."""
     if prec != "fp32" and not CUDA:
         pytest.skip(NO_HALF_ON_CPU)
+    if prec == "fp32" and CUDA:
+        pytest.skip("tf32x3 tiles are not symmetric in bits on a GPU: the backend never reuses them there")
     u, labels = make_batch(70 if INTERPRETED else 2000, 40, 4, ignore_every=9, seed=31)
     if prec == "bf16":
         u = u.to(torch.bfloat16)
@@ -281,6 +283,17 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
         monkeypatch.setenv("CT_KERNELS_TRITON_MINED_BWD", mode)
         du[mode] = T.supcon_backward(u, labels, IGNORE, 1.0 / TEMP, variant, kp, kn, tf32, saved, grad_rows)
     assert torch.equal(du["recompute"], du["reuse"]), (du["recompute"] - du["reuse"]).abs().max().item()
+
+
+@pytest.mark.parametrize("tf32,expected", [(False, False), (True, True)])
+def test_tile_reuse_is_never_taken_for_tf32x3_on_a_gpu(monkeypatch, tf32, expected):
+    """On a GPU, tf32x3 tiles (float32 without tf32) differ between (i, j) and (j, i) in the last
+    bit, so the switch is ignored for them; tf32 tiles (one product) may take it."""
+    monkeypatch.setenv("CT_KERNELS_TRITON_MINED_BWD", "reuse")
+    monkeypatch.setattr(T.supcon.tuning, "interpreting", lambda: False)
+    u, labels = make_batch(20, 8, 3)
+    call = T.supcon._Call(u.cpu(), labels.cpu(), IGNORE, 1.0 / TEMP, "supcon", 2, 2, tf32)
+    assert call.reuses_tile() is expected
 
 
 def test_dot_precision_per_input():

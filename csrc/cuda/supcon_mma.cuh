@@ -87,7 +87,9 @@ __device__ __forceinline__ Op<P, N> prep(const uint32_t (&x)[N]) {
       opaque(raw);  // split here, every time: not hoisted out of the column sweep
       const float v = bits_to_float(raw);
       o.hi[i] = to_tf32(v);
-      o.lo[i] = to_tf32(v - bits_to_float(o.hi[i]));  // exact difference, rounded to tf32
+      // exact difference, rounded to tf32. The mask: cvt's tf32 result leaves its low 13 bits
+      // unspecified (PTX ISA; CUTLASS clears them too); ptxas emits it anyway, so it is free.
+      o.lo[i] = to_tf32(v - bits_to_float(o.hi[i] & 0xffffe000u));
     } else {
       o.r[i] = x[i];
     }

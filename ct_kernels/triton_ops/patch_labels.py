@@ -13,14 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import interpreting, next_pow2
+from .tuning import interpreting, next_pow2, on_device_of
 
 MAX_CLASSES = 1024  # the class loop is linear in num_classes; beyond this use backend='torch'
 # class id of pixels that are not counted: above every class group, and NO_CLASS * ROW_BITS fits int32
 NO_CLASS = tl.constexpr(1 << 24)
 
 
-@triton.jit
+# num_classes is not specialized: the JIT would turn a 1 into a Python constant, which has no .to()
+@triton.jit(do_not_specialize=["num_classes"])
 def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
                         H, W, GH, GW, num_classes, ignore_index,
                         PH: tl.constexpr, PW: tl.constexpr, PHP: tl.constexpr, PWP: tl.constexpr,
@@ -133,9 +134,10 @@ def _patch_labels_op(mask: torch.Tensor, ph: int, pw: int, num_classes: int,
     pb = max(1, min(next_pow2(gw), target // (php * pwp)))
     grid = (b * gh * triton.cdiv(gw, pb),)
     row_bits, bits, per = count_fields(ph, pw)
-    patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, num_classes, ignore_index,
-                              PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, ROW_BITS=row_bits, BITS=bits, PER=per,
-                              WIDE=mask.element_size() == 8, num_warps=4)
+    with on_device_of(mask):
+        patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, num_classes, ignore_index,
+                                  PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, ROW_BITS=row_bits, BITS=bits, PER=per,
+                                  WIDE=mask.element_size() == 8, num_warps=4)
     return labels, purity, bad
 
 

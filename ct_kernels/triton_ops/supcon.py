@@ -29,7 +29,8 @@ GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, 
 #   CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept
 #     for float64);
 #   CT_KERNELS_TRITON_MINED_BWD=reuse: the mined backward reads row j's side of a pair from the
-#     tile (i, j) instead of recomputing (j, i) (to become the default once a GPU confirms the bits);
+#     tile (i, j) instead of recomputing (j, i) (to become the default once a GPU confirms the bits;
+#     not for float32 without tf32: see _Call.reuses_tile);
 #   CT_KERNELS_TRITON_SELECT_STAGES=n: software-pipelining stages of the select kernel (default: the
 #     configuration's; fewer stages, fewer registers). Whether the tile bits (and so the
 #     thresholds) stay those of the loss passes across stage counts is what
@@ -119,9 +120,10 @@ class _Call:
         self.acc = _acc_dtype(u.dtype)
         self.tl_acc = triton.language.float64 if self.acc == torch.float64 else triton.language.float32
         self.prec = _dot_precision(u.dtype, allow_tf32)
-        # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp]
-        self.temp = torch.tensor([float(inv_temp) * math.log2(math.e), float(inv_temp)], dtype=self.acc,
-                                 device=u.device)
+        # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp], written by fill kernels: a
+        # host-to-device copy (torch.tensor(..., device=)) would break CUDA graph capture
+        self.temp = torch.full((2,), float(inv_temp), dtype=self.acc, device=u.device)
+        self.temp[0] = float(inv_temp) * math.log2(math.e)
         # A slice (one rank's anchors) is keyed apart from whole batches, and a mined slice is never
         # timed (tuning.pick): every rank must tile the same way for the thresholds to match.
         self.sliced = self.r != self.m
@@ -254,8 +256,16 @@ class _Call:
         supcon_bwd_kernel[self.grid(cfg.bm, 1 if one else triton.cdiv(self.d, cfg.bdo))](
             self.u, self.cls, temp, *self._thresholds(thrp, colp, thrn, coln),
             a_eff, w1, gn, du, self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
-            REUSE_TILE=self.mined and os.environ.get("CT_KERNELS_TRITON_MINED_BWD") == "reuse", **self.consts(cfg))
+            REUSE_TILE=self.reuses_tile(), **self.consts(cfg))
         return du
+
+    def reuses_tile(self) -> bool:
+        """The mined backward's A/B switch (CT_KERNELS_TRITON_MINED_BWD=reuse). Never for tf32x3
+        tiles on a GPU: Triton sums their two correction products in the opposite order for
+        (j, i), so s_ji is not s_ij bit for bit (the interpreter's dots are exact fp32: there the
+        path stays tested)."""
+        wanted = self.mined and os.environ.get("CT_KERNELS_TRITON_MINED_BWD") == "reuse"
+        return wanted and (self.prec != "tf32x3" or tuning.interpreting())
 
 
 # The kernel-contract entry points are torch.library custom ops: torch.compile then treats each
@@ -275,8 +285,9 @@ def _used(variant: str, kp: int, kn: int) -> tuple[bool, ...]:
 @torch.library.custom_op("ct_kernels_triton::supcon_forward", mutates_args=())
 def _forward_op(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float, variant: str,
                 kp: int, kn: int, allow_tf32: bool, start: int, count: int) -> list[torch.Tensor]:
-    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
-    loss, npos, saved = call.forward(call.config() if call.r > 0 else None)
+    with tuning.on_device_of(u):
+        call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
+        loss, npos, saved = call.forward(call.config() if call.r > 0 else None)
     stand_in = loss.new_empty(0)
     # npos appears once (outputs may not alias each other): the wrapper puts it back into saved
     return [loss, npos] + [stand_in.clone() if t is None else t
@@ -300,8 +311,9 @@ def _backward_op(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_t
                  kp: int, kn: int, allow_tf32: bool, saved: list[Optional[torch.Tensor]],  # noqa: UP045
                  grad_rows: torch.Tensor,
                  start: int, count: int) -> torch.Tensor:
-    call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
-    return call.backward(call.config() if call.r > 0 else None, tuple(saved), grad_rows)
+    with tuning.on_device_of(u):
+        call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
+        return call.backward(call.config() if call.r > 0 else None, tuple(saved), grad_rows)
 
 
 @_backward_op.register_fake

@@ -7,6 +7,7 @@ variant, mining buffers, tf32), never per exact N, and timed forward + backward 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable, NamedTuple
 
@@ -33,6 +34,12 @@ def parse_config(text: str) -> Config:
 
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def on_device_of(t: torch.Tensor):
+    """Triton launches on the current CUDA device, not on the tensor's: a tensor on another GPU
+    would be read through the wrong context. The host wrappers launch within this."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def next_pow2(n: int) -> int:

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -123,7 +124,8 @@ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
     const uint16_t h = static_cast<uint16_t>(hi ? r >> 16 : r & 0xffffu);
     return KIND == 0 ? bf16_to_float(h) : f16_to_float(h);
   };
-  auto word = [](uint32_t r) {
+  auto word = [](uint32_t r) {  // a tf32 operand: the tensor core ignores the low 13 bits
+    r &= 0xffffe000u;
     float f;
     std::memcpy(&f, &r, 4);
     return f;
@@ -343,7 +345,9 @@ inline void mma_tf32_1688(float (&d)[4], const uint32_t (&a)[4], const uint32_t 
 
 // ISA (.trans): lane (g, t) gets elements (2t, g) and (2t + 1, g) of matrix m, whose row r
 // address came from lane 8 m + r.
+inline void ldsm_x2_trans_check(const uint16_t* row_ptr);
 inline void ldsm_x2_trans(uint32_t (&b)[2], const uint16_t* row_ptr) {
+  ldsm_x2_trans_check(row_ptr);
   emu::Warp& w = emu::warp();
   const int l = emu::lane();
   w.ptr[l] = row_ptr;
@@ -357,12 +361,43 @@ inline void ldsm_x2_trans(uint32_t (&b)[2], const uint16_t* row_ptr) {
   w.bar.arrive_and_wait();
 }
 
+// Alignment the hardware requires (a misaligned address faults there, not here unless checked).
+inline void require_aligned16(const void* p, const char* what) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+    std::fprintf(stderr, "warp_emu: %s address %p is not 16-byte aligned\n", what, p);
+    std::abort();
+  }
+}
+
+// ISA: lanes 0-15 give the row addresses of the two 8 x 8 matrices, each row 16-byte aligned.
+inline void ldsm_x2_trans_check(const uint16_t* row_ptr) {
+  if (emu::lane() < 16) require_aligned16(row_ptr, "ldmatrix row");
+}
+
+// cp.async lands at some time before cp.async.wait_all returns: here the destination reads as NaN
+// bytes from the issue until this thread's wait, when the copy happens, so a read that the kernel
+// did not order after the wait (and a barrier) sees garbage, as it may on the hardware.
+struct PendingCopy {
+  void* smem;
+  const void* gmem;
+  bool full;
+};
+inline thread_local std::vector<PendingCopy> pending_copies;
+
 inline void cp_async_16(void* smem, const void* gmem, bool full) {
-  if (full) std::memcpy(smem, gmem, 16);
-  else std::memset(smem, 0, 16);
+  require_aligned16(smem, "cp.async shared");
+  if (full) require_aligned16(gmem, "cp.async global");
+  std::memset(smem, 0xff, 16);
+  pending_copies.push_back({smem, gmem, full});
 }
 inline void cp_async_commit() {}
-inline void cp_async_wait_all() {}
+inline void cp_async_wait_all() {
+  for (const PendingCopy& c : pending_copies) {
+    if (c.full) std::memcpy(c.smem, c.gmem, 16);
+    else std::memset(c.smem, 0, 16);
+  }
+  pending_copies.clear();
+}
 
 inline uint32_t to_tf32(float x) {  // cvt.rna.tf32.f32: nearest, ties away from zero, 10 mantissa bits
   uint32_t u;
