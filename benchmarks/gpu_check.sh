@@ -32,7 +32,7 @@ python3 -c "import ct_kernels as ct; print(ct.available_backends())" | tee -a "$
 # The files with CUDA cases (the CPU-only files ran in CI); Triton compiles dominate the time.
 GPU_TESTS="tests/test_triton_supcon.py tests/test_triton_patch_labels.py tests/test_native_cuda.py \
 tests/test_native_patch_labels.py tests/test_hostile.py tests/test_supcon_errors.py tests/test_anchor_slice.py \
-tests/test_compile_cuda.py"
+tests/test_compile_cuda.py tests/test_cuda_graphs.py"
 if has_phase tests; then
 # SIGINT at the limit: pytest then still prints its summary (which tests failed), as it did not when
 # a run was cut by SIGTERM; SIGKILL 20 s later if it hangs.

@@ -212,6 +212,11 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   3 instead of 2 N·N·D products (4 in all instead of 3). The one-pass backward that avoids it spills
   (255 registers, 72-432 spill bytes in sm_90 offline compiles), and the tuner did not pick it. Tiles
   are not shared between (i, j) and (j, i) (the upper-triangle saving of DESIGN.md is not used).
+  On sm_90, a 64-row tile with 8 warps (two warpgroups) has both warpgroups compute the backward's
+  whole similarity tile (PTX, D = 128: bf16 20 wgmma a tile against 12 with 4 warps or 128 rows;
+  tf32 40 against 24; mined bf16 36 against 20), which hits the tf32 default tile and every mined
+  one; a 4-warp 64-row candidate is now timed too (bf16 247 registers spill-free, tf32 52 bytes
+  spilled; not yet timed).
 - **fp32 without tf32 (88.7 ms vs 30 ms):** `tl.dot(..., input_precision="ieee")` runs on the FMA
   units, not tensor cores: about 1.1 TFLOP of FMA work (4 products of 2·N²·D) at the H200's ~67
   TFLOP/s fp32 peak is >= 16 ms before any elementwise work; the chunked-D path for fp32 keeps

@@ -72,14 +72,19 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool =
         # warps and 64-wide dU chunks are spill-free in every pass (fwd 116-151 registers, bwd
         # 196-231); a one-pass backward (bdo = D) spills 150-500 bytes, so it comes last and is
         # only taken if measured faster. fp32 (tf32) tiles need ~2x the shared memory: 64 rows first.
+        # On sm_90 a 64-row tile with 8 warps (two warpgroups) has both compute the backward's
+        # whole similarity tile (PTX at D = 128, bf16: 20 wgmma a tile against 12 with 4 warps or
+        # 128 rows), so a 4-warp 64-row candidate is timed too (bf16: 247 registers, spill-free;
+        # tf32: 52 bytes spilled). It is not first: on older cards 8 warps are the safe default.
         bdo = min(d2, 64)
         if mined:
             fast = [Config(64, 64, d2, bdo, 8, 3)]
         elif dtype == torch.float32:
-            fast = [Config(64, 64, d2, bdo, 8, 3), Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3)]
+            fast = [Config(64, 64, d2, bdo, 8, 3), Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
+                    Config(64, 64, d2, bdo, 4, 3)]
         else:
             fast = [Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
-                    Config(128, 64, d2, d2, 8, 3)]
+                    Config(128, 64, d2, d2, 8, 3), Config(64, 64, d2, bdo, 4, 3)]
     cands = fast + legacy
     if dtype == torch.float64:
         # fp64 tiles (and their on-chip top-k mining buffers): 64-row blocks with 8 warps
