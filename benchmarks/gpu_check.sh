@@ -34,6 +34,13 @@ GPU_TESTS="tests/test_triton_supcon.py tests/test_triton_patch_labels.py tests/t
 tests/test_native_patch_labels.py tests/test_hostile.py tests/test_supcon_errors.py tests/test_anchor_slice.py \
 tests/test_compile_cuda.py tests/test_cuda_graphs.py"
 if has_phase tests; then
+# the quick overview first (seconds): every fused backend and precision against float64, then the
+# opt-in native mma.sync path the same way
+timeout 120 python3 -m ct_kernels.selfcheck > "$OUT/selfcheck.log" 2>&1
+echo "selfcheck rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+CT_KERNELS_NATIVE_MMA=1 timeout 60 python3 -m ct_kernels.selfcheck >> "$OUT/selfcheck.log" 2>&1
+echo "selfcheck (native mma) rc=$? at $(( $(date +%s) - start )) s" | tee -a "$OUT/env.txt"
+grep -E "FAILED|checks," "$OUT/selfcheck.log"
 # SIGINT at the limit: pytest then still prints its summary (which tests failed), as it did not when
 # a run was cut by SIGTERM; SIGKILL 20 s later if it hangs.
 timeout -s INT -k 20 ${TEST_TIMEOUT:-240} python3 -m pytest ${TESTS:-$GPU_TESTS} -q -ra -p no:cacheprovider \

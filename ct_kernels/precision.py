@@ -1,6 +1,8 @@
 """Read PyTorch's float32 matmul precision setting the same way on every supported torch."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -18,6 +20,21 @@ def fp32_matmul_allows_tf32() -> bool:
             prec = getattr(torch.backends, "fp32_precision", "ieee")
         return prec == "tf32"
     return bool(matmul.allow_tf32)
+
+
+@contextlib.contextmanager
+def fp32_matmul_precision(tf32: bool):
+    """Within: CUDA float32 matmuls in tf32 (True) or full float32 (False), restored after; the
+    same new-API-first rule as fp32_matmul_allows_tf32."""
+    matmul = torch.backends.cuda.matmul
+    attr, value = (("fp32_precision", "tf32" if tf32 else "ieee") if hasattr(matmul, "fp32_precision")
+                   else ("allow_tf32", bool(tf32)))
+    old = getattr(matmul, attr)
+    setattr(matmul, attr, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, attr, old)
 
 
 # The backward multiplies the gradient weights H (n x n, never stored) by U in the input dtype. With

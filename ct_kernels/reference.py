@@ -61,16 +61,20 @@ def _masked_logsumexp(s: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
 def supcon_rows_reference(u: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                           temperature: float, variant: str = "supcon",
                           hard_positives: int | None = None, hard_negatives: int | None = None,
-                          start: int = 0, count: int | None = None):
+                          start: int = 0, count: int | None = None, half_matmul: bool = False):
     """Per-row losses l_i (0 for rows without positives) and |P_i| after mining, for the anchor
     rows start .. start + count (default: all) against every row of ``u`` as a column.
 
     ``u`` are the rows as they enter the similarity (already normalised if requested);
     computation is in ``u``'s dtype for float32/float64 and in float32 for half types.
+    ``half_matmul``: half types multiply in their own dtype (then float32), as PyTorch's own
+    matmul would: the baseline of the reduced-precision error rule, not the oracle.
     """
-    work = u if u.dtype in (torch.float32, torch.float64) else u.float()
-    count = work.shape[0] - start if count is None else count
-    s = (work[start:start + count] @ work.T) / temperature
+    count = u.shape[0] - start if count is None else count
+    half = u.dtype not in (torch.float32, torch.float64)
+    work = u.float() if half and not half_matmul else u
+    s = work[start:start + count] @ work.T
+    s = (s.float() if half else s) / temperature
     pos, neg = pair_masks(s, labels, valid, hard_positives, hard_negatives, start)
     npos = pos.sum(1)
     has_pos = npos > 0

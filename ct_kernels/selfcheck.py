@@ -1,0 +1,189 @@
+"""``python -m ct_kernels.selfcheck``: are the fused kernels right on this machine?
+
+Runs every fused backend that can take the device's tensors on small random batches (odd sizes,
+ignored rows, several classes) and compares loss rows and gradients with the float64 dense
+reference, by the library's error rule: float64 within 1e-10, float32 (tf32 off) within 1e-5,
+tf32 / bf16 / fp16 within twice PyTorch's own error at that precision (matmul in that precision,
+float32 softmax) plus 1e-3, NaN never. Mining is compared in float32 / float64 only (in reduced
+precision near-ties may select other pairs, see DESIGN.md). Patch labels must equal the
+reference exactly. Prints one line per check and exits 1 if any fails.
+
+    python -m ct_kernels.selfcheck                  # cuda if a GPU is visible, else cpu
+    python -m ct_kernels.selfcheck --device cpu     # Triton on CPU needs TRITON_INTERPRET=1
+    CT_KERNELS_NATIVE_MMA=1 python -m ct_kernels.selfcheck   # the opt-in native mma.sync path
+
+It takes seconds on a GPU (the first Triton compiles included: under a minute). Timing is
+benchmarks/gpu_bench.py's job, not this one's.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import zlib
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from . import available_backends, backend_for, patch_labels, supcon_loss
+from .precision import fp32_matmul_precision
+from .reference import supcon_rows_reference
+
+TEMPERATURE = 0.1
+IGNORE = -1
+# input precisions: (dtype, tf32, devices)
+PRECISIONS = {"fp64": (torch.float64, False, ("cpu", "cuda")), "fp32": (torch.float32, False, ("cpu", "cuda")),
+              "tf32": (torch.float32, True, ("cuda",)), "bf16": (torch.bfloat16, False, ("cpu", "cuda")),
+              "fp16": (torch.float16, False, ("cpu", "cuda"))}
+EXACT_LIMIT = {"fp64": 1e-10, "fp32": 1e-5}
+REDUCED_FLOOR = 1e-3
+# env switches that change which kernels run: shown in the header
+SWITCHES = ("CT_KERNELS_BACKEND", "CT_KERNELS_NATIVE_MMA", "CT_KERNELS_NATIVE_MMA_ROWS", "CT_KERNELS_NATIVE_TC",
+            "CT_KERNELS_TRITON_CONFIG", "CT_KERNELS_TRITON_MINING", "CT_KERNELS_TRITON_MINED_BWD")
+
+
+class Result(NamedTuple):
+    what: str
+    text: str
+    ok: bool
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (NaN if out has a NaN; the plain norm if ref is 0)."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    return float((out - ref).norm() / ref.norm().clamp(min=1e-30))
+
+
+def batch(m: int, d: int, classes: int, seed: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Features, labels (every 9th row ignored) and upstream weights of the loss rows."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, d, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, classes, (m,), generator=g)
+    labels[::9] = IGNORE
+    grad = torch.randn(m, generator=g, dtype=torch.float64)
+    return z.to(device), labels.to(device), grad.to(device)
+
+
+def _loss_and_grad(z, labels, grad, variant, k, backend, tf32):
+    """Loss rows and dL/dz of sum(grad * rows) through the public API."""
+    z = z.detach().clone().requires_grad_(True)
+    with fp32_matmul_precision(tf32) if z.is_cuda else contextlib.nullcontext():
+        rows = supcon_loss(z, labels, TEMPERATURE, variant=variant, hard_positives=k, hard_negatives=k,
+                           ignore_index=IGNORE, reduction="none", backend=backend)
+        (rows.double() * grad.double()).sum().backward()
+    return rows.detach(), z.grad
+
+
+def _same_precision_baseline(z, labels, grad, variant, tf32):
+    """PyTorch at the kernel's precision: normalised in z's dtype, s = U U^T in z's dtype (tf32 if
+    asked), float32 softmax."""
+    z = z.detach().clone().requires_grad_(True)
+    with fp32_matmul_precision(tf32) if z.is_cuda else contextlib.nullcontext():
+        u = F.normalize(z, dim=1)
+        rows, _ = supcon_rows_reference(u, labels, labels != IGNORE, TEMPERATURE, variant, half_matmul=True)
+        (rows.double() * grad.double()).sum().backward()
+    return rows.detach(), z.grad
+
+
+def check_supcon(backend: str, device: str, prec: str, variant: str, k: int | None,
+                 m: int = 301, d: int = 40) -> Result:
+    dtype, tf32, _ = PRECISIONS[prec]
+    z64, labels, grad = batch(m, d, 7, seed=zlib.crc32(f"{prec} {variant} {k}".encode()), device=device)
+    z = z64.to(dtype)
+    rows, dz = _loss_and_grad(z, labels, grad, variant, k, backend, tf32)
+    ref_rows, ref_dz = _loss_and_grad(z.double(), labels, grad, variant, k, "torch", False)
+    if prec in EXACT_LIMIT:
+        limit = EXACT_LIMIT[prec]
+    else:
+        base_rows, base_dz = _same_precision_baseline(z, labels, grad, variant, tf32)
+        limit = 2 * max(rel_err(base_rows, ref_rows), rel_err(base_dz, ref_dz)) + REDUCED_FLOOR
+    errs = rel_err(rows, ref_rows), rel_err(dz, ref_dz)
+    mining = "" if k is None else f" mined k={k}"
+    return Result(f"{backend} {prec} {variant}{mining}",
+                  f"loss {errs[0]:.2e}, grad {errs[1]:.2e} (limit {limit:.2e})",
+                  all(e <= limit for e in errs))  # NaN compares False
+
+
+def check_patch_labels(backend: str, device: str, mask_dtype: torch.dtype, ph: int, pw: int) -> Result:
+    g = torch.Generator().manual_seed(ph * 31 + pw)
+    mask = torch.randint(0, 5, (2, 6 * ph, 5 * pw), generator=g)
+    mask[torch.rand(mask.shape, generator=g) < 0.2] = 255
+    mask[0, :ph, :pw] = 255  # one patch with no valid pixel
+    mask = mask.to(mask_dtype).to(device)
+    labels, purity = patch_labels(mask, (ph, pw), 5, 255, backend=backend)
+    ref_labels, ref_purity = patch_labels(mask.cpu(), (ph, pw), 5, 255, backend="torch")
+    wrong = int((labels.cpu() != ref_labels).sum() + (purity.cpu() != ref_purity).sum())
+    name = str(mask_dtype).replace("torch.", "")
+    return Result(f"{backend} patch labels {name} {ph}x{pw}", f"{wrong} of {2 * labels.numel()} values differ",
+                  wrong == 0)
+
+
+def fused_backends(device: str) -> list[str]:
+    out = []
+    for name in ("triton", "native"):
+        try:
+            backend_for(device, name)
+        except RuntimeError:
+            continue
+        out.append(name)
+    return out
+
+
+def precisions_for(backend: str, device: str) -> list[str]:
+    names = [p for p, (_, _, devices) in PRECISIONS.items() if device in devices]
+    if backend == "triton" and device == "cpu":  # the interpreter mis-computes 16-bit tl.dot
+        names = [p for p in names if p in EXACT_LIMIT]
+    return names
+
+
+def run_checks(device: str, m: int = 301, d: int = 40) -> list[Result]:
+    results = []
+    for backend in fused_backends(device):
+        for prec in precisions_for(backend, device):
+            for variant in ("supcon", "infonce"):
+                results.append(check_supcon(backend, device, prec, variant, None, m, d))
+                if prec in EXACT_LIMIT:
+                    results.append(check_supcon(backend, device, prec, variant, 5, m, d))
+        for mask_dtype in (torch.uint8, torch.int64):
+            for ph, pw in ((8, 8), (4, 6)):
+                results.append(check_patch_labels(backend, device, mask_dtype, ph, pw))
+    return results
+
+
+def header(device: str) -> str:
+    import ct_kernels
+    where = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    try:
+        import triton
+        tri = f"triton {triton.__version__}"
+    except ImportError:
+        tri = "no triton"
+    switches = ", ".join(f"{k}={os.environ[k]}" for k in SWITCHES if k in os.environ) or "none"
+    backends = ", ".join(f"{k}: {v}" for k, v in available_backends().items())
+    return (f"ct_kernels {ct_kernels.__version__} selfcheck on {where}: torch {torch.__version__}, {tri}\n"
+            f"backends: {backends}\nswitches: {switches}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--rows", type=int, default=301, help="rows of each random batch")
+    ap.add_argument("--dim", type=int, default=40, help="feature width")
+    args = ap.parse_args(argv)
+    print(header(args.device))
+    names = fused_backends(args.device)
+    if not names:
+        print(f"no fused backend runs on {args.device} here (see the backends line): nothing to check")
+        return 1
+    results = run_checks(args.device, args.rows, args.dim)
+    for r in results:
+        print(f"{'ok    ' if r.ok else 'FAILED'} {r.what:<36} {r.text}")
+    failed = [r for r in results if not r.ok]
+    print(f"{len(results)} checks, {len(failed)} failed ({', '.join(names)} on {args.device})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
