@@ -43,8 +43,9 @@ void check_supcon_args(const at::Tensor& u, const at::Tensor& labels, int64_t kp
 
 int64_t anchor_count(int64_t M, int64_t row_start, int64_t row_count) {
   const int64_t count = row_count < 0 ? M - row_start : row_count;
-  TORCH_CHECK(row_start >= 0 && row_start <= M && count >= 0 && row_start + count <= M,
-              "supcon: anchor rows [", row_start, ", ", row_start + count,
+  // count <= M - row_start, not row_start + count <= M: that sum can overflow
+  TORCH_CHECK(row_start >= 0 && row_start <= M && count >= 0 && count <= M - row_start,
+              "supcon: anchor rows [", row_start, ", ", row_start, " + ", count,
               ") must lie inside the ", M, " rows of u");
   return count;
 }
@@ -56,11 +57,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_o
           at::empty({R, 2}, opts), at::empty({R, 2}, opts.dtype(at::kLong))};
 }
 
-SavedRows saved_rows(int64_t M, at::ScalarType acc, const at::Tensor& npos, const at::Tensor& stats,
+SavedRows saved_rows(const at::Tensor& u, at::ScalarType acc, const at::Tensor& npos, const at::Tensor& stats,
                      const at::Tensor& thr_val, const at::Tensor& thr_col, const at::Tensor& grad_rows) {
+  const int64_t M = u.size(0);
   TORCH_CHECK(npos.numel() == M && stats.numel() == 2 * M && thr_val.numel() == 2 * M &&
                   thr_col.numel() == 2 * M && grad_rows.numel() == M,
               "supcon_backward: saved tensors / grad_rows must cover u's ", M, " rows");
+  // the kernels take their pointers as they are: a tensor on another device would be read as if
+  // it were on u's (on CUDA: an illegal address, which ends the process's CUDA context)
+  for (const at::Tensor* t : {&npos, &stats, &thr_val, &thr_col, &grad_rows})
+    TORCH_CHECK(t->device() == u.device(), "supcon_backward: saved tensors and grad_rows must be on u's device (",
+                u.device(), "), got one on ", t->device());
   return {npos.to(at::kInt).contiguous(), stats.to(acc).contiguous(), thr_val.to(acc).contiguous(),
           thr_col.to(at::kLong).contiguous(), grad_rows.detach().to(acc).contiguous()};
 }

@@ -44,11 +44,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_o
     int64_t R, const at::Tensor& u, at::ScalarType acc);
 
 // The backward's saved tensors and grad_rows as both kernels read them: checked to cover all M
-// rows, contiguous, npos int32, thr_col int64, the others in the accumulation type.
+// rows and to be on u's device, contiguous, npos int32, thr_col int64, the others in the accumulation type.
 struct SavedRows {
   at::Tensor npos, stats, thr_val, thr_col, grad_rows;
 };
-SavedRows saved_rows(int64_t M, at::ScalarType acc, const at::Tensor& npos, const at::Tensor& stats,
+SavedRows saved_rows(const at::Tensor& u, at::ScalarType acc, const at::Tensor& npos, const at::Tensor& stats,
                      const at::Tensor& thr_val, const at::Tensor& thr_col, const at::Tensor& grad_rows);
 
 inline at::ScalarType acc_type_of(at::ScalarType st) {

@@ -178,6 +178,13 @@ def test_backward_rejects_foreign_saved_tensors():
         _native.supcon_backward(u, y, IGN, 2.0, "supcon", 2, 0, False, part, grad, 5, 10)
 
 
+def test_anchor_slice_bounds_do_not_overflow():
+    u, y, _ = _case(40, 5, 3, seed=1)
+    for start, count in ((0, 41), (39, 2), (1, 2 ** 63 - 1), (-1, 3)):
+        with pytest.raises(RuntimeError, match="must lie inside the 40 rows"):
+            torch.ops.ct_kernels.supcon_forward(u, y, IGN, 2.0, "supcon", 0, 0, False, start, count)
+
+
 def test_fake_kernels():
     from torch._subclasses.fake_tensor import FakeTensorMode
     with FakeTensorMode():

@@ -209,6 +209,17 @@ def test_matches_cpu_kernel_and_is_deterministic():
     torch.testing.assert_close(a[2].cpu(), c[2], rtol=1e-9, atol=1e-11)
 
 
+def test_backward_rejects_saved_tensors_on_another_device():
+    """A CPU tensor among the saved ones must raise, not reach the kernel as a device address
+    (an illegal access there ends the process's CUDA context)."""
+    u, y, grad = _case(40, 5, 3, seed=1)
+    rows, npos, stats, tv, tc = torch.ops.ct_kernels.supcon_forward(u, y, IGN, 2.0, "supcon", 0, 0, False)
+    with pytest.raises(RuntimeError, match="must be on u's device"):
+        torch.ops.ct_kernels.supcon_backward(u, y, IGN, 2.0, "supcon", 0, 0, False, npos, stats.cpu(), tv, tc, grad)
+    with pytest.raises(RuntimeError, match="must be on u's device"):
+        torch.ops.ct_kernels.supcon_backward(u, y, IGN, 2.0, "supcon", 0, 0, False, npos, stats, tv, tc, grad.cpu())
+
+
 def _tie_case(m, d, seed):
     """Entries in {-1, -0.5, 0, 0.5, 1}: every similarity is exact in any summation order, so
     the many exact ties are the same for the kernel and the reference."""

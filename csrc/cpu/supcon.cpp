@@ -552,7 +552,7 @@ at::Tensor supcon_backward_cpu(const at::Tensor& u, const at::Tensor& labels_in,
   const int64_t M = u.size(0), D = u.size(1);
   const int64_t count = anchor_count(M, row_start, row_count);
   const auto acc = acc_type_of(u.scalar_type());
-  const SavedRows sv = saved_rows(M, acc, npos_in, stats_in, thr_val_in, thr_col_in, grad_rows_in);
+  const SavedRows sv = saved_rows(u, acc, npos_in, stats_in, thr_val_in, thr_col_in, grad_rows_in);
   const at::Tensor labels = labels_in.contiguous();
   at::Tensor dU = at::zeros({count, D}, u.options().dtype(acc));
   const std::string var(variant);

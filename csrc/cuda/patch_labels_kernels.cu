@@ -71,7 +71,15 @@ __global__ void patch_labels_kernel(const T* __restrict__ mask, int64_t H, int64
     }
     labels[patch] = best > 0 ? static_cast<int64_t>(cls) : ignore;
     purity[patch] = static_cast<float>(best) / static_cast<float>(area);
-    if (nbad) atomicAdd(bad, nbad);
+    if (nbad) {  // saturating add (a count past 2^31 stays INT_MAX, like the CPU kernel's)
+      int seen = *bad;
+      for (;;) {
+        const int want = seen > INT_MAX - nbad ? INT_MAX : seen + nbad;
+        const int prev = atomicCAS(bad, seen, want);
+        if (prev == seen) break;
+        seen = prev;
+      }
+    }
   }
 }
 

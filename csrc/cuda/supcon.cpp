@@ -23,9 +23,13 @@ namespace {
 // Tensor-core path for bf16 / fp16 inputs, and for float32 when allow_tf32; exact FMA tiles
 // otherwise (float32 without tf32, float64). CT_KERNELS_NATIVE_TC=0 forces the FMA path (for
 // checks); forward and backward must run under the same setting.
-int tc_kind(const at::Tensor& u, bool allow_tf32) {
+bool tc_forced_off() {
   const char* env = std::getenv("CT_KERNELS_NATIVE_TC");
-  if (env != nullptr && std::strcmp(env, "0") == 0) return -1;
+  return env != nullptr && std::strcmp(env, "0") == 0;
+}
+
+int tc_kind(const at::Tensor& u, bool allow_tf32) {
+  if (tc_forced_off()) return -1;
   if (at::cuda::getDeviceProperties(u.device().index())->major < 8) return -1;  // WMMA bf16/tf32: sm_80+
   switch (u.scalar_type()) {
     case at::kBFloat16:
@@ -40,8 +44,9 @@ int tc_kind(const at::Tensor& u, bool allow_tf32) {
 }
 
 // The mma path's input kind: the tensor-core kind, or for float32 without tf32 (FMA tiles
-// otherwise) the 3xTF32 products; -1 where it does not apply.
+// otherwise) the 3xTF32 products; -1 where it does not apply (CT_KERNELS_NATIVE_TC=0 included).
 int mma_kind(const at::Tensor& u, int kind, bool allow_tf32) {
+  if (tc_forced_off()) return -1;
   if (kind >= 0) return kind;
   if (u.scalar_type() == at::kFloat && !allow_tf32 && at::cuda::getDeviceProperties(u.device().index())->major >= 8)
     return cuda::kInTf32x3;
@@ -163,7 +168,7 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
   const auto acc = acc_type_of(u_in.scalar_type());
   const int kind = tc_kind(u_in, allow_tf32);
   const int64_t M = u_in.size(0), D = u_in.size(1);
-  const SavedRows sv = saved_rows(M, acc, npos_in, stats_in, thr_val_in, thr_col_in, grad_rows_in);
+  const SavedRows sv = saved_rows(u_in, acc, npos_in, stats_in, thr_val_in, thr_col_in, grad_rows_in);
   TORCH_CHECK(M < (int64_t(1) << 31), "supcon_backward: too many rows (M >= 2^31)");
   const int64_t R = anchor_count(M, row_start, row_count);
   const cuda::RowSlice rows{row_start, row_start + R};
