@@ -221,10 +221,15 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   units, not tensor cores: about 1.1 TFLOP of FMA work (4 products of 2·N²·D) at the H200's ~67
   TFLOP/s fp32 peak is >= 16 ms before any elementwise work; the chunked-D path for fp32 keeps
   255 registers with spills in the backward. The native CUDA FMA kernel (66 ms) is faster here, so
-  `auto` routes fp32 there. Since then (not yet timed) the Triton fp32 dots are "tf32x3": three
-  tf32 tensor-core products of hi / lo splits, with the error of an fp32 dot (~1e-7 relative);
-  sm_90 compiles of the default chunked tile: forward spill-free, backward 40 bytes (Triton 3.6).
-  `auto` keeps routing fp32 to native until a run shows Triton faster.
+  `auto` routes fp32 there. Since then (not yet timed) the Triton fp32 dots are three tf32
+  tensor-core products of hi / lo parts, with the error of an fp32 dot (~1e-7 relative): first
+  Triton's "tf32x3", which splits both operands in registers on every tile (sm_90, Triton 3.6,
+  D = 128: 255 registers in every pass, 40-900 bytes spilled in the backward and InfoNCE
+  forward, 960 in the mined select); now "split3", with U split once on the host into [hi | lo]
+  rows and every operand read from memory: the default 128 x 32 tile at 116 / 147 / 207
+  registers (forward, InfoNCE forward, backward), spill-free, no tile computed twice by the two
+  warpgroups; the mined select 40 bytes. `auto` keeps routing fp32 to native until a run shows
+  Triton faster.
 - **InfoNCE (1.9x SupCon vs 1.33x):** its second forward pass needs three special-function
   operations per element (softplus and sigmoid of lseN - s) on top of the recomputed tile; the
   log2 among them (a ~12-FMA polynomial in the PTX) is now taken once per row and tile, of the

@@ -250,7 +250,7 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90, choices=sorted(MAX_SHARED))
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--dtype", choices=list(DTYPES), default="bf16",
-                    help="tf32: float32 inputs with tf32 allowed; fp32: without (tf32x3 dots)")
+                    help="tf32: float32 inputs with tf32 allowed; fp32: without (split3 dots)")
     ap.add_argument("--k", type=int, default=64, help="hard_positives = hard_negatives for the mined rows")
     args = ap.parse_args()
     if args.check:

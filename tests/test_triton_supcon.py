@@ -160,7 +160,7 @@ def test_forced_configs(monkeypatch, cfg, variant, kp, kn):
 @pytest.mark.parametrize("variant,kp,kn", [("supcon", 0, 0), ("infonce", 0, 0), ("supcon", 8, 16)])
 def test_every_gpu_candidate(monkeypatch, prec, variant, kp, kn):
     """Each configuration the tuner may pick compiles and is correct (reduced-precision rule;
-    fp32, tf32 off, i.e. tf32x3 dots: within 1e-5 of float64)."""
+    fp32, tf32 off, i.e. split3 dots: within 1e-5 of float64)."""
     from ct_kernels.triton_ops import tuning
     dtype = torch.bfloat16 if prec == "bf16" else torch.float32
     u, labels = make_batch(700, 96, 6, ignore_every=9, seed=22)
@@ -271,7 +271,7 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
     if prec != "fp32" and not CUDA:
         pytest.skip(NO_HALF_ON_CPU)
     if prec == "fp32" and CUDA:
-        pytest.skip("tf32x3 tiles are not symmetric in bits on a GPU: the backend never reuses them there")
+        pytest.skip("split3 tiles are not symmetric in bits on a GPU: the backend never reuses them there")
     u, labels = make_batch(70 if INTERPRETED else 2000, 40, 4, ignore_every=9, seed=31)
     if prec == "bf16":
         u = u.to(torch.bfloat16)
@@ -286,8 +286,8 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
 
 
 @pytest.mark.parametrize("tf32,expected", [(False, False), (True, True)])
-def test_tile_reuse_is_never_taken_for_tf32x3_on_a_gpu(monkeypatch, tf32, expected):
-    """On a GPU, tf32x3 tiles (float32 without tf32) differ between (i, j) and (j, i) in the last
+def test_tile_reuse_is_never_taken_for_split3_on_a_gpu(monkeypatch, tf32, expected):
+    """On a GPU, split3 tiles (float32 without tf32) differ between (i, j) and (j, i) in the last
     bit, so the switch is ignored for them; tf32 tiles (one product) may take it."""
     monkeypatch.setenv("CT_KERNELS_TRITON_MINED_BWD", "reuse")
     monkeypatch.setattr(T.supcon.tuning, "interpreting", lambda: False)
@@ -296,10 +296,24 @@ def test_tile_reuse_is_never_taken_for_tf32x3_on_a_gpu(monkeypatch, tf32, expect
     assert call.reuses_tile() is expected
 
 
+def test_tf32_split_parts():
+    """hi and lo are tf32 values (low 13 bits zero), hi rounds to nearest, hi + lo is u to 2^-21."""
+    from ct_kernels.triton_ops.supcon import tf32_split
+    u = torch.randn(50, 7, generator=torch.Generator().manual_seed(3))
+    u[0, 0] = 1.0 + 2.0 ** -11  # a tie: rounds away from zero
+    hl = tf32_split(u)
+    hi, lo = hl[:, :7], hl[:, 7:]
+    for part in (hi, lo):
+        assert torch.all(part.view(torch.int32) & 0x1FFF == 0)
+    assert hi[0, 0].item() == 1.0 + 2.0 ** -10
+    assert torch.all((hi - u).abs() <= u.abs() * 2.0 ** -11)
+    assert torch.all((hi + lo - u).abs() <= u.abs() * 2.0 ** -21)
+
+
 def test_dot_precision_per_input():
     """float32 keeps fp32 accuracy without tf32 (3xTF32 dots), tf32 only when PyTorch allows it."""
     from ct_kernels.triton_ops.supcon import _dot_precision
-    assert _dot_precision(torch.float32, allow_tf32=False) == "tf32x3"
+    assert _dot_precision(torch.float32, allow_tf32=False) == "split3"
     assert _dot_precision(torch.float32, allow_tf32=True) == "tf32"
     assert _dot_precision(torch.float64, allow_tf32=True) == "ieee"
 

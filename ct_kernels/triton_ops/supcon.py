@@ -59,14 +59,26 @@ def _check_args(u: torch.Tensor, labels: torch.Tensor, variant: str, kp: int, kn
 
 
 def _dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
-    """tl.dot input_precision. float32 with tf32 allowed: "tf32". float32 without: "tf32x3", three
-    tf32 tensor-core products of hi / lo splits, whose error is that of an fp32 dot (relative
-    ~1e-7 on Triton 3.6, against 8e-4 for tf32) instead of FMA-unit "ieee" dots at a fraction of
-    the speed; bitwise it differs from an FMA dot, which nothing here relies on (every pass uses
-    the same precision). float64: "ieee"; bf16 / fp16 ignore it."""
+    """tl.dot input_precision, or "split3". float32 with tf32 allowed: "tf32". float32 without:
+    "split3", three tf32 tensor-core products of hi / lo parts split once on the host
+    (tf32_split), whose error is that of an fp32 dot (relative ~1e-7, against 8e-4 for tf32)
+    instead of FMA-unit "ieee" dots at a fraction of the speed. Triton's own "tf32x3" does the
+    same but splits both operands in registers on every tile: 255 registers and 300-900 spilled
+    bytes in sm_90 compiles of the backward, which the pre-split operands avoid. Bitwise it
+    differs from an FMA dot, which nothing here relies on (every pass uses the same products).
+    float64: "ieee"; bf16 / fp16 ignore it."""
     if dtype == torch.float32:
-        return "tf32" if allow_tf32 else "tf32x3"
+        return "tf32" if allow_tf32 else "split3"
     return "ieee"
+
+
+def tf32_split(u: torch.Tensor) -> torch.Tensor:
+    """float32 (M, D) -> (M, 2D) rows [hi | lo]: hi = u rounded to tf32 (nearest, ties away, as
+    cvt.rna), lo = u - hi (exact) rounded to tf32; hi + lo carries 22 of u's 24 mantissa bits."""
+    def to_tf32(x):
+        return ((x.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
+    hi = to_tf32(u.contiguous())
+    return torch.cat([hi, to_tf32(u - hi)], dim=1)
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,8 +87,10 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def holds_row_block(dtype: torch.dtype, prec: str, bd: int, d: int) -> bool:
     """SINGLE_D: the row block held across the column loop. Single tensor-core dots only (fp64
-    dots are FMA loops, and tf32x3's split operands, whose registers then spill by kilobytes on
-    sm_90). The interpreter takes it for every dtype, to test the path."""
+    dots are FMA loops; split3 has two row blocks, hi and lo, at four operand tiles a stage).
+    The interpreter takes it for the others, to test the path."""
+    if prec == "split3":  # its row blocks are two (hi and lo) and stream with the columns
+        return False
     tc = dtype in (torch.bfloat16, torch.float16) or prec == "tf32" or tuning.interpreting()
     return bd >= d and tc
 
@@ -101,7 +115,10 @@ class _Call:
 
     def __init__(self, u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
         _check_args(u, labels, variant, kp, kn)
-        self.u = u if u.is_contiguous() else u.contiguous()
+        self.prec = _dot_precision(u.dtype, allow_tf32)
+        self.m, self.d = u.shape
+        # split3: the kernels read rows [hi | lo] (row stride 2D); dU is written with that stride
+        self.u = tf32_split(u) if self.prec == "split3" else u if u.is_contiguous() else u.contiguous()
         labels = labels.to(torch.int64).contiguous()
         # int32 class ids (index of the first equal label in sorted order), -1 for ignored rows,
         # and the label-only |P_i| before mining: O(M log M), no host sync
@@ -110,7 +127,6 @@ class _Call:
         valid = labels != int(ignore_index)
         self.cls = torch.where(valid, first, torch.full_like(first, -1)).to(torch.int32)
         self.count = torch.searchsorted(srt, labels, right=True) - first
-        self.m, self.d = u.shape
         self.r0 = int(start)
         self.r = self.m - self.r0 if count is None else int(count)
         if not (0 <= self.r0 and 0 <= self.r and self.r0 + self.r <= self.m):
@@ -119,7 +135,6 @@ class _Call:
         self.kp, self.kn = int(kp), int(kn)
         self.acc = _acc_dtype(u.dtype)
         self.tl_acc = triton.language.float64 if self.acc == torch.float64 else triton.language.float32
-        self.prec = _dot_precision(u.dtype, allow_tf32)
         # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp], written by fill kernels: a
         # host-to-device copy (torch.tensor(..., device=)) would break CUDA graph capture
         self.temp = torch.full((2,), float(inv_temp), dtype=self.acc, device=u.device)
@@ -238,7 +253,7 @@ class _Call:
     def backward(self, cfg: tuning.Config, saved, grad_rows: torch.Tensor) -> torch.Tensor:
         """saved and grad_rows cover all M rows (backends.place_rows); dU of the anchor slice."""
         a, q, npos, thrp, colp, thrn, coln = saved
-        du = torch.empty((self.r, self.d), dtype=self.u.dtype, device=self.u.device)
+        du = torch.empty((self.r, self.u.stride(0)), dtype=self.u.dtype, device=self.u.device)[:, :self.d]
         if self.r == 0:
             return du
         grad = grad_rows.to(device=self.u.device, dtype=self.acc)
@@ -260,12 +275,12 @@ class _Call:
         return du
 
     def reuses_tile(self) -> bool:
-        """The mined backward's A/B switch (CT_KERNELS_TRITON_MINED_BWD=reuse). Never for tf32x3
-        tiles on a GPU: Triton sums their two correction products in the opposite order for
+        """The mined backward's A/B switch (CT_KERNELS_TRITON_MINED_BWD=reuse). Never for split3
+        tiles on a GPU: their two correction products are summed in the opposite order for
         (j, i), so s_ji is not s_ij bit for bit (the interpreter's dots are exact fp32: there the
         path stays tested)."""
         wanted = self.mined and os.environ.get("CT_KERNELS_TRITON_MINED_BWD") == "reuse"
-        return wanted and (self.prec != "tf32x3" or tuning.interpreting())
+        return wanted and (self.prec != "split3" or tuning.interpreting())
 
 
 # The kernel-contract entry points are torch.library custom ops: torch.compile then treats each

@@ -57,7 +57,10 @@ def _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale,
               BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
               PREC: tl.constexpr, ACC: tl.constexpr):
     """s2 = scale * U[rows] U[cols]^T for one BM x BN tile (padded rows give 0). SINGLE_D:
-    ur / uc are the preloaded [BM, BD] / [BN, BD] blocks; otherwise they are unused."""
+    ur / uc are the preloaded [BM, BD] / [BN, BD] blocks; otherwise they are unused.
+    PREC "split3": each row of U holds [hi | lo], float32 split on the host into two tf32 values
+    (see supcon.tf32_split), and the tile is lo.hi + hi.lo + hi.hi in three tf32 products (small
+    terms first), an fp32 dot's accuracy on tensor cores with every operand read from memory."""
     if SINGLE_D:
         acc = tl.dot(ur, tl.trans(uc), input_precision=PREC, out_dtype=ACC)
     else:
@@ -65,7 +68,14 @@ def _sim_tile(u_ptr, stride, rows, cols, ur, uc, M, D, scale,
         for d0 in range(0, D, BD):
             a = _load_block(u_ptr, stride, rows, M, D, d0, BD)
             b = _load_block(u_ptr, stride, cols, M, D, d0, BD)
-            acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC, out_dtype=ACC)
+            if PREC == "split3":
+                a_lo = _load_block(u_ptr + D, stride, rows, M, D, d0, BD)
+                b_lo = _load_block(u_ptr + D, stride, cols, M, D, d0, BD)
+                acc = tl.dot(a_lo, tl.trans(b), acc, input_precision="tf32", out_dtype=ACC)
+                acc = tl.dot(a, tl.trans(b_lo), acc, input_precision="tf32", out_dtype=ACC)
+                acc = tl.dot(a, tl.trans(b), acc, input_precision="tf32", out_dtype=ACC)
+            else:
+                acc = tl.dot(a, tl.trans(b), acc, input_precision=PREC, out_dtype=ACC)
     return acc * scale
 
 
@@ -492,9 +502,18 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         if ONE_PASS:
             acc = tl.dot(w.to(uc.dtype), uc, acc, input_precision=PREC, out_dtype=ACC)
         else:
-            uo = tl.load(u_ptr + cols.to(tl.int64)[:, None] * stride + offs_do[None, :],
-                         mask=(cols[:, None] < M) & (offs_do[None, :] < D), other=0.0)
-            acc = tl.dot(w.to(uo.dtype), uo, acc, input_precision=PREC, out_dtype=ACC)
+            at = cols.to(tl.int64)[:, None] * stride + offs_do[None, :]
+            inside = (cols[:, None] < M) & (offs_do[None, :] < D)
+            uo = tl.load(u_ptr + at, mask=inside, other=0.0)
+            if PREC == "split3":  # w split in registers (truncated hi: its remainder is exact)
+                uo_lo = tl.load(u_ptr + D + at, mask=inside, other=0.0)
+                w_hi = (w.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+                w_lo = w - w_hi
+                acc = tl.dot(w_lo, uo, acc, input_precision="tf32", out_dtype=ACC)
+                acc = tl.dot(w_hi, uo_lo, acc, input_precision="tf32", out_dtype=ACC)
+                acc = tl.dot(w_hi, uo, acc, input_precision="tf32", out_dtype=ACC)
+            else:
+                acc = tl.dot(w.to(uo.dtype), uo, acc, input_precision=PREC, out_dtype=ACC)
     du = acc * inv_temp
     out = (rows - R0).to(tl.int64)  # du holds the slice's rows, contiguous like u
     tl.store(du_ptr + out[:, None] * stride + offs_do[None, :], du.to(du_ptr.dtype.element_ty),

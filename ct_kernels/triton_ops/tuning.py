@@ -86,6 +86,18 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool =
             fast = [Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
                     Config(128, 64, d2, d2, 8, 3), Config(64, 64, d2, bdo, 4, 3)]
     cands = fast + legacy
+    if dtype == torch.float32 and not tf32:
+        # split3 (three tf32 products of host-split hi / lo rows, see supcon._dot_precision): four
+        # operand tiles a stage, so 32-wide D chunks. sm_90 offline compiles (Triton 3.6, D = 128):
+        # 128 x 32 tiles are spill-free with no tile computed twice by the two warpgroups (fwd 12,
+        # bwd 24 wgmma a chunk; 123 KB shared, within an A100's 163 KB); 64 x 64 with 8 warps are
+        # spill-free but duplicate (20 / 60); the mined select spills 40 bytes at 64 x 64 x 32.
+        b32, b64 = min(d2, 32), min(d2, 64)
+        if mined:
+            cands = [Config(64, 64, b32, b64, 8, 3), Config(64, 64, b64, b64, 8, 2), Config(32, 32, b32, b64, 4, 3)]
+        else:
+            cands = [Config(128, 32, b32, b64, 8, 3), Config(64, 64, b32, b64, 8, 3), Config(128, 64, b32, b64, 8, 2),
+                     Config(64, 64, b64, b64, 8, 2)]
     if dtype == torch.float64:
         # fp64 tiles (and their on-chip top-k mining buffers): 64-row blocks with 8 warps
         bd = min(d2, 32)
