@@ -2,7 +2,8 @@
 # The one prepared device run: build the extension, GPU tests, sanitizer, headline benchmark.
 # Usage on the GPU machine, from the repo root: OUT=/some/dir bash benchmarks/gpu_check.sh [bench-mode]
 # PHASES (default "tests sanitize bench") picks what runs after the build. All three need more than
-# one 600 s device call (build ~30 s, tests <= 240 s, sanitizer <= 40 + 90 s, bench <= BENCH_BUDGET + 60 s),
+# one 600 s device call (build ~30 s, selfcheck ~30 s (<= 120 + 60 s), tests <= 240 s, select test
+# <= 90 s, sanitizer <= 40 + 90 s, bench <= BENCH_BUDGET + 60 s),
 # so a session with 15 device minutes makes two calls, the second right after the first (warm machine):
 #   PHASES="tests sanitize" bash benchmarks/gpu_check.sh
 #   PHASES=bench BENCH_BUDGET=300 bash benchmarks/gpu_check.sh headline

@@ -4,7 +4,8 @@ Runs every fused backend that can take the device's tensors on small random batc
 ignored rows, several classes) and compares loss rows and gradients with the float64 dense
 reference, by the library's error rule: float64 within 1e-10, float32 (tf32 off) within 1e-5,
 tf32 / bf16 / fp16 within twice PyTorch's own error at that precision (matmul in that precision,
-float32 softmax) plus 1e-3, NaN never. Mining is compared in float32 / float64 only (in reduced
+float32 softmax) plus 1e-3, NaN never. Mining (both sides, and each side alone) is compared in
+float32 / float64 only (in reduced
 precision near-ties may select other pairs, see DESIGN.md). Patch labels must equal the
 reference exactly. Prints one line per check and exits 1 if any fails.
 
@@ -66,12 +67,12 @@ def batch(m: int, d: int, classes: int, seed: int, device: str) -> tuple[torch.T
     return z.to(device), labels.to(device), grad.to(device)
 
 
-def _loss_and_grad(z, labels, grad, variant, k, backend, tf32):
-    """Loss rows and dL/dz of sum(grad * rows) through the public API."""
+def _loss_and_grad(z, labels, grad, variant, mining, backend, tf32):
+    """Loss rows and dL/dz of sum(grad * rows) through the public API; mining = (kp, kn)."""
     z = z.detach().clone().requires_grad_(True)
     with fp32_matmul_precision(tf32) if z.is_cuda else contextlib.nullcontext():
-        rows = supcon_loss(z, labels, TEMPERATURE, variant=variant, hard_positives=k, hard_negatives=k,
-                           ignore_index=IGNORE, reduction="none", backend=backend)
+        rows = supcon_loss(z, labels, TEMPERATURE, variant=variant, hard_positives=mining[0],
+                           hard_negatives=mining[1], ignore_index=IGNORE, reduction="none", backend=backend)
         (rows.double() * grad.double()).sum().backward()
     return rows.detach(), z.grad
 
@@ -87,21 +88,21 @@ def _same_precision_baseline(z, labels, grad, variant, tf32):
     return rows.detach(), z.grad
 
 
-def check_supcon(backend: str, device: str, prec: str, variant: str, k: int | None,
+def check_supcon(backend: str, device: str, prec: str, variant: str, mining: tuple = (None, None),
                  m: int = 301, d: int = 40) -> Result:
     dtype, tf32, _ = PRECISIONS[prec]
-    z64, labels, grad = batch(m, d, 7, seed=zlib.crc32(f"{prec} {variant} {k}".encode()), device=device)
+    z64, labels, grad = batch(m, d, 7, seed=zlib.crc32(f"{prec} {variant} {mining}".encode()), device=device)
     z = z64.to(dtype)
-    rows, dz = _loss_and_grad(z, labels, grad, variant, k, backend, tf32)
-    ref_rows, ref_dz = _loss_and_grad(z.double(), labels, grad, variant, k, "torch", False)
+    rows, dz = _loss_and_grad(z, labels, grad, variant, mining, backend, tf32)
+    ref_rows, ref_dz = _loss_and_grad(z.double(), labels, grad, variant, mining, "torch", False)
     if prec in EXACT_LIMIT:
         limit = EXACT_LIMIT[prec]
     else:
         base_rows, base_dz = _same_precision_baseline(z, labels, grad, variant, tf32)
         limit = 2 * max(rel_err(base_rows, ref_rows), rel_err(base_dz, ref_dz)) + REDUCED_FLOOR
     errs = rel_err(rows, ref_rows), rel_err(dz, ref_dz)
-    mining = "" if k is None else f" mined k={k}"
-    return Result(f"{backend} {prec} {variant}{mining}",
+    mined = "" if mining == (None, None) else " mined " + "/".join("-" if k is None else str(k) for k in mining)
+    return Result(f"{backend} {prec} {variant}{mined}",
                   f"loss {errs[0]:.2e}, grad {errs[1]:.2e} (limit {limit:.2e})",
                   all(e <= limit for e in errs))  # NaN compares False
 
@@ -143,9 +144,10 @@ def run_checks(device: str, m: int = 301, d: int = 40) -> list[Result]:
     for backend in fused_backends(device):
         for prec in precisions_for(backend, device):
             for variant in ("supcon", "infonce"):
-                results.append(check_supcon(backend, device, prec, variant, None, m, d))
-                if prec in EXACT_LIMIT:
-                    results.append(check_supcon(backend, device, prec, variant, 5, m, d))
+                results.append(check_supcon(backend, device, prec, variant, (None, None), m, d))
+                if prec in EXACT_LIMIT:  # both sides for supcon, one each for infonce
+                    for mining in ([(5, 5)] if variant == "supcon" else [(5, None), (None, 5)]):
+                        results.append(check_supcon(backend, device, prec, variant, mining, m, d))
         for mask_dtype in (torch.uint8, torch.int64):
             for ph, pw in ((8, 8), (4, 6)):
                 results.append(check_patch_labels(backend, device, mask_dtype, ph, pw))

@@ -16,7 +16,8 @@ def test_passes_on_this_machine(capsys):
     assert selfcheck.main(["--device", DEVICE, "--rows", "70", "--dim", "12"]) == 0  # the interpreter is slow
     out = capsys.readouterr().out
     for backend in selfcheck.fused_backends(DEVICE):
-        assert f"ok     {backend} fp32 supcon mined k=5" in out
+        assert f"ok     {backend} fp32 supcon mined 5/5" in out
+        assert f"ok     {backend} fp64 infonce mined -/5" in out
         assert f"ok     {backend} patch labels int64 4x6" in out
     assert ", 0 failed" in out
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ct_kernels import triton_ops as T
-from ct_kernels.reference import _masked_logsumexp, pair_masks, supcon_rows_reference
+from ct_kernels.precision import fp32_matmul_precision
+from ct_kernels.reference import supcon_rows_reference
 
 pytestmark = pytest.mark.skipif(not T.AVAILABLE, reason=f"triton unavailable: {T.UNAVAILABLE_REASON}")
 
@@ -57,11 +58,11 @@ def rel_err(out, ref):
     return ((out - ref).norm() / den).item() if den > 0 else (out - ref).norm().item()
 
 
-def check(u, labels, variant, kp, kn, tol, seed=1, temp=TEMP):
+def check(u, labels, variant, kp, kn, tol, seed=1, temp=TEMP, tf32=False):
     g = torch.Generator().manual_seed(seed)
     grad_rows = torch.randn(u.shape[0], generator=g, dtype=torch.float64).to(DEV)
     acc = torch.float64 if u.dtype == torch.float64 else torch.float32
-    loss, npos, du = run(u, labels, variant, kp, kn, grad_rows.to(acc), temp)
+    loss, npos, du = run(u, labels, variant, kp, kn, grad_rows.to(acc), temp, tf32)
     ref_rows, ref_npos, ref_du = reference(u, labels, variant, kp, kn, grad_rows, temp)
     assert loss.dtype == acc and npos.dtype == torch.int32 and du.dtype == u.dtype and du.shape == u.shape
     assert torch.isfinite(loss).all() and torch.isfinite(du).all()
@@ -141,7 +142,9 @@ def test_unnormalized_large_similarities(variant):
 
 # Interpreter-sized configurations (bm, bn, bd, bdo, warps, stages) that take every code path
 # at D=19: row block loaded once with a one-pass backward and bm != bn; loaded once with a
-# D-chunked backward; the D-chunked similarity. Mined calls run them with bn = bm.
+# D-chunked backward; the D-chunked similarity. Mined calls run them with bn = bm. float32
+# without tf32 (split3) streams its row blocks, so the held-block paths run with tf32 on (exact
+# fp32 dots in the interpreter) and split3 takes the D-chunked ones.
 FORCED = ["32,16,32,32,1,1", "16,32,32,8,1,1", "16,16,8,8,1,1"]
 
 
@@ -149,10 +152,11 @@ FORCED = ["32,16,32,32,1,1", "16,32,32,8,1,1", "16,16,8,8,1,1"]
 @pytest.mark.parametrize("cfg", FORCED)
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
 @pytest.mark.parametrize("kp,kn", [(0, 0), (3, 2)])
-def test_forced_configs(monkeypatch, cfg, variant, kp, kn):
+@pytest.mark.parametrize("tf32", [False, True], ids=["split3", "tf32"])
+def test_forced_configs(monkeypatch, cfg, variant, kp, kn, tf32):
     monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", cfg)
     u, labels = make_batch(37, 19, 3, ignore_every=6, seed=21)
-    check(u, labels, variant, kp, kn, tol=1e-5)
+    check(u, labels, variant, kp, kn, tol=1e-5, tf32=tf32)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
@@ -268,10 +272,10 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
     """CT_KERNELS_TRITON_MINED_BWD=reuse reads s_ji from the tile (i, j): exact only if tl.dot gives
     s_ij and s_ji the same bits. Any bit of difference shows in dU (exp(s - lse) and the masks use
     them), so bitwise-equal dU here is the evidence for switching the default on a GPU."""
-    if prec != "fp32" and not CUDA:
+    if prec == "fp32":
+        pytest.skip("split3 tiles (float32, tf32 off) are not symmetric in bits: the backend never reuses them")
+    if prec == "bf16" and not CUDA:
         pytest.skip(NO_HALF_ON_CPU)
-    if prec == "fp32" and CUDA:
-        pytest.skip("split3 tiles are not symmetric in bits on a GPU: the backend never reuses them there")
     u, labels = make_batch(70 if INTERPRETED else 2000, 40, 4, ignore_every=9, seed=31)
     if prec == "bf16":
         u = u.to(torch.bfloat16)
@@ -286,11 +290,10 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
 
 
 @pytest.mark.parametrize("tf32,expected", [(False, False), (True, True)])
-def test_tile_reuse_is_never_taken_for_split3_on_a_gpu(monkeypatch, tf32, expected):
-    """On a GPU, split3 tiles (float32 without tf32) differ between (i, j) and (j, i) in the last
-    bit, so the switch is ignored for them; tf32 tiles (one product) may take it."""
+def test_tile_reuse_is_never_taken_for_split3(monkeypatch, tf32, expected):
+    """split3 tiles (float32 without tf32) differ between (i, j) and (j, i) in the last bit, so
+    the switch is ignored for them; tf32 tiles (one product a chunk) may take it."""
     monkeypatch.setenv("CT_KERNELS_TRITON_MINED_BWD", "reuse")
-    monkeypatch.setattr(T.supcon.tuning, "interpreting", lambda: False)
     u, labels = make_batch(20, 8, 3)
     call = T.supcon._Call(u.cpu(), labels.cpu(), IGNORE, 1.0 / TEMP, "supcon", 2, 2, tf32)
     assert call.reuses_tile() is expected
@@ -449,7 +452,10 @@ def test_no_n_by_n_allocation_cuda_peak(variant, kp, kn):
     run(u, labels, variant, kp, kn, grad_rows)
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
-    assert extra < 4 * m * d * 4 + (1 << 20), extra  # O(M*D); an M x M fp32 matrix is 1 GiB
+    # O(M*D + M*slots): U's float32 split (2 M D floats), dU, the counting select's collect slots
+    # (2 sides x M x 64 x 8 bytes), row vectors; an M x M float32 matrix would be 1 GiB
+    slots = 2 * m * T.supcon.GATHER_SLOTS * 8 if kp or kn else 0
+    assert extra < 8 * m * d * 4 + slots + (1 << 20), extra
 
 
 # --- reduced precision (GPU only) ------------------------------------------------------------
@@ -457,25 +463,8 @@ def test_no_n_by_n_allocation_cuda_peak(variant, kp, kn):
 def torch_same_precision(u, labels, variant, grad_rows, allow_tf32):
     """PyTorch at the kernel's precision: s = U U^T in u's dtype (tf32 if asked), fp32 softmax."""
     uu = u.detach().clone().requires_grad_()
-    mm = torch.backends.cuda.matmul
-    # torch >= 2.9: use the new flag (reading the old one after the new was set raises)
-    attr, val = ("fp32_precision", "tf32" if allow_tf32 else "ieee") if hasattr(mm, "fp32_precision") \
-        else ("allow_tf32", allow_tf32)
-    old = getattr(mm, attr)
-    setattr(mm, attr, val)
-    try:
-        s = (uu @ uu.T).float() / TEMP
-    finally:
-        setattr(mm, attr, old)
-    pos, neg = pair_masks(s, labels, labels != IGNORE, None, None)
-    npos = pos.sum(1)
-    cnt = npos.clamp(min=1).float()
-    if variant == "supcon":
-        rows = _masked_logsumexp(s, pos | neg) - torch.where(pos, s, 0.0).sum(1) / cnt
-    else:
-        lse_neg = _masked_logsumexp(s, neg)
-        rows = torch.where(pos, torch.logaddexp(s, lse_neg[:, None]) - s, 0.0).sum(1) / cnt
-    rows = torch.where(npos > 0, rows, 0.0)
+    with fp32_matmul_precision(allow_tf32):
+        rows, _ = supcon_rows_reference(uu, labels, labels != IGNORE, TEMP, variant, half_matmul=True)
     (rows * grad_rows.float()).sum().backward()
     return rows.detach(), uu.grad
 
@@ -539,3 +528,23 @@ def test_reduced_precision_mining_runs(prec):
     assert torch.isfinite(loss).all() and torch.isfinite(du.float()).all()
     assert torch.equal(npos.long(), ref_npos.long())  # min(k, |P_i|) whatever the selection
     assert rel_err(loss, ref_rows) < 2e-2
+
+
+def test_compiled_forward_and_backward_match_eager():
+    """torch.compile (inductor) checks the custom ops' outputs against their fake kernels' sizes
+    and strides at run time: dU must be (R, D) contiguous, also on the split3 path (float32 with
+    tf32 off, the only float32 path the public API takes on CPU tensors)."""
+    import ct_kernels as ct
+    u, labels = make_batch(70, 12, 3, ignore_every=7, seed=5)
+
+    def loss_fn(x):
+        return ct.supcon_loss(x, labels, TEMP, backend="triton", hard_negatives=4)
+
+    out = []
+    for f in (loss_fn, torch.compile(loss_fn, fullgraph=True)):
+        x = u.detach().clone().requires_grad_()
+        loss = f(x)
+        loss.backward()
+        out.append((loss.detach(), x.grad))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-6, atol=1e-7)

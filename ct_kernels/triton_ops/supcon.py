@@ -72,13 +72,23 @@ def _dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     return "ieee"
 
 
+def _tf32_nearest(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to tf32 (nearest, ties away, as cvt.rna) where that stays finite; Inf, NaN and
+    the values that would round up to Inf are left as they are (the tensor core reads only their
+    top bits)."""
+    r = ((x.view(torch.int32) + 0x1000).bitwise_and_(-0x2000)).view(torch.float32)
+    return torch.where(torch.isfinite(r) & torch.isfinite(x), r, x)
+
+
 def tf32_split(u: torch.Tensor) -> torch.Tensor:
-    """float32 (M, D) -> (M, 2D) rows [hi | lo]: hi = u rounded to tf32 (nearest, ties away, as
-    cvt.rna), lo = u - hi (exact) rounded to tf32; hi + lo carries 22 of u's 24 mantissa bits."""
-    def to_tf32(x):
-        return ((x.view(torch.int32) + 0x1000) & -0x2000).view(torch.float32)
-    hi = to_tf32(u.contiguous())
-    return torch.cat([hi, to_tf32(u - hi)], dim=1)
+    """float32 (M, D) -> (M, 2D) rows [hi | lo]: hi = u rounded to tf32, lo = u - hi (exact)
+    rounded to tf32; hi + lo carries 22 of u's 24 mantissa bits. Written into one buffer (2 M D
+    floats, the only extra memory of split3)."""
+    m, d = u.shape
+    out = torch.empty((m, 2 * d), dtype=torch.float32, device=u.device)
+    out[:, :d] = _tf32_nearest(u)
+    out[:, d:] = _tf32_nearest(u - out[:, :d])
+    return out
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -117,7 +127,7 @@ class _Call:
         _check_args(u, labels, variant, kp, kn)
         self.prec = _dot_precision(u.dtype, allow_tf32)
         self.m, self.d = u.shape
-        # split3: the kernels read rows [hi | lo] (row stride 2D); dU is written with that stride
+        # split3: the kernels read rows [hi | lo] (row stride 2D); dU is (R, D), contiguous
         self.u = tf32_split(u) if self.prec == "split3" else u if u.is_contiguous() else u.contiguous()
         labels = labels.to(torch.int64).contiguous()
         # int32 class ids (index of the first equal label in sorted order), -1 for ignored rows,
@@ -253,7 +263,7 @@ class _Call:
     def backward(self, cfg: tuning.Config, saved, grad_rows: torch.Tensor) -> torch.Tensor:
         """saved and grad_rows cover all M rows (backends.place_rows); dU of the anchor slice."""
         a, q, npos, thrp, colp, thrn, coln = saved
-        du = torch.empty((self.r, self.u.stride(0)), dtype=self.u.dtype, device=self.u.device)[:, :self.d]
+        du = torch.empty((self.r, self.d), dtype=self.u.dtype, device=self.u.device)
         if self.r == 0:
             return du
         grad = grad_rows.to(device=self.u.device, dtype=self.acc)
@@ -276,11 +286,10 @@ class _Call:
 
     def reuses_tile(self) -> bool:
         """The mined backward's A/B switch (CT_KERNELS_TRITON_MINED_BWD=reuse). Never for split3
-        tiles on a GPU: their two correction products are summed in the opposite order for
-        (j, i), so s_ji is not s_ij bit for bit (the interpreter's dots are exact fp32: there the
-        path stays tested)."""
+        tiles: their two correction products are summed in the opposite order for (j, i), so s_ji
+        is not s_ij bit for bit (in the interpreter too, once D spans two chunks)."""
         wanted = self.mined and os.environ.get("CT_KERNELS_TRITON_MINED_BWD") == "reuse"
-        return wanted and (self.prec != "split3" or tuning.interpreting())
+        return wanted and self.prec != "split3"
 
 
 # The kernel-contract entry points are torch.library custom ops: torch.compile then treats each

@@ -505,9 +505,9 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             at = cols.to(tl.int64)[:, None] * stride + offs_do[None, :]
             inside = (cols[:, None] < M) & (offs_do[None, :] < D)
             uo = tl.load(u_ptr + at, mask=inside, other=0.0)
-            if PREC == "split3":  # w split in registers (truncated hi: its remainder is exact)
+            if PREC == "split3":  # w split in registers: hi rounded to tf32, lo the exact rest
                 uo_lo = tl.load(u_ptr + D + at, mask=inside, other=0.0)
-                w_hi = (w.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+                w_hi = ((w.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
                 w_lo = w - w_hi
                 acc = tl.dot(w_lo, uo, acc, input_precision="tf32", out_dtype=ACC)
                 acc = tl.dot(w_hi, uo_lo, acc, input_precision="tf32", out_dtype=ACC)
@@ -515,6 +515,6 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             else:
                 acc = tl.dot(w.to(uo.dtype), uo, acc, input_precision=PREC, out_dtype=ACC)
     du = acc * inv_temp
-    out = (rows - R0).to(tl.int64)  # du holds the slice's rows, contiguous like u
-    tl.store(du_ptr + out[:, None] * stride + offs_do[None, :], du.to(du_ptr.dtype.element_ty),
+    out = (rows - R0).to(tl.int64)  # du holds the slice's rows, contiguous (row stride D)
+    tl.store(du_ptr + out[:, None] * D + offs_do[None, :], du.to(du_ptr.dtype.element_ty),
              mask=live[:, None] & (offs_do[None, :] < D))

@@ -91,7 +91,8 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool =
         # operand tiles a stage, so 32-wide D chunks. sm_90 offline compiles (Triton 3.6, D = 128):
         # 128 x 32 tiles are spill-free with no tile computed twice by the two warpgroups (fwd 12,
         # bwd 24 wgmma a chunk; 123 KB shared, within an A100's 163 KB); 64 x 64 with 8 warps are
-        # spill-free but duplicate (20 / 60); the mined select spills 40 bytes at 64 x 64 x 32.
+        # spill-free but duplicate (20 / 60); at 64 x 64 x 32 the mined select spills 40 bytes
+        # (Triton 3.8: 44, and the mined backward 8).
         b32, b64 = min(d2, 32), min(d2, 64)
         if mined:
             cands = [Config(64, 64, b32, b64, 8, 3), Config(64, 64, b64, b64, 8, 2), Config(32, 32, b32, b64, 4, 3)]
