@@ -311,6 +311,11 @@ def test_tf32_split_parts():
     assert hi[0, 0].item() == 1.0 + 2.0 ** -10
     assert torch.all((hi - u).abs() <= u.abs() * 2.0 ** -11)
     assert torch.all((hi + lo - u).abs() <= u.abs() * 2.0 ** -21)
+    # NaN bit patterns that the integer rounding would wrap to 0, Inf, and the largest floats
+    # (which would round up to Inf) are left as they are
+    odd = torch.tensor([-1, 0x7FFFFFFF, 0x7F800000, 0x7F7FFFFF], dtype=torch.int32).view(torch.float32)
+    hi = tf32_split(odd[None, :])[0, :4]
+    assert torch.isnan(hi[:2]).all() and hi[2].item() == float("inf") and hi[3].item() == odd[3].item()
 
 
 def test_dot_precision_per_input():
