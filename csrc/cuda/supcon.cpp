@@ -186,7 +186,10 @@ at::Tensor supcon_backward_cuda(const at::Tensor& u_in, const at::Tensor& labels
     grad = (sv.grad_rows * hs).contiguous();
   }
   auto scaled = [&](const at::Tensor& dU) {
-    return (hs.defined() ? dU * (inv_temp / hs) : dU * inv_temp).to(u_in.scalar_type()).contiguous();
+    if (!hs.defined()) return (dU * inv_temp).to(u_in.scalar_type()).contiguous();
+    // 16-bit inputs: scaled in place in the float32 buffer (one dU-sized temporary less at the
+    // peak); the cast to the input type then makes the output
+    return dU.mul_(inv_temp / hs).to(u_in.scalar_type()).contiguous();
   };
   const int mkind = mma_kind(u_in, kind, allow_tf32);
   if (use_mma(mkind, D, kp, kn)) {
