@@ -289,6 +289,29 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
     assert torch.equal(du["recompute"], du["reuse"]), (du["recompute"] - du["reuse"]).abs().max().item()
 
 
+@pytest.mark.skipif(not CUDA, reason="the interpreter ignores num_warps")
+@pytest.mark.parametrize("prec", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("variant,kp,kn", [("supcon", 3, 5), ("infonce", 0, 4)])
+def test_mined_backward_warps_keep_bits(monkeypatch, prec, variant, kp, kn):
+    """A tuner candidate runs the mined backward with other warps than the forward / select
+    (Config.bwd_warps): only exact if the warp count does not change a bit of s (the thresholds
+    are tested on those bits), so dU must be bitwise the same."""
+    from ct_kernels.triton_ops import tuning
+    dtype = torch.bfloat16 if prec == "bf16" else torch.float32
+    u, labels = make_batch(2000, 96, 5, ignore_every=9, seed=33)
+    u = u.to(dtype)
+    tf32 = prec == "tf32"
+    grad_rows = torch.randn(u.shape[0], generator=torch.Generator().manual_seed(4)).to(DEV)
+    base = tuning.gpu_candidates(96, dtype, True, tf32)[0]
+    monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", ",".join(map(str, base)))  # the forward's tiles too
+    _loss, _npos, saved = T.supcon_forward(u, labels, IGNORE, 1.0 / TEMP, variant, kp, kn, tf32)
+    du = []
+    for warps in (base.num_warps, 4 if base.num_warps != 4 else 8):
+        monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", ",".join(map(str, base._replace(bwd_warps=warps))))
+        du.append(T.supcon_backward(u, labels, IGNORE, 1.0 / TEMP, variant, kp, kn, tf32, saved, grad_rows))
+    assert torch.equal(du[0], du[1]), (du[0] - du[1]).abs().max().item()
+
+
 @pytest.mark.parametrize("tf32,expected", [(False, False), (True, True)])
 def test_tile_reuse_is_never_taken_for_split3(monkeypatch, tf32, expected):
     """split3 tiles (float32 without tf32) differ between (i, j) and (j, i) in the last bit, so

@@ -278,10 +278,11 @@ class _Call:
         gn = (g / npos.clamp(min=1).to(self.acc)).contiguous()
         w1 = (g * q if self.infonce else g).contiguous()
         one = self.one_pass(cfg)
+        consts = dict(self.consts(cfg), num_warps=cfg.bwd_warps or cfg.num_warps)
         supcon_bwd_kernel[self.grid(cfg.bm, 1 if one else triton.cdiv(self.d, cfg.bdo))](
             self.u, self.cls, temp, *self._thresholds(thrp, colp, thrn, coln),
             a_eff, w1, gn, du, self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
-            REUSE_TILE=self.reuses_tile(), **self.consts(cfg))
+            REUSE_TILE=self.reuses_tile(), **consts)
         return du
 
     def reuses_tile(self) -> bool:

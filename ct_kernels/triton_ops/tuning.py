@@ -21,6 +21,11 @@ class Config(NamedTuple):
     bdo: int     # D chunk of dU written per backward program; bdo >= D (with bd >= D): one pass
     num_warps: int
     num_stages: int
+    # warps of the backward kernel alone (0: num_warps). The tile shape and D order, not the warp
+    # count, decide the bits of s, so the thresholds stay exact (test_mined_backward_warps_keep_bits
+    # checks it bitwise on GPUs); on sm_90 a 64-row tile with 8 warps has both warpgroups
+    # compute the backward's similarity tile.
+    bwd_warps: int = 0
 
     @property
     def block(self) -> int:  # the square tile of the mining kernel
@@ -28,7 +33,7 @@ class Config(NamedTuple):
 
 
 def parse_config(text: str) -> Config:
-    """``"bm,bn,bd,bdo,num_warps,num_stages"`` (CT_KERNELS_TRITON_CONFIG, for tests)."""
+    """``"bm,bn,bd,bdo,num_warps,num_stages[,bwd_warps]"`` (CT_KERNELS_TRITON_CONFIG, for tests)."""
     return Config(*(int(x) for x in text.split(",")))
 
 
@@ -77,8 +82,8 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool =
         # 128 rows), so a 4-warp 64-row candidate is timed too (bf16: 247 registers, spill-free;
         # tf32: 52 bytes spilled). It is not first: on older cards 8 warps are the safe default.
         bdo = min(d2, 64)
-        if mined:
-            fast = [Config(64, 64, d2, bdo, 8, 3)]
+        if mined:  # the backward at 4 warps: 20 wgmma a tile against 36 (bf16 PTX), same spills
+            fast = [Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3, bwd_warps=4)]
         elif dtype == torch.float32:
             fast = [Config(64, 64, d2, bdo, 8, 3), Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
                     Config(64, 64, d2, bdo, 4, 3)]
