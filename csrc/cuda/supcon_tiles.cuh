@@ -51,6 +51,16 @@ constexpr int NC = 8;  // 4-bit digits of the 32-bit column
 
 __device__ __forceinline__ float fma_(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double fma_(double a, double b, double c) { return fma(a, b, c); }
+
+// acc[i][j] += a[i] * b[j]: one k-step of the FMA tiles' register-blocked products (S = U U^T and
+// dU = H U share it)
+template <typename T, int TM, int TN>
+__device__ __forceinline__ void fma_outer(T (&acc)[TM][TN], const T (&a)[TM], const T (&b)[TN]) {
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = fma_(a[i], b[j], acc[i][j]);
+}
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
 __device__ __forceinline__ float exp_(float x) { return expf(x); }
@@ -152,10 +162,7 @@ __device__ void s_tile(const T* __restrict__ U, int64_t M, int64_t D, int64_t r0
       for (int i = 0; i < TM; ++i) a[i] = sm.As[kk][ty * TM + i];
 #pragma unroll
       for (int j = 0; j < TN; ++j) b[j] = sm.Bs[kk][tx * TN + j];
-#pragma unroll
-      for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = fma_(a[i], b[j], acc[i][j]);
+      fma_outer(acc, a, b);
     }
     __syncthreads();
   }
@@ -693,10 +700,7 @@ __device__ void du_product_fma(const T* __restrict__ U, int64_t M, int64_t D, in
         for (int a = 0; a < TM; ++a) av[a] = sm.Ss[ty * TM + a][b0 + kk];
 #pragma unroll
         for (int b = 0; b < TN; ++b) bv[b] = sm.Bs[kk][tx * TN + b];
-#pragma unroll
-        for (int a = 0; a < TM; ++a)
-#pragma unroll
-          for (int b = 0; b < TN; ++b) acc[a][b] = fma_(av[a], bv[b], acc[a][b]);
+        fma_outer(acc, av, bv);
       }
       __syncthreads();
     }
