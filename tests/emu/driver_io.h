@@ -24,6 +24,17 @@ struct Input {
   std::vector<unsigned char> u;  // 16 bytes of slack past the end, as a padded device buffer has
 };
 
+// The head fields every driver reads; a driver's Args derives from it and adds head[7], head[8].
+struct Common {
+  int64_t kind, variant, M, D, lo, hi, ignore;
+  double inv_temp;
+};
+
+inline Common common_of(const Input& in) {
+  const int64_t* h = in.head;
+  return {h[0], h[1], h[2], h[3], h[4], h[5], h[6], in.inv_temp};
+}
+
 // Reads everything before grad_rows from argv[1]; opens argv[2] for the output.
 template <typename ElementSize>
 inline Input read_input(int argc, char** argv, ElementSize esize, FILE** in, FILE** out) {

@@ -18,9 +18,8 @@
 
 namespace mp = ct_kernels::cuda::mma_path;
 
-struct Args {
-  int64_t kind, variant, M, D, lo, hi, ignore, dp, rows;
-  double inv_temp;
+struct Args : emu_io::Common {
+  int64_t dp, rows;
 };
 
 template <int P, int DP, int MT>
@@ -68,11 +67,7 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
 int main(int argc, char** argv) {
   FILE *in, *out;
   const emu_io::Input inp = emu_io::read_input(argc, argv, [](int64_t k) -> size_t { return k >= 2 ? 4 : 2; }, &in, &out);
-  const int64_t* h = inp.head;
-  Args a;
-  a.kind = h[0], a.variant = h[1], a.M = h[2], a.D = h[3], a.lo = h[4], a.hi = h[5], a.ignore = h[6];
-  a.dp = h[7], a.rows = h[8];
-  a.inv_temp = inp.inv_temp;
+  const Args a{emu_io::common_of(inp), inp.head[7], inp.head[8]};
   const std::vector<int64_t>& y = inp.labels;
   const std::vector<unsigned char>& u = inp.u;
   std::vector<float> grad(a.M);

@@ -19,9 +19,8 @@
 
 namespace cu = ct_kernels::cuda;
 
-struct Args {
-  int64_t kind, variant, M, D, lo, hi, ignore, kp, kn;
-  double inv_temp;
+struct Args : emu_io::Common {
+  int64_t kp, kn;
 };
 
 template <typename T>
@@ -95,11 +94,7 @@ static void run(const Args& a, const std::vector<int64_t>& y, const void* u, con
 int main(int argc, char** argv) {
   FILE *in, *out;
   const emu_io::Input inp = emu_io::read_input(argc, argv, [](int64_t k) -> size_t { return k <= 1 ? 2 : k == 4 ? 8 : 4; }, &in, &out);
-  const int64_t* h = inp.head;
-  Args a;
-  a.kind = h[0], a.variant = h[1], a.M = h[2], a.D = h[3], a.lo = h[4], a.hi = h[5], a.ignore = h[6];
-  a.kp = h[7], a.kn = h[8];
-  a.inv_temp = inp.inv_temp;
+  const Args a{emu_io::common_of(inp), inp.head[7], inp.head[8]};
   const std::vector<int64_t>& y = inp.labels;
   const std::vector<unsigned char>& u = inp.u;
   std::vector<double> grad(a.M);
