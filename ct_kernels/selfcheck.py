@@ -5,9 +5,9 @@ ignored rows, several classes) and compares loss rows and gradients with the flo
 reference, by the library's error rule: float64 within 1e-10, float32 (tf32 off) within 1e-5,
 tf32 / bf16 / fp16 within twice PyTorch's own error at that precision (matmul in that precision,
 float32 softmax) plus 1e-3, NaN never. Mining (both sides, and each side alone) is compared in
-float32 / float64 only (in reduced
-precision near-ties may select other pairs, see DESIGN.md). Patch labels must equal the
-reference exactly. Prints one line per check and exits 1 if any fails.
+float32 / float64 only (in reduced precision near-ties may select other pairs, see DESIGN.md).
+Patch labels must equal the reference exactly. Prints one line per check and exits 1 if any
+fails.
 
     python -m ct_kernels.selfcheck                  # cuda if a GPU is visible, else cpu
     python -m ct_kernels.selfcheck --device cpu     # Triton on CPU needs TRITON_INTERPRET=1
