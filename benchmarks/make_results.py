@@ -216,9 +216,9 @@ BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
   whole similarity tile (PTX, D = 128: bf16 20 wgmma a tile against 12 with 4 warps or 128 rows;
   tf32 40 against 24; mined bf16 36 against 20), which hits the tf32 default tile and every mined
   one; a 4-warp 64-row candidate is now timed too (bf16 247 registers spill-free, tf32 52 bytes
-  spilled), and a mined candidate runs only its backward at 4 warps (20 wgmma, same spills; exact
-  only if the warp count leaves every bit of s as it was, which test_mined_backward_warps_keep_bits
-  checks on the GPU). Not yet timed.
+  spilled), and a mined candidate runs only its backward at 4 warps (20 wgmma; 24 bytes spilled
+  as at 8 warps on Triton 3.6, 60 on 3.8; exact only if the warp count leaves every bit of s as
+  it was, which test_mined_backward_warps_keep_bits checks on the GPU). Not yet timed.
 - **fp32 without tf32 (88.7 ms vs 30 ms):** `tl.dot(..., input_precision="ieee")` runs on the FMA
   units, not tensor cores: about 1.1 TFLOP of FMA work (4 products of 2·N²·D) at the H200's ~67
   TFLOP/s fp32 peak is >= 16 ms before any elementwise work; the chunked-D path for fp32 keeps
