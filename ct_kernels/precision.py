@@ -6,6 +6,10 @@ import contextlib
 import torch
 
 
+# Read at trace time under torch.compile (dynamo cannot trace the fp32_precision getter, a pybind
+# builtin: a graph break, an error with fullgraph=True); like PyTorch's own matmul precision, the
+# setting in force when the graph was compiled is the one it keeps.
+@torch.compiler.assume_constant_result
 def fp32_matmul_allows_tf32() -> bool:
     """True when PyTorch itself would run a CUDA float32 matmul in tf32.
 

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from ct_kernels.precision import half_weight_scale
+from ct_kernels.precision import fp32_matmul_allows_tf32, fp32_matmul_precision, half_weight_scale
 
 
 def test_half_weight_scale_is_a_power_of_two_that_brings_weights_near_one():
@@ -26,3 +26,19 @@ def test_half_weight_scale_without_usable_weights_is_one():
     for g in (torch.zeros(5), torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), 1.0])):
         assert float(half_weight_scale(g, 100)) == 1.0
     assert 2.0 ** -100 <= float(half_weight_scale(torch.tensor([1e38]), 1)) < 1  # clamped exponent
+
+
+def test_precision_setting_is_read_at_trace_time_under_torch_compile():
+    """torch.compile(fullgraph=True) of code that reads the setting (supcon_loss on CUDA float32
+    does): dynamo cannot trace the fp32_precision getter on torch 2.11 (a graph break, an error
+    with fullgraph). The GPU machine's torch.compile test found it; this is its CPU form."""
+    @torch.compile(fullgraph=True, backend="eager")
+    def scaled(x):
+        return x * 2 if fp32_matmul_allows_tf32() else x * 3
+
+    for tf32, factor in ((True, 2.0), (False, 3.0)):
+        torch._dynamo.reset()
+        with fp32_matmul_precision(tf32):
+            assert fp32_matmul_allows_tf32() is tf32
+            assert torch.equal(scaled(torch.ones(2)), torch.full((2,), factor))
+    torch._dynamo.reset()

@@ -147,8 +147,10 @@ class _Call:
         self.tl_acc = triton.language.float64 if self.acc == torch.float64 else triton.language.float32
         # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp], written by fill kernels: a
         # host-to-device copy (torch.tensor(..., device=)) would break CUDA graph capture
-        self.temp = torch.full((2,), float(inv_temp), dtype=self.acc, device=u.device)
-        self.temp[0] = float(inv_temp) * math.log2(math.e)
+        # (fill_ on each element: `temp[0] = x` is a host-to-device copy too)
+        self.temp = torch.empty((2,), dtype=self.acc, device=u.device)
+        self.temp[0:1].fill_(float(inv_temp) * math.log2(math.e))
+        self.temp[1:2].fill_(float(inv_temp))
         # A slice (one rank's anchors) is keyed apart from whole batches, and a mined slice is never
         # timed (tuning.pick): every rank must tile the same way for the thresholds to match.
         self.sliced = self.r != self.m
