@@ -1,7 +1,7 @@
 """Compile the Triton kernels for a GPU architecture without a GPU, exactly as the host wrappers
 launch them; report registers, spills and shared memory, or check that every launch compiles.
 
-    python benchmarks/offline_compile.py [--arch 90] [--d 128] [--dtype bf16|fp16|tf32|fp32|fp64] [--k 64]
+    python benchmarks/offline_compile.py [--arch 90] [--d 128] [--dtype bf16|fp16|tf32|fp32|3xtf32|fp64] [--k 64]
     python benchmarks/offline_compile.py --check [--shard 0/2]     # what tests/test_gpu_compile.py runs
 
 How: a stand-in Triton driver answers "the current device is an sm_<arch> GPU", and every
@@ -47,9 +47,11 @@ P = importlib.import_module("ct_kernels.triton_ops.patch_labels")  # the package
 # opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): H100 / H200, A100
 MAX_SHARED = {90: 232448, 80: 166912}
 MAX_GRID_YZ = 65535
-# input dtypes by name: (torch dtype, tf32 allowed)
+# input dtypes by name: (torch dtype, tf32 allowed); "3xtf32" is float32 without tf32 under
+# CT_KERNELS_FP32_3XTF32=1 (split3 dots), "fp32" the exact default ("ieee" dots)
 DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False), "tf32": (torch.float32, True),
-          "fp32": (torch.float32, False), "fp64": (torch.float64, False)}
+          "fp32": (torch.float32, False), "3xtf32": (torch.float32, False), "fp64": (torch.float64, False)}
+DOT_PRECISION = {"tf32": "tf32", "3xtf32": "split3"}  # the others: "ieee" (bf16 / fp16 ignore it)
 
 
 class _StandInDriver:
@@ -122,7 +124,8 @@ def supcon_step(dtype: str, d: int, variant: str = "supcon", kp: int = 0, kn: in
     u = torch.randn(m, d, generator=g).to(torch_dtype)
     labels = torch.randint(0, 6, (m,), generator=g)
     forced = ",".join(map(str, config)) if config else None
-    with _env(CT_KERNELS_TRITON_CONFIG=forced, CT_KERNELS_TRITON_AUTOTUNE="0"):
+    with _env(CT_KERNELS_TRITON_CONFIG=forced, CT_KERNELS_TRITON_AUTOTUNE="0",
+              CT_KERNELS_FP32_3XTF32="1" if dtype == "3xtf32" else None):
         call = S._Call(u, labels, -1, 10.0, variant, kp, kn, tf32)
         cfg = call.config()
         loss, _, saved = call.forward(cfg)
@@ -151,7 +154,9 @@ CHECK_SUPCON = (
     + [("fp16", 128, "supcon", 0, 0), ("fp16", 128, "supcon", 64, 64)]
     + [(dt, 128, v, k, k) for dt in ("tf32", "fp32", "fp64") for v, k in (("supcon", 0), ("infonce", 0),
                                                                           ("supcon", 64))]
-    + [("tf32", 40, "supcon", 0, 0), ("fp32", 40, "supcon", 0, 0), ("fp32", 1024, "supcon", 8, 8)])
+    + [("3xtf32", 128, v, k, k) for v, k in (("supcon", 0), ("infonce", 0), ("supcon", 64))]
+    + [("tf32", 40, "supcon", 0, 0), ("fp32", 40, "supcon", 0, 0), ("3xtf32", 40, "supcon", 0, 0),
+       ("fp32", 1024, "supcon", 8, 8)])
 
 
 def check_scenarios() -> list[Scenario]:
@@ -222,11 +227,11 @@ def ptxas_report(compiled, arch: int) -> tuple[int, int, int]:
 
 def report(arch: int, d: int, dtype: str, k: int) -> None:
     """Every GPU candidate configuration of the tuner, unmined (supcon, infonce) and mined."""
-    torch_dtype, tf32 = DTYPES[dtype]
+    torch_dtype = DTYPES[dtype][0]
     print(f"triton {triton.__version__}, sm_{arch}, D={d}, {dtype}, k={k}")
     print(f"{'step':<16} {'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
     for mined in (False, True):
-        for cfg in tuning.gpu_candidates(d, torch_dtype, mined, tf32):
+        for cfg in tuning.gpu_candidates(d, torch_dtype, mined, DOT_PRECISION.get(dtype, "ieee")):
             for variant in (("supcon",) if mined else ("supcon", "infonce")):
                 step = variant + (" mined" if mined else "")
                 with compiling_launches(arch) as launches:
@@ -250,7 +255,7 @@ def main() -> int:
     ap.add_argument("--arch", type=int, default=90, choices=sorted(MAX_SHARED))
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--dtype", choices=list(DTYPES), default="bf16",
-                    help="tf32: float32 inputs with tf32 allowed; fp32: without (split3 dots)")
+                    help="tf32: float32 inputs with tf32 allowed; fp32: without (exact); 3xtf32: without, split3 dots")
     ap.add_argument("--k", type=int, default=64, help="hard_positives = hard_negatives for the mined rows")
     args = ap.parse_args()
     if args.check:

@@ -24,10 +24,12 @@ def main() -> None:
         for ph, pw in ((8, 8), (3, 5), (24, 40)):
             _native.patch_labels(mask, ph, pw, 6, 255)
     # two 64-row tiles; D = 33 (padding, scalar staging), 40 (16-byte staging), 150 (dU in global);
-    # then the mma.sync kernels (CT_KERNELS_NATIVE_MMA=1: the unmined cases with D <= 128), with 16
-    # and 32 forward rows a warp
+    # first with the mma.sync kernels off (CT_KERNELS_NATIVE_MMA=0: WMMA and FMA tiles only), then
+    # on (the default for the unmined cases with D <= 128; float32 without tf32 as 3xTF32 too, by
+    # CT_KERNELS_FP32_3XTF32=1), with 16 and 32 forward rows a warp
     for mma, rows in (("0", "16"), ("1", "16"), ("1", "32")):
         os.environ["CT_KERNELS_NATIVE_MMA"], os.environ["CT_KERNELS_NATIVE_MMA_ROWS"] = mma, rows
+        os.environ["CT_KERNELS_FP32_3XTF32"] = mma
         for m, d in ((75, 33), (75, 40), (70, 150)):
             run_supcon(m, d, g, dev)
     torch.cuda.synchronize()

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .backends import anchor_slice
+
 _LOAD_ERROR: str | None = None
 try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
@@ -126,6 +128,7 @@ def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_
 
 def supcon_forward(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float,
                    variant: str, kp: int, kn: int, allow_tf32: bool, start: int = 0, count: int | None = None):
+    anchor_slice(u.shape[0], start, count)  # before the op: see patch_labels
     loss_rows, npos, stats, thr_val, thr_col = torch.ops.ct_kernels.supcon_forward(
         u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32),
         int(start), -1 if count is None else int(count))
@@ -135,6 +138,7 @@ def supcon_forward(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv
 def supcon_backward(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float,
                     variant: str, kp: int, kn: int, allow_tf32: bool, saved, grad_rows: torch.Tensor,
                     start: int = 0, count: int | None = None):
+    anchor_slice(u.shape[0], start, count)
     npos, stats, thr_val, thr_col = saved
     return torch.ops.ct_kernels.supcon_backward(
         u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32),

@@ -49,6 +49,17 @@ def place_rows(saved: tuple, start: int, total: int) -> tuple:
     return tuple(out)
 
 
+def anchor_slice(m: int, start: int, count: int | None) -> int:
+    """The number of anchor rows of the slice start .. start + count of u's m rows (count None:
+    to the end); ValueError if it does not lie inside them. Every fused backend checks this in
+    Python before a kernel runs (the native ops check it again in C++)."""
+    start = int(start)
+    n = m - start if count is None else int(count)
+    if not (0 <= start <= m and 0 <= n <= m - start):
+        raise ValueError(f"anchor rows {start}..{start + n} are not inside the {m} rows of u")
+    return n
+
+
 def check_backend_name(backend: str) -> None:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -83,8 +94,11 @@ def triton_runs_on(device: torch.device) -> bool:
 
 
 # backend="auto" on CUDA tensors: the faster fused backend per input precision, as measured by
-# benchmarks/gpu_bench.py (see benchmarks/RESULTS.md, NVIDIA H200, N = 8192..131072, D = 128).
-# The other fused backend is the fallback when the preferred one is not available.
+# benchmarks/gpu_bench.py (benchmarks/RESULTS.md, NVIDIA H200, run of 2026-11-27, N = 32768,
+# D = 128, forward + backward): bf16 triton 6.4 ms / native 6.5; mined bf16 triton 53 / native
+# 116; tf32 triton 13.6 / native 11.3 unmined, but native's mined and D > 128 tiles are ~4x
+# slower than Triton's, so tf32 stays on triton; float32 exact: native 66.6 / triton 88.7 (run of
+# 2026-11-26). The other fused backend is the fallback when the preferred one is not available.
 CUDA_PREFERENCE = {"half": "triton", "tf32": "triton", "fp32": "native", "fp64": "native"}
 
 

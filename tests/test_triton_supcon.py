@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ct_kernels import triton_ops as T
-from ct_kernels.precision import fp32_matmul_precision
+from ct_kernels.precision import FP32_3XTF32_ENV, FP32_3XTF32_TOLERANCE as TOL_3XTF32, fp32_matmul_precision
 from ct_kernels.reference import supcon_rows_reference
 
 pytestmark = pytest.mark.skipif(not T.AVAILABLE, reason=f"triton unavailable: {T.UNAVAILABLE_REASON}")
@@ -25,6 +25,15 @@ os.environ.setdefault("CT_KERNELS_TRITON_AUTOTUNE", "0")
 IGNORE = -1
 TEMP = 0.1
 NO_HALF_ON_CPU = "the Triton interpreter mis-computes bf16/fp16 tl.dot; reduced precision runs on GPUs only"
+DOT_PRECISION = {"tf32": "tf32", "3xtf32": "split3"}  # test precision name -> the dots' ("ieee" else)
+
+
+def set_fp32_mode(monkeypatch, prec):
+    """"3xtf32": float32 without tf32 as split3 dots; any other name: the exact default."""
+    if prec == "3xtf32":
+        monkeypatch.setenv(FP32_3XTF32_ENV, "1")
+    else:
+        monkeypatch.delenv(FP32_3XTF32_ENV, raising=False)
 
 
 def make_batch(m, d, n_classes, dtype=torch.float32, ignore_every=0, seed=0, normalize=True):
@@ -143,8 +152,8 @@ def test_unnormalized_large_similarities(variant):
 # Interpreter-sized configurations (bm, bn, bd, bdo, warps, stages) that take every code path
 # at D=19: row block loaded once with a one-pass backward and bm != bn; loaded once with a
 # D-chunked backward; the D-chunked similarity. Mined calls run them with bn = bm. float32
-# without tf32 (split3) streams its row blocks, so the held-block paths run with tf32 on (exact
-# fp32 dots in the interpreter) and split3 takes the D-chunked ones.
+# without tf32 ("ieee", exact) and with tf32 (exact fp32 dots in the interpreter) take every path;
+# split3 (CT_KERNELS_FP32_3XTF32=1) streams its row blocks, so it takes the D-chunked ones.
 FORCED = ["32,16,32,32,1,1", "16,32,32,8,1,1", "16,16,8,8,1,1"]
 
 
@@ -152,26 +161,29 @@ FORCED = ["32,16,32,32,1,1", "16,32,32,8,1,1", "16,16,8,8,1,1"]
 @pytest.mark.parametrize("cfg", FORCED)
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
 @pytest.mark.parametrize("kp,kn", [(0, 0), (3, 2)])
-@pytest.mark.parametrize("tf32", [False, True], ids=["split3", "tf32"])
-def test_forced_configs(monkeypatch, cfg, variant, kp, kn, tf32):
+@pytest.mark.parametrize("prec", ["fp32", "3xtf32", "tf32"])
+def test_forced_configs(monkeypatch, cfg, variant, kp, kn, prec):
     monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", cfg)
+    set_fp32_mode(monkeypatch, prec)
+    tf32 = prec == "tf32"
     u, labels = make_batch(37, 19, 3, ignore_every=6, seed=21)
     check(u, labels, variant, kp, kn, tol=1e-5, tf32=tf32)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("prec", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("prec", ["bf16", "tf32", "fp32", "3xtf32"])
 @pytest.mark.parametrize("variant,kp,kn", [("supcon", 0, 0), ("infonce", 0, 0), ("supcon", 8, 16)])
 def test_every_gpu_candidate(monkeypatch, prec, variant, kp, kn):
     """Each configuration the tuner may pick compiles and is correct (reduced-precision rule;
-    fp32, tf32 off, i.e. split3 dots: within 1e-5 of float64)."""
+    fp32, tf32 off: within 1e-5 of float64; 3xTF32 within TOL_3XTF32)."""
     from ct_kernels.triton_ops import tuning
     dtype = torch.bfloat16 if prec == "bf16" else torch.float32
     u, labels = make_batch(700, 96, 6, ignore_every=9, seed=22)
     u = u.to(dtype)
     grad_rows = torch.randn(700, device=DEV)
     mined = kp > 0 or kn > 0
-    cands = tuning.gpu_candidates(96, dtype, mined, prec == "tf32")
+    set_fp32_mode(monkeypatch, prec)
+    cands = tuning.gpu_candidates(96, dtype, mined, DOT_PRECISION.get(prec, "ieee"))
     ref_rows, ref_npos, ref_du = reference(u, labels, variant, kp, kn, grad_rows)
     if not mined:
         t_rows, t_du = torch_same_precision(u, labels, variant, grad_rows, prec == "tf32")
@@ -180,8 +192,9 @@ def test_every_gpu_candidate(monkeypatch, prec, variant, kp, kn):
         loss, npos, du = run(u, labels, variant, kp, kn, grad_rows, tf32=prec == "tf32")
         assert torch.isfinite(loss).all() and torch.isfinite(du.float()).all(), cfg
         assert torch.equal(npos.long(), ref_npos.long()), cfg
-        if prec == "fp32":
-            assert rel_err(loss, ref_rows) <= 1e-5 and rel_err(du, ref_du) <= 1e-5, cfg
+        if prec in ("fp32", "3xtf32"):
+            tol = 1e-5 if prec == "fp32" else TOL_3XTF32
+            assert rel_err(loss, ref_rows) <= tol and rel_err(du, ref_du) <= tol, cfg
         elif mined:
             assert rel_err(loss, ref_rows) < 2e-2, cfg
         else:
@@ -272,8 +285,6 @@ def test_mined_backward_tile_reuse_is_bitwise_the_recompute(monkeypatch, prec, v
     """CT_KERNELS_TRITON_MINED_BWD=reuse reads s_ji from the tile (i, j): exact only if tl.dot gives
     s_ij and s_ji the same bits. Any bit of difference shows in dU (exp(s - lse) and the masks use
     them), so bitwise-equal dU here is the evidence for switching the default on a GPU."""
-    if prec == "fp32":
-        pytest.skip("split3 tiles (float32, tf32 off) are not symmetric in bits: the backend never reuses them")
     if prec == "bf16" and not CUDA:
         pytest.skip(NO_HALF_ON_CPU)
     u, labels = make_batch(70 if INTERPRETED else 2000, 40, 4, ignore_every=9, seed=31)
@@ -302,7 +313,7 @@ def test_mined_backward_warps_keep_bits(monkeypatch, prec, variant, kp, kn):
     u = u.to(dtype)
     tf32 = prec == "tf32"
     grad_rows = torch.randn(u.shape[0], generator=torch.Generator().manual_seed(4)).to(DEV)
-    base = tuning.gpu_candidates(96, dtype, True, tf32)[0]
+    base = tuning.gpu_candidates(96, dtype, True, "tf32" if tf32 else "ieee")[0]
     monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", ",".join(map(str, base)))  # the forward's tiles too
     _loss, _npos, saved = T.supcon_forward(u, labels, IGNORE, 1.0 / TEMP, variant, kp, kn, tf32)
     du = []
@@ -312,11 +323,14 @@ def test_mined_backward_warps_keep_bits(monkeypatch, prec, variant, kp, kn):
     assert torch.equal(du[0], du[1]), (du[0] - du[1]).abs().max().item()
 
 
-@pytest.mark.parametrize("tf32,expected", [(False, False), (True, True)])
-def test_tile_reuse_is_never_taken_for_split3(monkeypatch, tf32, expected):
-    """split3 tiles (float32 without tf32) differ between (i, j) and (j, i) in the last bit, so
-    the switch is ignored for them; tf32 tiles (one product a chunk) may take it."""
+@pytest.mark.parametrize("prec,expected", [("3xtf32", False), ("fp32", True), ("tf32", True)])
+def test_tile_reuse_is_never_taken_for_split3(monkeypatch, prec, expected):
+    """split3 tiles (float32 without tf32 under CT_KERNELS_FP32_3XTF32=1) differ between (i, j)
+    and (j, i) in the last bit, so the switch is ignored for them; tf32 and exact float32 tiles
+    (one product a chunk) may take it."""
     monkeypatch.setenv("CT_KERNELS_TRITON_MINED_BWD", "reuse")
+    set_fp32_mode(monkeypatch, prec)
+    tf32 = prec == "tf32"
     u, labels = make_batch(20, 8, 3)
     call = T.supcon._Call(u.cpu(), labels.cpu(), IGNORE, 1.0 / TEMP, "supcon", 2, 2, tf32)
     assert call.reuses_tile() is expected
@@ -341,9 +355,13 @@ def test_tf32_split_parts():
     assert torch.isnan(hi[:2]).all() and hi[2].item() == float("inf") and hi[3].item() == odd[3].item()
 
 
-def test_dot_precision_per_input():
-    """float32 keeps fp32 accuracy without tf32 (3xTF32 dots), tf32 only when PyTorch allows it."""
+def test_dot_precision_per_input(monkeypatch):
+    """float32 without tf32 is exact ("ieee") unless 3xTF32 is asked for, tf32 only when PyTorch
+    allows it."""
     from ct_kernels.triton_ops.supcon import _dot_precision
+    monkeypatch.delenv(FP32_3XTF32_ENV, raising=False)
+    assert _dot_precision(torch.float32, allow_tf32=False) == "ieee"
+    monkeypatch.setenv(FP32_3XTF32_ENV, "1")
     assert _dot_precision(torch.float32, allow_tf32=False) == "split3"
     assert _dot_precision(torch.float32, allow_tf32=True) == "tf32"
     assert _dot_precision(torch.float64, allow_tf32=True) == "ieee"

@@ -43,26 +43,35 @@ int tc_kind(const at::Tensor& u, bool allow_tf32) {
   }
 }
 
-// The mma path's input kind: the tensor-core kind, or for float32 without tf32 (FMA tiles
-// otherwise) the 3xTF32 products; -1 where it does not apply (CT_KERNELS_NATIVE_TC=0 included).
+// float32 without tf32 as three tf32 products (3xTF32, the mma path only) instead of exact FMA
+// tiles: opt-in with CT_KERNELS_FP32_3XTF32=1, as in the Triton backend (ct_kernels/precision.py,
+// fp32_3xtf32: ~2.5x faster on an H200, but not float32's accuracy, and its error grows with N).
+bool fp32_3xtf32() {
+  const char* env = std::getenv("CT_KERNELS_FP32_3XTF32");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+
+// The mma path's input kind: the tensor-core kind, or for float32 without tf32 the 3xTF32 products
+// where asked for; -1 where it does not apply (exact FMA tiles; CT_KERNELS_NATIVE_TC=0 included).
 int mma_kind(const at::Tensor& u, int kind, bool allow_tf32) {
   if (tc_forced_off()) return -1;
   if (kind >= 0) return kind;
-  if (u.scalar_type() == at::kFloat && !allow_tf32 && at::cuda::getDeviceProperties(u.device().index())->major >= 8)
+  if (u.scalar_type() == at::kFloat && !allow_tf32 && fp32_3xtf32() &&
+      at::cuda::getDeviceProperties(u.device().index())->major >= 8)
     return cuda::kInTf32x3;
   return -1;
 }
 
 // The mma.sync kernels (supcon_mma.cuh: flash-attention-2 layout) for the unmined loss with D <= 128
-// on tensor-core inputs, float32 without tf32 included (3xTF32). Opt-in with CT_KERNELS_NATIVE_MMA=1
-// until a GPU run has checked them on the hardware and timed them against the WMMA kernels (they
-// were written and tested on a CPU warp emulator, tests/test_native_mma_emu.py). Forward and
-// backward decide alike from the same arguments; unmined, each may also run without the other
-// (they share only the statistics).
+// on tensor-core inputs: the default there since an H200 run (N = 32768, D = 128, bf16: 6.5 ms
+// against 41 ms for the WMMA tiles; tf32: 11.3 against 60.6), clean under compute-sanitizer.
+// CT_KERNELS_NATIVE_MMA=0 turns them off (the WMMA tiles, for A/B). Forward and backward decide
+// alike from the same arguments; unmined, each may also run without the other (they share only
+// the statistics).
 bool use_mma(int kind, int64_t D, int64_t kp, int64_t kn) {
   const char* env = std::getenv("CT_KERNELS_NATIVE_MMA");
-  return env != nullptr && std::strcmp(env, "1") == 0 && kind >= 0 && kp <= 0 && kn <= 0 &&
-         cuda::supcon_mma_supported(kind, D);
+  const bool off = env != nullptr && std::strcmp(env, "0") == 0;
+  return !off && kind >= 0 && kp <= 0 && kn <= 0 && cuda::supcon_mma_supported(kind, D);
 }
 
 // Rows per warp of the mma.sync forward: 16 (default) or 32 with CT_KERNELS_NATIVE_MMA_ROWS=32 (half

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 import triton
 
-from ..backends import place_rows
-from ..precision import half_weight_scale
+from ..backends import anchor_slice, place_rows
+from ..precision import fp32_3xtf32, half_weight_scale
 from . import tuning
 from ._select import select_sort_kernel
 from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel, supcon_select_kernel
@@ -60,15 +60,14 @@ def _check_args(u: torch.Tensor, labels: torch.Tensor, variant: str, kp: int, kn
 
 def _dot_precision(dtype: torch.dtype, allow_tf32: bool) -> str:
     """tl.dot input_precision, or "split3". float32 with tf32 allowed: "tf32". float32 without:
-    "split3", three tf32 tensor-core products of hi / lo parts split once on the host
-    (tf32_split), whose error is that of an fp32 dot (relative ~1e-7, against 8e-4 for tf32)
-    instead of FMA-unit "ieee" dots at a fraction of the speed. Triton's own "tf32x3" does the
-    same but splits both operands in registers on every tile: 255 registers and 300-900 spilled
-    bytes in sm_90 compiles of the backward, which the pre-split operands avoid. Bitwise it
-    differs from an FMA dot, which nothing here relies on (every pass uses the same products).
-    float64: "ieee"; bf16 / fp16 ignore it."""
+    exact float32 ("ieee", FMA units), or with CT_KERNELS_FP32_3XTF32=1 (precision.fp32_3xtf32)
+    "split3": three tf32 tensor-core products of hi / lo parts split once on the host
+    (tf32_split), ~4x float32's error per product at several times the speed. Triton's own
+    "tf32x3" does the same but splits both operands in registers on every tile: 255 registers
+    and 300-900 spilled bytes in sm_90 compiles of the backward, which the pre-split operands
+    avoid. float64: "ieee"; bf16 / fp16 ignore it."""
     if dtype == torch.float32:
-        return "tf32" if allow_tf32 else "split3"
+        return "tf32" if allow_tf32 else "split3" if fp32_3xtf32() else "ieee"
     return "ieee"
 
 
@@ -137,10 +136,7 @@ class _Call:
         valid = labels != int(ignore_index)
         self.cls = torch.where(valid, first, torch.full_like(first, -1)).to(torch.int32)
         self.count = torch.searchsorted(srt, labels, right=True) - first
-        self.r0 = int(start)
-        self.r = self.m - self.r0 if count is None else int(count)
-        if not (0 <= self.r0 and 0 <= self.r and self.r0 + self.r <= self.m):
-            raise ValueError(f"anchor rows {self.r0}..{self.r0 + self.r} are not inside the {self.m} rows of u")
+        self.r0, self.r = int(start), anchor_slice(self.m, start, count)
         self.infonce = variant == "infonce"
         self.kp, self.kn = int(kp), int(kn)
         self.acc = _acc_dtype(u.dtype)
@@ -177,7 +173,7 @@ class _Call:
             loss, npos, saved = self.forward(cfg)
             self.backward(cfg, place_rows(saved, self.r0, self.m), loss.new_ones(self.m))
         return tuning.pick(self.key, tuning.next_pow2(self.m), self.d, self.u.dtype, trial,
-                           mined=self.mined, tf32=self.prec == "tf32", timed=not (self.sliced and self.mined))
+                           mined=self.mined, prec=self.prec, timed=not (self.sliced and self.mined))
 
     def grid(self, bm: int, *d_programs: int) -> tuple:
         """Row blocks of the whole-batch grid that meet the anchor slice (see supcon_kernels),

@@ -3,7 +3,7 @@
 One configuration serves every pass of a call (mining, loss, backward): the tile shape and the
 D-loop order decide the bits of s, and the mining thresholds are only exact if all passes
 compute the same bits. The choice is cached per (D, dtype, N rounded up to a power of two,
-variant, mining buffers, tf32), never per exact N, and timed forward + backward together.
+variant, mining buffers, dot precision), never per exact N, and timed forward + backward together.
 """
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ def interpreter_config(n_pow2: int) -> Config:
     return Config(bm=b, bn=b, bd=32, bdo=32, num_warps=1, num_stages=1)
 
 
-def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool = False) -> list[Config]:
-    """Candidates timed on a miss; the first is the default (no tuning, and the GPU tests)."""
+def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = "ieee") -> list[Config]:
+    """Candidates timed on a miss; the first is the default (no tuning, and the GPU tests).
+    prec: the dots' precision (supcon._dot_precision: "ieee", "tf32" or "split3")."""
     d2 = max(16, next_pow2(d))
     # chunked configurations (the original set; spill-free on sm_90 with 8 warps)
     legacy = [
@@ -68,7 +69,7 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool =
         Config(64, 64, min(d2, 128), min(d2, 128), 8, 2),
         Config(32, 32, min(d2, 64), min(d2, 64), 4, 2),
     ]
-    tensor_cores = dtype in (torch.bfloat16, torch.float16) or (dtype == torch.float32 and tf32)
+    tensor_cores = dtype in (torch.bfloat16, torch.float16) or (dtype == torch.float32 and prec == "tf32")
     fast = []
     # fp32 tiles take twice the shared memory: their held row block fits up to D = 128
     if tensor_cores and d2 <= (128 if dtype == torch.float32 else 256):
@@ -93,7 +94,7 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, tf32: bool =
             fast = [Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
                     Config(128, 64, d2, d2, 8, 3), Config(64, 64, d2, bdo, 4, 3)]
     cands = fast + legacy
-    if dtype == torch.float32 and not tf32:
+    if dtype == torch.float32 and prec == "split3":
         # split3 (three tf32 products of host-split hi / lo rows, see supcon._dot_precision): four
         # operand tiles a stage, so 32-wide D chunks. sm_90 offline compiles (Triton 3.6, D = 128):
         # 128 x 32 tiles are spill-free with no tile computed twice by the two warpgroups (fwd 12,
@@ -121,7 +122,7 @@ _CACHE: dict[tuple, Config] = {}
 
 
 def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
-         run_fwd_bwd: Callable[[Config], None], mined: bool = False, tf32: bool = False,
+         run_fwd_bwd: Callable[[Config], None], mined: bool = False, prec: str = "ieee",
          timed: bool = True) -> Config:
     """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once
     (``timed=False``: the first candidate, the same on every process).
@@ -136,7 +137,7 @@ def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
     cfg = _CACHE.get(key)
     if cfg is not None:
         return cfg
-    cands = gpu_candidates(d, dtype, mined, tf32)
+    cands = gpu_candidates(d, dtype, mined, prec)
     if (not timed or os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1
             or torch.cuda.is_current_stream_capturing()):
         cfg = cands[0]
