@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from . import backends
+from .normalize import normalize_rows
 from .precision import fp32_matmul_allows_tf32
 from .reference import supcon_rows_reference
 
 VARIANTS = ("supcon", "infonce")
 REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_NORM_EPS = 1e-12  # as torch.nn.functional.normalize
 
 
 def _check_k(name: str, k) -> int:
@@ -116,15 +116,7 @@ def _prepared_rows(z: torch.Tensor, labels: torch.Tensor, ignore_index: int, nor
     # Zero ignored rows before normalising: an Inf/NaN there can then reach neither the
     # similarity of valid rows nor, through 0 * NaN, the gradient.
     z = torch.where(valid[:, None], z, torch.zeros((), dtype=z.dtype, device=z.device))
-    return (_normalized(z) if normalize else z), labels
-
-
-def _normalized(z: torch.Tensor) -> torch.Tensor:
-    """F.normalize (eps 1e-12 on the norm), computed in float32 for 16-bit rows and rounded once:
-    in float16 the eps is 0, so a zero row (every ignored row is one) would give 0 / 0 = NaN."""
-    if z.dtype in (torch.float16, torch.bfloat16):
-        return torch.nn.functional.normalize(z.float(), dim=1, eps=_NORM_EPS).to(z.dtype)
-    return torch.nn.functional.normalize(z, dim=1, eps=_NORM_EPS)
+    return (normalize_rows(z) if normalize else z), labels
 
 
 def _check_contrast(contrast, z: torch.Tensor):
