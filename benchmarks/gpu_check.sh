@@ -2,17 +2,20 @@
 # The one prepared device run: build the extension, then the phases named in PHASES, in that order.
 # Usage on the GPU machine, from the repo root: OUT=/some/dir bash benchmarks/gpu_check.sh [bench-mode]
 # Phases (default "selfcheck bench tests select sanitize"; cost on an H200 in brackets):
-#   selfcheck  every fused backend and precision against float64, then the native mma path
-#              [<= 120 + 60 s]: the high-signal summary, first
+#   selfcheck  every fused backend and precision against float64, then float32 as 3xTF32
+#              [<= 240 + 120 s]: the high-signal summary, first
 #   bench      gpu_bench.py in [bench-mode] (headline) [<= BENCH_BUDGET + 60 s]
 #   tests      the test files with CUDA cases [<= TEST_TIMEOUT]
 #   select     the mined select kernel at one pipelining stage [<= SELECT_TIMEOUT]
 #   sanitize   compute-sanitizer memcheck on the native ops and the hostile catalogue [<= 40 + 90 s]
+#   profile    per-kernel GPU time of the unmined, mined and InfoNCE steps (profile_step.py) [~60 s]
+#   throw      why a TORCH_CHECK from the extension crashed the process there (debug_native_throw.sh)
 # A session with 15 device minutes fits the whole list only in two calls, the second right after
 # the first (warm machine); the first call puts what matters most first, each phase cut by its timeout.
 # TESTS, WORKERS, TEST_TIMEOUT, SELECT_TIMEOUT, SAN_TIMEOUT, SAN_HOSTILE_TIMEOUT and BENCH_BUDGET
-# override the defaults. At most 8 files come back from a device call: this writes 6 (env.txt,
-# selfcheck.log, tests.log, sanitizer.log, bench.log, records.json), build.log's tail goes to env.txt.
+# override the defaults. At most 8 files come back from a device call: this writes 8 at most (env.txt,
+# selfcheck.log, tests.log, sanitizer.log, bench.log, records.json, profile.log, throw.log);
+# build.log's tail goes to env.txt.
 # Peers that the machine lacks travel as wheels in .whl/ (see benchmarks/README.md).
 set -u
 OUT=${OUT:-/tmp/ct_gpu_out}
@@ -42,10 +45,11 @@ tests/test_native_patch_labels.py tests/test_hostile.py tests/test_supcon_errors
 tests/test_compile_cuda.py tests/test_cuda_graphs.py"
 
 phase_selfcheck() {
-  timeout 120 python3 -m ct_kernels.selfcheck > "$OUT/selfcheck.log" 2>&1
+  # over 120 s with an empty Triton cache on an H200 (2026-11-27); the second run reuses it
+  timeout 240 python3 -m ct_kernels.selfcheck > "$OUT/selfcheck.log" 2>&1
   note "selfcheck rc=$?"
-  CT_KERNELS_NATIVE_MMA=1 timeout 60 python3 -m ct_kernels.selfcheck >> "$OUT/selfcheck.log" 2>&1
-  note "selfcheck (native mma) rc=$?"
+  CT_KERNELS_FP32_3XTF32=1 timeout 120 python3 -m ct_kernels.selfcheck >> "$OUT/selfcheck.log" 2>&1
+  note "selfcheck (float32 as 3xTF32) rc=$?"
   grep -E "FAILED|checks," "$OUT/selfcheck.log"
 }
 
@@ -88,9 +92,23 @@ phase_sanitize() {
   tail -5 "$OUT/sanitizer.log"
 }
 
+phase_profile() {
+  for args in "--k 0" "--k 64" "--k 0 --variant infonce" "--k 0 --backend native"; do
+    timeout 90 python3 benchmarks/profile_step.py $args >> "$OUT/profile.log" 2>&1
+    note "profile $args rc=$?"
+  done
+  grep -A4 "kernels" "$OUT/profile.log"
+}
+
+phase_throw() {
+  OUT="$OUT" timeout 240 bash benchmarks/debug_native_throw.sh > /dev/null 2>&1
+  note "throw debug rc=$?"
+  tail -30 "$OUT/throw.log"
+}
+
 for p in $PHASES; do
   case $p in
-    selfcheck|bench|tests|select|sanitize) "phase_$p" ;;
-    *) note "unknown phase $p (expected selfcheck, bench, tests, select or sanitize)" ;;
+    selfcheck|bench|tests|select|sanitize|profile|throw) "phase_$p" ;;
+    *) note "unknown phase $p (expected selfcheck, bench, tests, select, sanitize, profile or throw)" ;;
   esac
 done

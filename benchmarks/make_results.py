@@ -1,6 +1,6 @@
 """Generate benchmarks/RESULTS.md and a log-log plot from the newest GPU records.
 
-    python benchmarks/make_results.py [records.json ...]   # default: the newest file in results/
+    python benchmarks/make_results.py [records.json ...]   # default: every file in results/
 
 Ratios are taken only between rows of the same run (same file, same card).
 """
@@ -140,8 +140,13 @@ def goals_table(rows):
             out.append(f"| {text} | {value:.2f} {unit} | {'yes' if value <= limit else f'no ({value / limit:.1f}x the goal)'} |")
 
     for prec, limit in (("bf16", 4.0), ("tf32", 8.0), ("fp32", 30.0)):
-        r = _ms(rows, "supcon", "ct_triton", 32768, prec)
-        line(f"supcon N=32768 {prec} <= {limit:g} ms", r and r["ms"], limit)
+        # fp32: the exact default, then the 3xTF32 opt-ins (CT_KERNELS_FP32_3XTF32=1: faster, not
+        # float32's accuracy), each on its own line
+        impls = ("ct_triton", "ct_native") + (("ct_triton_3xtf32", "ct_native_3xtf32") if prec == "fp32" else ())
+        for impl in impls:
+            r = _ms(rows, "supcon", impl, 32768, prec)
+            if r or impl == "ct_triton":
+                line(f"supcon N=32768 {prec} <= {limit:g} ms ({impl})", r and r["ms"], limit)
     r = _ms(rows, "supcon", "ct_triton", 131072, "bf16")
     line("supcon N=131072 bf16 <= 70 ms", r and r["ms"], 70.0)
     line("supcon N=131072 bf16 extra memory < 256 MB", r and r["peak_mib"] * 2**20 / 1e6, 256.0, "MB")
@@ -151,15 +156,16 @@ def goals_table(rows):
     for n in (8192, 32768):
         mined, plain = _ms(rows, "supcon_mined64", "ct_triton", n, "bf16"), _ms(rows, "supcon", "ct_triton", n, "bf16")
         line(f"mined (kp=kn=64) / unmined (bf16, N={n}) <= 2.5", mined and plain and mined["ms"] / plain["ms"], 2.5, "x")
-    for prec in ("bf16", "tf32", "fp32"):
-        nat, tri = (_ms(rows, "supcon", i, 32768, prec) for i in ("ct_native", "ct_triton"))
-        line(f"native CUDA / triton, supcon N=32768 {prec} <= 1.5 (native issue)", nat and tri and nat["ms"] / tri["ms"],
-             1.5, "x")
-        for impl, rows_per_warp in (("ct_native_mma", 16), ("ct_native_mma32", 32)):
-            mma = _ms(rows, "supcon", impl, 32768, prec)
-            if mma:  # runs since the mma.sync kernels exist (fp32: their 3xTF32 products)
-                line(f"native CUDA mma.sync path ({rows_per_warp} rows a warp) / triton, N=32768 {prec} <= 1.5",
-                     tri and mma["ms"] / tri["ms"], 1.5, "x")
+    # the native issue: within 1.5x of Triton; ct_native is the default path (the mma.sync kernels
+    # where they apply), ct_native_wmma the WMMA tiles they replaced, 3xtf32 against 3xtf32
+    pairs = [(p, "ct_native", "ct_triton") for p in ("bf16", "tf32", "fp32")] + \
+            [("bf16", "ct_native_wmma", "ct_triton"), ("tf32", "ct_native_wmma", "ct_triton"),
+             ("fp32", "ct_native_3xtf32", "ct_triton_3xtf32")]
+    for prec, nat_impl, tri_impl in pairs:
+        nat, tri = _ms(rows, "supcon", nat_impl, 32768, prec), _ms(rows, "supcon", tri_impl, 32768, prec)
+        if nat or nat_impl == "ct_native":
+            line(f"{nat_impl} / {tri_impl}, supcon N=32768 {prec} <= 1.5 (native issue)",
+                 nat and tri and nat["ms"] / tri["ms"], 1.5, "x")
     for dt in ("uint8", "int64"):
         pl, cp = (_ms(rows, "patch_labels", i, 16777216, "-", dt) for i in ("ct_triton", "mask_copy"))
         line(f"patch labels {dt} <= 1.5x one mask copy", pl and cp and pl["ms"] / cp["ms"], 1.5, "x")
@@ -203,84 +209,66 @@ def run_section(run, rows, title):
 """
 
 
-# Hand-written: what bounds the missed goals, from the kernels' structure and offline sm_90 compile
-# reports (registers / spills). Not yet profiled with ncu; the next GPU session should confirm.
-BOUNDS = """## What bounds the missed goals (analysis, not yet profiled)
+# Hand-written: what bounds the missed goals, from the newest run's numbers, the kernels' structure
+# and offline sm_90 compile reports (registers / spills). Not profiled yet: benchmarks/profile_step.py
+# (gpu_check.sh's "profile" phase) is prepared for the next GPU session.
+BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analysis, not yet profiled)
 
-- **bf16 / tf32 SupCon (5.4 ms / 12.8 ms at N=32768 vs 4 / 8 ms):** the backward tile loop splits
-  D = 128 into two 64-wide programs, each recomputing the similarity tile, so the backward does
-  3 instead of 2 N·N·D products (4 in all instead of 3). The one-pass backward that avoids it spills
-  (255 registers, 72-432 spill bytes in sm_90 offline compiles), and the tuner did not pick it. Tiles
-  are not shared between (i, j) and (j, i) (the upper-triangle saving of DESIGN.md is not used).
-  On sm_90, a 64-row tile with 8 warps (two warpgroups) has both warpgroups compute the backward's
-  whole similarity tile (PTX, D = 128: bf16 20 wgmma a tile against 12 with 4 warps or 128 rows;
-  tf32 40 against 24; mined bf16 36 against 20), which hits the tf32 default tile and every mined
-  one; a 4-warp 64-row candidate is now timed too (bf16 247 registers spill-free, tf32 52 bytes
-  spilled), and a mined candidate runs only its backward at 4 warps (20 wgmma; 24 bytes spilled
-  as at 8 warps on Triton 3.6, 60 on 3.8; exact only if the warp count leaves every bit of s as
-  it was, which test_mined_backward_warps_keep_bits checks on the GPU). Not yet timed.
-- **fp32 without tf32 (88.7 ms vs 30 ms):** `tl.dot(..., input_precision="ieee")` runs on the FMA
-  units, not tensor cores: about 1.1 TFLOP of FMA work (4 products of 2·N²·D) at the H200's ~67
-  TFLOP/s fp32 peak is >= 16 ms before any elementwise work; the chunked-D path for fp32 keeps
-  255 registers with spills in the backward. The native CUDA FMA kernel (66 ms) is faster here, so
-  `auto` routes fp32 there. Since then (not yet timed) the Triton fp32 dots are three tf32
-  tensor-core products of hi / lo parts, with the error of an fp32 dot (~1e-7 relative): first
-  Triton's "tf32x3", which splits both operands in registers on every tile (sm_90, Triton 3.6,
-  D = 128: 255 registers in every pass, 40-900 bytes spilled in the backward and InfoNCE
-  forward, 960 in the mined select); now "split3", with U split once on the host into [hi | lo]
-  rows and every operand read from memory: the default 128 x 32 tile at 116 / 147 / 207
-  registers (forward, InfoNCE forward, backward), spill-free, no tile computed twice by the two
-  warpgroups; the mined select 40 bytes. `auto` keeps routing fp32 to native until a run shows
-  Triton faster.
-- **InfoNCE (1.9x SupCon vs 1.33x):** its second forward pass needs three special-function
-  operations per element (softplus and sigmoid of lseN - s) on top of the recomputed tile; the
-  log2 among them (a ~12-FMA polynomial in the PTX) is now taken once per row and tile, of the
-  product of the (1 + e) factors (not yet timed).
-- **Mining (21.8x at N=32768):** the threshold pass merges per-row top-k buffers (k = 64) with
-  bitonic sorting networks whenever a tile can change a row's k-th value; with random data that is
-  nearly every tile early on, so the pass is bound by compare-exchange work, not by the matrix unit.
-  Since then (not yet measured on a GPU) float32 tiles find the thresholds by counting instead
-  (triton_ops/_select.py): a stats pass, search passes that count members above 8 edges per row,
-  one collect pass into 64 slots per row (1 KiB a row, any k), and a small sort; the merge stays for float64
-  and as `ct_triton_merge` in the bench. A numpy model of the search (select_passes_model.py) on
-  N=32768, D=128 bf16 rows (k=64, 6 classes; random, clustered and 20 %-duplicated embeddings)
-  needs 1-3 search passes per row, so 4-5 streamed passes of the tile in all (the merge: one pass, but a bitonic sort of
-  nearly every tile); sm_90 compile at the default mined tile: 255 registers, 0 / 24 bytes
-  spilled (Triton 3.8 / 3.6).
-  The mined backward also recomputes each tile transposed, for row j's side of a pair (three tile
-  products instead of two); `ct_triton_reuse` (CT_KERNELS_TRITON_MINED_BWD=reuse) reads it from
-  the tile (i, j), exact when the GPU's dot gives s_ij and s_ji the same bits, which
-  test_mined_backward_tile_reuse_is_bitwise_the_recompute checks there.
-- **Native CUDA (7.7x / 4.7x the Triton time in bf16 / tf32):** the WMMA kernels store every
-  64 x 64 tile of s through shared memory and do the masked log-sum-exp from there, one thread per
-  row quarter, with `expf`; the backward reloads the tile into shared memory again as H, and the
-  row block's U is restaged for every tile. Since then (not yet run on a GPU; `ct_native_mma`, opt-in
-  with CT_KERNELS_NATIVE_MMA=1) `mma.sync` kernels in the flash-attention-2 layout: each warp keeps
-  its 16 rows' U fragments and its 16 x 64 tile of s (backward: of H, reused as the A operand of
-  H·U) in registers, ex2.approx with a per-lane running max, int32 class ids (host relabelling)
-  and the self pair found by one compare with a per-tile constant, cp.async double-buffered column
-  tiles. sm_90 compile (D = 128): forward 91-94 registers (bf16 / fp16) and 118-123 (tf32),
-  backward 194 and 213-216, all spill-free; float32 without tf32 runs there as three tf32 products
-  of hi / lo splits (forward 125-128, backward 212-223 registers, spill-free). `ct_native_mma32`
-  (CT_KERNELS_NATIVE_MMA_ROWS=32) gives each warp 32 rows, so each staged B fragment serves two
-  m-tiles (255 registers, 4-32 bytes spilled). Expected bound: four warps share each staged tile,
-  so the B operand is read from shared memory once per 16 rows (about 16 FLOP per shared byte); more rows
-  per warp is the next lever if the run shows it.
-- **Patch labels (uint8 6.3x, int64 1.5x a copy):** the copy of a 16 MiB uint8 mask replays from L2
-  under CUDA graphs (7 us = 4.6 TB/s); the kernel loops over classes per patch, so its cost grows
-  with num_classes while the copy's does not. From the next run on, the bench cycles through at
-  least 256 MiB of masks, so neither side reads its mask from L2, and the Triton kernel counts up
-  to 7 classes per cross-warp reduction (int64 bit fields) instead of one (not yet timed). Then
-  (not yet timed either) the per-pixel work moved to int32: one add of 1 << (5 j) per pixel into
-  row fields (a pixel of no class shifts into spare bits, so no compare or select per class
-  group), widened to int64 once per row; out-of-range pixels found by a min, counted only when
-  present; 4K pixels a program for byte masks. PTX of the 16 x 16, 6-class uint8 kernel (Triton
-  3.6, the path a mask without bad pixels takes): about 23 instructions a pixel, from 33.
+- **Timing floor of that run:** at N = 8192 every implementation, the peers included, measured
+  3.3-4.0 ms (naive bf16 4.0 ms, Inf-CL 3.3 ms, against 55 and 30 ms at 4x the rows): the harness
+  synchronised after every step, so each step also paid the host's launch latency. The N = 8192
+  rows (and the mined / unmined ratio there, 1.31x) say little; gpu_bench.py now enqueues the
+  steps back to back.
+- **bf16 SupCon (Triton 6.39 ms, native 6.54 ms, goal 4 ms; 5.8x DESIGN.md's 1.1 ms floor):** the
+  Triton backward splits D = 128 into two 64-wide programs that each recompute the similarity
+  tile, so the step does 4 N·N·D products instead of 3; tiles are not shared between (i, j) and
+  (j, i). The one-pass backward that avoids the recompute spills (255 registers, 72-432 bytes in
+  sm_90 offline compiles). On sm_90 a 64-row tile with 8 warps has both warpgroups compute the
+  backward's whole similarity tile (bf16 PTX: 20 wgmma a tile against 12); 4-warp candidates are
+  in the tuner now. The Triton bf16 step took 5.37 ms in the run of 2026-11-26 and 6.39 ms in
+  this one, unexplained so far: since then 16-bit rows are normalised in float32 (the fix for
+  float16's NaN; extra memory at N = 32768 went from 40 to 88 MiB) and the tuner has new
+  candidates.
+- **tf32 (Triton 13.6 ms, native 11.3 ms, goal 8 ms):** the same structure, with tf32 tiles at
+  twice bf16's shared memory and half its tensor-core rate.
+- **float32, tf32 off (native 66.6 ms exact, goal 30 ms):** exact float32 runs on the FMA units:
+  4 products of 2·N²·D are 1.1 TFLOP, >= 16 ms at the H200's ~67 TFLOP/s before any
+  elementwise work (3 products: >= 12 ms); cuBLAS's one Z·Zᵀ takes 7.5 ms (DESIGN.md, H100). The
+  Triton "ieee" step took 88.7 ms on 2026-11-26 (not re-measured). With CT_KERNELS_FP32_3XTF32=1
+  (three tf32 products) native takes 24.2 ms and Triton 27.4 ms, inside the goal, but their error
+  is not float32's (dU 2.6e-5 of float64's norm at M = 4099, growing with M, where 1e-5 is the
+  rule): opt-in, not the default.
+- **N = 131072, bf16 (68.8 ms: goal met; 353 MiB extra against 256 MB):** Inf-CL measured the same
+  354 MiB there; 353 MiB is 2.8 KB a row, about 5.5 float32 values per element of U. The 16-bit
+  rows are normalised in float32 (their float32 copy and its gradient are N x D float32 each),
+  next to dU and z.grad in bf16. A fused or row-chunked normalisation would leave ~4 bf16 copies
+  (~128 MiB).
+- **InfoNCE (1.60x SupCon in Triton, goal 1.33x; native 17.7 ms, 2.7x):** its second forward
+  pass needs three special-function operations per element (softplus and sigmoid of lseN - s)
+  on top of the recomputed tile; the log2 among them is taken once per row and tile.
+- **Mining, kp = kn = 64 (53.2 ms = 8.3x unmined at N = 32768, goal 2.5x):** the counting select
+  (stats pass, 1-3 search passes counting members above 8 edges per row, a collect pass, a small
+  sort) halved the per-tile top-k merge (118.5 ms, `ct_triton_merge`); reading s_ji from the tile
+  (i, j) in the backward (`ct_triton_reuse`, 52.2 ms) and a one-stage select (54.8 ms) change
+  little, so the time is neither the backward's third product nor the select's pipelining. Each
+  streamed pass over the N x N tiles costs about an unmined forward; 53 ms is more than the 6-7
+  passes explain: the per-kernel split is the next measurement (profile_step.py --k 64).
+  pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
+- **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s
+  and of the gradient weights in registers; cp.async double-buffered column tiles) replaced the
+  WMMA tiles as the default for the unmined loss with D <= 128: 6.54 ms against 41.5 ms (bf16),
+  11.3 against 60.6 (tf32). 32 rows a warp (`ct_native_mma32`) is slower in bf16 (7.08 ms) and
+  equal in tf32. Mining (115.9 ms) and D > 128 still run on the WMMA tiles, which store every
+  64 x 64 tile of s through shared memory and restage the row block for every tile.
+- **Patch labels, uint8 (19 us against 8.6 us for one copy of the 16 MiB mask; 2.26x, goal 1.5x):**
+  0.9 TB/s of mask read: the kernel is bound by its per-pixel instructions (about 23 a pixel in
+  the PTX of the 6-class kernel), not by memory. int64 masks (8x the bytes) meet the goal (0.82x
+  a copy).
 """
 
 
 def main(argv):
-    paths = argv or [max((HERE / "results").glob("*.json"), key=lambda p: p.stat().st_mtime)]
+    paths = argv or sorted((HERE / "results").glob("*.json"))
     runs = by_run(load(paths))
     # the plot takes the run with the most SupCon sizes measured (a run cut by its time budget
     # may hold only the headline N)
@@ -298,6 +286,10 @@ during one step after warm-up. Labels: 6 classes (many positives per row), tempe
 `infcl_1pos` is Inf-CL's `cal_flash_loss`, which handles one positive per row (the diagonal) and
 computes in fp32 whatever the input: an easier loss than SupCon, shown as the fastest peer for scale.
 `fp32` is float32 with tf32 off, `tf32` with `torch.backends.cuda.matmul.fp32_precision = "tf32"`.
+`ct_*_3xtf32`: float32 with tf32 off under CT_KERNELS_FP32_3XTF32=1 (three tf32 products, not
+float32's accuracy; opt-in). `ct_native` is the native default of today (the `mma.sync` kernels for
+the unmined loss with D <= 128), `ct_native_wmma` the WMMA tiles it replaced: records made under
+other defaults were renamed to today's names (their `renamed_from` field says from what).
 "skipped (N x N > card)": the dense implementation's estimated N x N buffers exceed the card, not
 run; "skipped": over the run's time budget. The run of 2026-11-26T14:20:05 measured peak memory
 including the first call's autotuning (Triton's timing buffer, ~256 MiB, shows in its ct_triton
