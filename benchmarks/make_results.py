@@ -241,8 +241,9 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
 - **N = 131072, bf16 (68.8 ms: goal met; 353 MiB extra against 256 MB):** Inf-CL measured the same
   354 MiB there; 353 MiB is 2.8 KB a row, about 5.5 float32 values per element of U. The 16-bit
   rows are normalised in float32 (their float32 copy and its gradient are N x D float32 each),
-  next to dU and z.grad in bf16. A fused or row-chunked normalisation would leave ~4 bf16 copies
-  (~128 MiB).
+  next to dU and z.grad in bf16. Since this run the normalisation works row chunk by row chunk
+  (ct_kernels/normalize.py; on the CPU the peak of normalize forward + backward went from 11.1
+  to 2.2 bf16 copies of z), which should leave about 4 bf16 copies (~130 MiB); not re-measured.
 - **InfoNCE (1.60x SupCon in Triton, goal 1.33x; native 17.7 ms, 2.7x):** its second forward
   pass needs three special-function operations per element (softplus and sigmoid of lseN - s)
   on top of the recomputed tile; the log2 among them is taken once per row and tile.
