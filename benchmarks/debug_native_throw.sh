@@ -23,7 +23,8 @@ nm -D --defined-only "$so" | grep -E " (_Unwind|__gxx_personality|__cxa_throw|_Z
 echo "== LD_BIND_NOW import"; LD_BIND_NOW=1 python3 -c "import ct_kernels._C; print('import ok')"
 
 cat > /tmp/throw_ext.cpp <<'EOF'
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <torch/library.h>
 at::Tensor throwing(const at::Tensor& x) { TORCH_CHECK(x.dim() == 99, "throwing: expected 99 dims"); return x; }
 TORCH_LIBRARY(ct_throw_probe, m) { m.def("throwing(Tensor x) -> Tensor"); }
 TORCH_LIBRARY_IMPL(ct_throw_probe, CompositeExplicitAutograd, m) { m.impl("throwing", &throwing); }
