@@ -83,6 +83,22 @@ def test_two_hundred_classes():
     check(mask, 8, 8, 256, 255)
 
 
+@pytest.mark.parametrize("gw", [8, 5], ids=["whole-blocks", "ragged"])
+@pytest.mark.parametrize("num_classes", [4, 9])  # one class group at 4 x 4 (10 fields), two
+def test_whole_and_ragged_blocks(gw, num_classes):
+    """Blocks of whole patches load without a mask (EVEN: 8 patches a row fill the interpreter's
+    8-patch blocks), ragged ones with it; both with ignored and out-of-range pixels, and with the
+    class groups folded at compile time (ONE_GROUP) or looped."""
+    mask = random_mask(2, 4 * 3, 4 * gw, num_classes, torch.int64, 255, seed=gw + num_classes)
+    mask[0, 0, :3] = num_classes + 1
+    mask[1, 5, 7] = -3
+    labels, purity, bad = T.patch_labels(mask, 4, 4, num_classes, 255)
+    assert bad.item() == 4
+    clean = torch.where((mask >= 0) & (mask < num_classes), mask, torch.full_like(mask, 255))  # impure, as ignored
+    ref_labels, ref_purity = patch_labels_reference(clean.cpu(), 4, 4, num_classes, 255)
+    assert torch.equal(labels.cpu(), ref_labels) and torch.equal(purity.cpu(), ref_purity)
+
+
 def test_out_of_range_pixels_counted():
     mask = random_mask(2, 8, 8, 3, torch.int64, 255, seed=4)
     mask[0, 0, 0] = 3  # == num_classes

@@ -26,7 +26,7 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
                         H, W, GH, GW, num_classes, ignore_index,
                         PH: tl.constexpr, PW: tl.constexpr, PHP: tl.constexpr, PWP: tl.constexpr,
                         PB: tl.constexpr, ROW_BITS: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr,
-                        WIDE: tl.constexpr):
+                        WIDE: tl.constexpr, EVEN: tl.constexpr, ONE_GROUP: tl.constexpr):
     pid = tl.program_id(0)
     n_xb = tl.cdiv(GW, PB)
     xb = pid % n_xb
@@ -36,11 +36,16 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
     r = tl.arange(0, PHP)[:, None, None]
     gx = xb * PB + tl.arange(0, PB)[None, :, None]
     c = tl.arange(0, PWP)[None, None, :]
-    inb = (r < PH) & (c < PW) & (gx < GW)
     y = gy * PH + r
     x = gx * PW + c
-    v = tl.load(mask_ptr + (b * H + y).to(tl.int64) * W + x, mask=inb, other=0)
-    counted = inb & (v != ignore_index)
+    ptrs = mask_ptr + (b * H + y).to(tl.int64) * W + x
+    if EVEN:  # every lane of the block is a pixel (no padding, whole patches): nothing to mask
+        v = tl.load(ptrs)
+        counted = v != ignore_index
+    else:
+        inb = (r < PH) & (c < PW) & (gx < GW)
+        v = tl.load(ptrs, mask=inb, other=0)
+        counted = inb & (v != ignore_index)
     # 0 <= v < num_classes as one unsigned compare, in 64 bits for int64 masks (a wide value must
     # not wrap into range) and in 32 for the narrower ones (sign-extended first)
     if WIDE:
@@ -64,20 +69,11 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
     # only ever carry out of the word: no compare or select per pixel and group. Per row, once:
     # the fields widened to BITS (which holds PH * PW) in an int64, summed over the patch rows.
     shift = cls * ROW_BITS
-    for k0 in range(0, num_classes, PER):
-        amt = tl.minimum((shift - k0 * ROW_BITS).to(tl.uint32), 31).to(tl.int32)
-        row = tl.sum(tl.full(cls.shape, 1, tl.int32) << amt, 2)  # [PHP, PB]
-        wide = tl.zeros(row.shape, tl.int64)
-        for jj in tl.static_range(PER):
-            field = ((row >> (jj * ROW_BITS)) & ((1 << ROW_BITS) - 1)).to(tl.int64)
-            wide += field << (jj * BITS)
-        packed = tl.sum(wide, 0)  # [PB]: PER fields of BITS bits
-        for jj in tl.static_range(PER):
-            n = ((packed >> (jj * BITS)) & ((1 << BITS) - 1)).to(tl.int32)
-            # strict: an equal count later never beats a smaller class id
-            better = (n > best_n) & (k0 + jj < num_classes)
-            best_c = tl.where(better, k0 + jj, best_c)
-            best_n = tl.where(better, n, best_n)
+    if ONE_GROUP:  # num_classes <= PER (the usual case): k0 = 0 known at compile time
+        best_n, best_c = _count_group(shift, 0, best_n, best_c, num_classes, ROW_BITS, BITS, PER)
+    else:
+        for k0 in range(0, num_classes, PER):
+            best_n, best_c = _count_group(shift, k0, best_n, best_c, num_classes, ROW_BITS, BITS, PER)
     label = tl.where(best_n > 0, best_c.to(tl.int64), ignore_index)
     # IEEE-rounded division (GPU `/` on fp32 is approximate): purity == count / area exactly,
     # the same bits as the reference's count.float() / (ph * pw)
@@ -87,6 +83,27 @@ def patch_labels_kernel(mask_ptr, labels_ptr, purity_ptr, bad_ptr,
     tl.store(labels_ptr + out, label, mask=gxs < GW)
     tl.store(purity_ptr + out, purity, mask=gxs < GW)
     tl.atomic_add(bad_ptr, n_bad, mask=n_bad > 0)
+
+
+@triton.jit
+def _count_group(shift, k0, best_n, best_c, num_classes, ROW_BITS: tl.constexpr, BITS: tl.constexpr,
+                 PER: tl.constexpr):
+    """Classes k0 .. k0 + PER - 1 of patch_labels_kernel's two-stage bit-field count, folded into
+    the running best (count, class) of each patch."""
+    amt = tl.minimum((shift - k0 * ROW_BITS).to(tl.uint32), 31).to(tl.int32)
+    row = tl.sum(tl.full(shift.shape, 1, tl.int32) << amt, 2)  # [PHP, PB]
+    wide = tl.zeros(row.shape, tl.int64)
+    for jj in tl.static_range(PER):
+        field = ((row >> (jj * ROW_BITS)) & ((1 << ROW_BITS) - 1)).to(tl.int64)
+        wide += field << (jj * BITS)
+    packed = tl.sum(wide, 0)  # [PB]: PER fields of BITS bits
+    for jj in tl.static_range(PER):
+        n = ((packed >> (jj * BITS)) & ((1 << BITS) - 1)).to(tl.int32)
+        # strict: an equal count later never beats a smaller class id
+        better = (n > best_n) & (k0 + jj < num_classes)
+        best_c = tl.where(better, k0 + jj, best_c)
+        best_n = tl.where(better, n, best_n)
+    return best_n, best_c
 
 
 def count_fields(ph: int, pw: int) -> tuple[int, int, int]:
@@ -137,7 +154,8 @@ def _patch_labels_op(mask: torch.Tensor, ph: int, pw: int, num_classes: int,
     with on_device_of(mask):
         patch_labels_kernel[grid](mask, labels, purity, bad, h, w, gh, gw, num_classes, ignore_index,
                                   PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, ROW_BITS=row_bits, BITS=bits, PER=per,
-                                  WIDE=mask.element_size() == 8, num_warps=4)
+                                  WIDE=mask.element_size() == 8, EVEN=php == ph and pwp == pw and gw % pb == 0,
+                                  ONE_GROUP=num_classes <= per, num_warps=4)
     return labels, purity, bad
 
 
