@@ -418,10 +418,12 @@ def main():
     if "mining" in sections:
         mined = {k: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, hard_positives=64, hard_negatives=64,
                                                             backend=bb))(k[3:]) for k in ct_impls}
-        if "ct_triton" in ct_impls:  # A/B: the top-k merge; the tile-reuse backward; a 1-stage select
+        if "ct_triton" in ct_impls:  # A/B: the top-k merge; the tile-reuse backward; a 1-stage select;
+            # the search passes' counts in two packed column sums instead of one a bin
             mined["ct_triton_merge"] = _with_env("CT_KERNELS_TRITON_MINING", "merge", mined["ct_triton"])
             mined["ct_triton_reuse"] = _with_env("CT_KERNELS_TRITON_MINED_BWD", "reuse", mined["ct_triton"])
             mined["ct_triton_select1"] = _with_env("CT_KERNELS_TRITON_SELECT_STAGES", "1", mined["ct_triton"])
+            mined["ct_triton_packed"] = _with_env("CT_KERNELS_TRITON_SELECT_COUNT", "packed", mined["ct_triton"])
         if have_pml:
             from pytorch_metric_learning.losses import SupConLoss
             from pytorch_metric_learning.miners import BatchHardMiner

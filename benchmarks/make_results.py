@@ -253,7 +253,11 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   (i, j) in the backward (`ct_triton_reuse`, 52.2 ms) and a one-stage select (54.8 ms) change
   little, so the time is neither the backward's third product nor the select's pipelining. Each
   streamed pass over the N x N tiles costs about an unmined forward; 53 ms is more than the 6-7
-  passes explain: the per-kernel split is the next measurement (profile_step.py --k 64).
+  passes explain: the per-kernel split is the next measurement (profile_step.py --k 64). An A/B
+  candidate is in since (`ct_triton_packed`, CT_KERNELS_TRITON_SELECT_COUNT=packed): each
+  search pass sums one int64 of per-bin bytes per side and tile instead of one column sum per
+  bin (sm_90 select kernel, bf16, Triton 3.8: 12 fewer barriers and 24 fewer shuffles in the
+  SASS, 243 registers against 255; not timed).
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s
   and of the gradient weights in registers; cp.async double-buffered column tiles) replaced the

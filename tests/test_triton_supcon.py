@@ -232,11 +232,12 @@ def _thresholds(monkeypatch, u, labels, kp, kn, counting, tf32=False):
     return saved[3:]
 
 
+@pytest.mark.parametrize("count", ["edges", "packed"])  # CT_KERNELS_TRITON_SELECT_COUNT (A/B)
 @pytest.mark.parametrize("prec", ["fp32", "bf16", "tf32"])
 @pytest.mark.parametrize("gather_slots", [2, 64])
 @pytest.mark.parametrize("data", ["random", "ties", "one class"])
 @pytest.mark.parametrize("kp,kn", [(1, 1), (9, 2)])
-def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_slots, data, kp, kn):
+def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_slots, data, kp, kn, count):
     """The counting select (stats, search passes, collect, sort) of float32 tiles picks bitwise
     the (value, column) pairs of the top-k merge on the same tiles. gather_slots=2 makes rows
     search until at most 2 members are left inside their interval (down to one value and a
@@ -246,6 +247,7 @@ def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_slots, data
     if prec != "fp32" and not CUDA:
         pytest.skip(NO_HALF_ON_CPU)
     monkeypatch.setattr(S, "GATHER_SLOTS", gather_slots)
+    monkeypatch.setenv("CT_KERNELS_TRITON_SELECT_COUNT", count)
     if data == "ties":
         u, labels = _tied_batch(70)
     else:
@@ -259,12 +261,14 @@ def test_counting_select_equals_topk_merge(monkeypatch, prec, gather_slots, data
         assert torch.equal(a, b), (name, (a != b).nonzero().flatten().tolist()[:5])
 
 
+@pytest.mark.parametrize("count", ["edges", "packed"])
 @pytest.mark.parametrize("gather_slots", [8, 64])
-def test_counting_select_k_above_the_slots(monkeypatch, gather_slots):
+def test_counting_select_k_above_the_slots(monkeypatch, gather_slots, count):
     """k larger than the collect buffer: the buffer holds the interval's members only and the
     sort picks the (k - #above)-th of them."""
     from ct_kernels.triton_ops import supcon as S
     monkeypatch.setattr(S, "GATHER_SLOTS", gather_slots)
+    monkeypatch.setenv("CT_KERNELS_TRITON_SELECT_COUNT", count)
     u, labels = make_batch(260, 9, 3, ignore_every=11, seed=13)
     new = _thresholds(monkeypatch, u, labels, 50, 120, counting=True)
     ref = _thresholds(monkeypatch, u, labels, 50, 120, counting=False)

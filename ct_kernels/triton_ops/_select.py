@@ -113,6 +113,33 @@ def count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB: tl.constexpr):
 
 
 @triton.jit
+def count_at_or_above_packed(s, pos, neg, ep, en, cnt_p, cnt_n, NB: tl.constexpr):
+    """count_at_or_above with two column sums a tile instead of NB (CT_KERNELS_TRITON_SELECT_COUNT=
+    packed, an A/B candidate): an element's bin b = #{k: x >= e_k} (edges do not decrease, so
+    x >= e_k exactly for k < b) becomes the byte 1 << (8 (b - 1)) of an int64, summed over the
+    tile's columns per side (fewer than 256 columns: no byte carries); the counts at or above
+    each edge are the suffix sums of the bytes. Sides as there: positives to cnt_p, the rest to
+    cnt_n (non-members have x = -inf, counted only at an edge of -inf)."""
+    tl.static_assert(NB * 8 <= 64 and s.shape[1] < 256)
+    x = tl.where(pos, -s, tl.where(neg, s, float("-inf")))
+    edge = tl.arange(0, NB)[None, :]
+    nb = tl.zeros(s.shape, tl.int32)
+    for k in tl.static_range(NB):
+        ep_k = tl.sum(tl.where(edge == k, ep, 0.0), 1)
+        en_k = tl.sum(tl.where(edge == k, en, 0.0), 1)
+        nb += (x >= tl.where(pos, ep_k[:, None], en_k[:, None])).to(tl.int32)
+    one = tl.where(nb > 0, tl.full(s.shape, 1, tl.int64) << (8 * (nb - 1)).to(tl.int64), 0)
+    hp = tl.sum(tl.where(pos, one, 0), 1)
+    hn = tl.sum(tl.where(pos, 0, one), 1)
+    for f in tl.static_range(NB):
+        fp = ((hp >> (8 * f)) & 255).to(tl.int32)
+        fn = ((hn >> (8 * f)) & 255).to(tl.int32)
+        cnt_p += tl.where(edge <= f, fp[:, None], 0)
+        cnt_n += tl.where(edge <= f, fn[:, None], 0)
+    return cnt_p, cnt_n
+
+
+@triton.jit
 def inside_range(x, member, lo, hi, mn, mx):
     """Running smallest and largest member of each row's interval [lo, hi)."""
     inside = member & (x >= lo[:, None]) & (x < hi[:, None])

@@ -29,12 +29,14 @@ GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, 
 #   CT_KERNELS_TRITON_MINING=merge: float32 too through the top-k merge (the earlier kernel, kept
 #     for float64);
 #   CT_KERNELS_TRITON_MINED_BWD=reuse: the mined backward reads row j's side of a pair from the
-#     tile (i, j) instead of recomputing (j, i) (to become the default once a GPU confirms the bits;
-#     not for float32 without tf32: see _Call.reuses_tile);
+#     tile (i, j) instead of recomputing (j, i) (bitwise the same in bf16 and tf32 on an H200,
+#     2 % faster there, within noise; not for split3: see _Call.reuses_tile);
 #   CT_KERNELS_TRITON_SELECT_STAGES=n: software-pipelining stages of the select kernel (default: the
 #     configuration's; fewer stages, fewer registers). Whether the tile bits (and so the
 #     thresholds) stay those of the loss passes across stage counts is what
-#     test_counting_select_equals_topk_merge checks when run with it set.
+#     test_counting_select_equals_topk_merge checks when run with it set;
+#   CT_KERNELS_TRITON_SELECT_COUNT=packed: the search passes count with two packed column sums
+#     per tile instead of one a bin (_select.count_at_or_above_packed; the same counts).
 VARIANTS = ("supcon", "infonce")
 
 
@@ -240,8 +242,8 @@ class _Call:
             self.kp, self.kn, self.m, self.r0, r, self.d, self.u.stride(0), MINE_P=c["MINE_P"],
             MINE_N=c["MINE_N"], C=slots, NB=SELECT_BINS, V_PASSES=SELECT_VALUE_PASSES,
             MAX_PASSES=select_passes(), BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
-            ACC=self.tl_acc, num_warps=cfg.num_warps,
-            num_stages=int(os.environ.get("CT_KERNELS_TRITON_SELECT_STAGES", cfg.num_stages)))
+            ACC=self.tl_acc, PACKED=os.environ.get("CT_KERNELS_TRITON_SELECT_COUNT", "edges") == "packed",
+            num_warps=cfg.num_warps, num_stages=int(os.environ.get("CT_KERNELS_TRITON_SELECT_STAGES", cfg.num_stages)))
         # 4096 buffer slots per program with 8 warps: spill-free (sm_90 ptxas)
         rows_per_program = max(1, 4096 // slots)
         for k, thr, col, bufs, negate in ((self.kp, tp, cp, pos_bufs, False), (self.kn, tn, cn, neg_bufs, True)):

@@ -38,8 +38,8 @@ non-finite (ct_kernels/supcon.py).
 import triton
 import triton.language as tl
 
-from ._select import (COLUMN, GATHER, SEARCH, _canon, collect, count_at_or_above, edges, initial_mode, inside_range,
-                      narrow, next_up, side_stats)
+from ._select import (COLUMN, GATHER, SEARCH, _canon, collect, count_at_or_above, count_at_or_above_packed, edges,
+                      initial_mode, inside_range, narrow, next_up, side_stats)
 from ._topk import BIG_COL, kth_pair, topk_merge
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -217,7 +217,8 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
                          kp, kn, M, R0, R, D, stride, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                          C: tl.constexpr, NB: tl.constexpr,
                          V_PASSES: tl.constexpr, MAX_PASSES: tl.constexpr, BLOCK: tl.constexpr,
-                         BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+                         BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr,
+                         PACKED: tl.constexpr = False):
     """The thresholds of supcon_mine_kernel by counting (see _select): the stats pass, search
     passes while a row of the block searches, the collect pass. Writes the thresholds of rows
     that do not collect (DONE: every member, +inf / -inf and BIG_COL as supcon_mine_kernel;
@@ -269,7 +270,10 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
                 cols = c0 + tl.arange(0, BLOCK)
                 _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D,
                                                 scale, BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
-                cnt_p, cnt_n = count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB)
+                if PACKED:
+                    cnt_p, cnt_n = count_at_or_above_packed(s, pos, neg, ep, en, cnt_p, cnt_n, NB)
+                else:
+                    cnt_p, cnt_n = count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB)
                 mn_p, mx_p = inside_range(-s, pos, lo_p, hi_p, mn_p, mx_p)
                 mn_n, mx_n = inside_range(s, neg, lo_n, hi_n, mn_n, mx_n)
             lo_p, hi_p, glo_p, ghi_p, mode_p = narrow(ep, cnt_p, mn_p, mx_p, lo_p, hi_p, glo_p, ghi_p, mode_p,
