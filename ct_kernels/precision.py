@@ -41,7 +41,10 @@ def fp32_3xtf32() -> bool:
     accuracy: the dropped lo*lo term, lo's own rounding and the tensor cores' truncating
     accumulation leave ~4x float32's error per product, and measured gradient errors grew with
     the batch (1e-5 to 2.6e-5 of the float64 norm from M = 1000 to 4099), where exact float32 stays
-    near 1e-6. So it is not what PyTorch's "highest" precision promises, and not the default."""
+    near 1e-6. So it is not what PyTorch's "highest" precision promises, and not the default.
+    Since then the Triton backward sums each column tile's products in a fresh accumulator and
+    adds it to dU in IEEE float32, so that growth should be gone there (not yet measured; the
+    native mma backward keeps one accumulator: a second would cost 64 registers a thread)."""
     return os.environ.get(FP32_3XTF32_ENV, "") == "1"
 
 
