@@ -51,7 +51,6 @@ MAX_GRID_YZ = 65535
 # CT_KERNELS_FP32_3XTF32=1 (split3 dots), "fp32" the exact default ("ieee" dots)
 DTYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, False), "tf32": (torch.float32, True),
           "fp32": (torch.float32, False), "3xtf32": (torch.float32, False), "fp64": (torch.float64, False)}
-DOT_PRECISION = {"tf32": "tf32", "3xtf32": "split3"}  # the others: "ieee" (bf16 / fp16 ignore it)
 
 
 class _StandInDriver:
@@ -115,6 +114,11 @@ def _env(**values):
                 os.environ[k] = v
 
 
+def _fp32_mode(dtype: str):
+    """The environment under which float32 without tf32 takes split3 dots ("3xtf32") or not."""
+    return _env(CT_KERNELS_FP32_3XTF32="1" if dtype == "3xtf32" else None)
+
+
 def supcon_step(dtype: str, d: int, variant: str = "supcon", kp: int = 0, kn: int = 0,
                 config: tuning.Config | None = None, m: int = 320) -> None:
     """One forward + backward through the Triton host wrapper (S._Call) on CPU tensors:
@@ -124,8 +128,7 @@ def supcon_step(dtype: str, d: int, variant: str = "supcon", kp: int = 0, kn: in
     u = torch.randn(m, d, generator=g).to(torch_dtype)
     labels = torch.randint(0, 6, (m,), generator=g)
     forced = ",".join(map(str, config)) if config else None
-    with _env(CT_KERNELS_TRITON_CONFIG=forced, CT_KERNELS_TRITON_AUTOTUNE="0",
-              CT_KERNELS_FP32_3XTF32="1" if dtype == "3xtf32" else None):
+    with _env(CT_KERNELS_TRITON_CONFIG=forced, CT_KERNELS_TRITON_AUTOTUNE="0"), _fp32_mode(dtype):
         call = S._Call(u, labels, -1, 10.0, variant, kp, kn, tf32)
         cfg = call.config()
         loss, _, saved = call.forward(cfg)
@@ -227,11 +230,13 @@ def ptxas_report(compiled, arch: int) -> tuple[int, int, int]:
 
 def report(arch: int, d: int, dtype: str, k: int) -> None:
     """Every GPU candidate configuration of the tuner, unmined (supcon, infonce) and mined."""
-    torch_dtype = DTYPES[dtype][0]
+    torch_dtype, tf32 = DTYPES[dtype]
+    with _fp32_mode(dtype):
+        prec = S._dot_precision(torch_dtype, tf32)
     print(f"triton {triton.__version__}, sm_{arch}, D={d}, {dtype}, k={k}")
     print(f"{'step':<16} {'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
     for mined in (False, True):
-        for cfg in tuning.gpu_candidates(d, torch_dtype, mined, DOT_PRECISION.get(dtype, "ieee")):
+        for cfg in tuning.gpu_candidates(d, torch_dtype, mined, prec):
             for variant in (("supcon",) if mined else ("supcon", "infonce")):
                 step = variant + (" mined" if mined else "")
                 with compiling_launches(arch) as launches:

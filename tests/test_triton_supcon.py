@@ -25,7 +25,6 @@ os.environ.setdefault("CT_KERNELS_TRITON_AUTOTUNE", "0")
 IGNORE = -1
 TEMP = 0.1
 NO_HALF_ON_CPU = "the Triton interpreter mis-computes bf16/fp16 tl.dot; reduced precision runs on GPUs only"
-DOT_PRECISION = {"tf32": "tf32", "3xtf32": "split3"}  # test precision name -> the dots' ("ieee" else)
 
 
 def set_fp32_mode(monkeypatch, prec):
@@ -200,7 +199,7 @@ def test_every_gpu_candidate(monkeypatch, prec, variant, kp, kn):
     grad_rows = torch.randn(700, device=DEV)
     mined = kp > 0 or kn > 0
     set_fp32_mode(monkeypatch, prec)
-    cands = tuning.gpu_candidates(96, dtype, mined, DOT_PRECISION.get(prec, "ieee"))
+    cands = tuning.gpu_candidates(96, dtype, mined, T.supcon._dot_precision(dtype, prec == "tf32"))
     ref_rows, ref_npos, ref_du = reference(u, labels, variant, kp, kn, grad_rows)
     if not mined:
         t_rows, t_du = torch_same_precision(u, labels, variant, grad_rows, prec == "tf32")
@@ -334,7 +333,7 @@ def test_mined_backward_warps_keep_bits(monkeypatch, prec, variant, kp, kn):
     u = u.to(dtype)
     tf32 = prec == "tf32"
     grad_rows = torch.randn(u.shape[0], generator=torch.Generator().manual_seed(4)).to(DEV)
-    base = tuning.gpu_candidates(96, dtype, True, "tf32" if tf32 else "ieee")[0]
+    base = tuning.gpu_candidates(96, dtype, True, T.supcon._dot_precision(dtype, tf32))[0]
     monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", ",".join(map(str, base)))  # the forward's tiles too
     _loss, _npos, saved = T.supcon_forward(u, labels, IGNORE, 1.0 / TEMP, variant, kp, kn, tf32)
     du = []

@@ -94,6 +94,7 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = 
             fast = [Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
                     Config(128, 64, d2, d2, 8, 3), Config(64, 64, d2, bdo, 4, 3)]
     cands = fast + legacy
+    b32, b64 = min(d2, 32), min(d2, 64)  # the float32 lists' D chunks
     if dtype == torch.float32 and prec == "split3":
         # split3 (three tf32 products of host-split hi / lo rows, see supcon._dot_precision): four
         # operand tiles a stage, so 32-wide D chunks. sm_90 offline compiles (Triton 3.6, D = 128):
@@ -101,7 +102,6 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = 
         # bwd 24 wgmma a chunk; 123 KB shared, within an A100's 163 KB); 64 x 64 with 8 warps are
         # spill-free but duplicate (20 / 60); at 64 x 64 x 32 the mined select spills 40 bytes
         # (Triton 3.8: 44, and the mined backward 8).
-        b32, b64 = min(d2, 32), min(d2, 64)
         if mined:
             cands = [Config(64, 64, b32, b64, 8, 3), Config(64, 64, b64, b64, 8, 2), Config(32, 32, b32, b64, 4, 3)]
         else:
@@ -113,11 +113,10 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = 
         # spill-free unmined; at 32 x 32 with 4 warps the mined select spills 32 bytes and the
         # mined backward 16. The mined 64 x 64 x 128 tile (6 KB spilled) is left out.
         if mined:
-            cands = [Config(64, 64, min(d2, 64), min(d2, 64), 8, 2), Config(32, 32, min(d2, 32), min(d2, 64), 4, 2),
-                     Config(64, 64, min(d2, 32), min(d2, 32), 8, 2)]
+            cands = [Config(64, 64, b64, b64, 8, 2), Config(32, 32, b32, b64, 4, 2), Config(64, 64, b32, b32, 8, 2)]
         else:
-            cands = [Config(64, 64, min(d2, 64), min(d2, 64), 8, 2), Config(64, 64, min(d2, 32), min(d2, 32), 8, 2),
-                     Config(64, 64, min(d2, 32), min(d2, 64), 8, 3), Config(32, 32, min(d2, 32), min(d2, 64), 4, 2)]
+            cands = [Config(64, 64, b64, b64, 8, 2), Config(64, 64, b32, b32, 8, 2), Config(64, 64, b32, b64, 8, 3),
+                     Config(32, 32, b32, b64, 4, 2)]
     if dtype == torch.float64:
         # fp64 tiles (and their on-chip top-k mining buffers): 64-row blocks with 8 warps
         bd = min(d2, 32)
