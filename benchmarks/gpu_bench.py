@@ -414,6 +414,9 @@ def main():
             variant_impls = {name: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, variant="infonce", backend=bb))(b)}
             if name == "ct_native":
                 variant_impls["ct_native_wmma"] = _with_env("CT_KERNELS_NATIVE_MMA", "0", variant_impls[name])
+            else:  # A/B: rows in the caller's order (every tile in infonce's second pass)
+                variant_impls["ct_triton_unsorted"] = _with_env("CT_KERNELS_TRITON_CLASS_RUNS", "0",
+                                                                variant_impls[name])
             run_loss_grid(rec, variant_impls, [32768], [128], ["bf16"], op="infonce")
     if "mining" in sections:
         mined = {k: (lambda bb: lambda z, y: ct.supcon_loss(z, y, TEMP, hard_positives=64, hard_negatives=64,

@@ -246,7 +246,12 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   to 2.2 bf16 copies of z), which should leave about 4 bf16 copies (~130 MiB); not re-measured.
 - **InfoNCE (1.60x SupCon in Triton, goal 1.33x; native 17.7 ms, 2.7x):** its second forward
   pass needs three special-function operations per element (softplus and sigmoid of lseN - s)
-  on top of the recomputed tile; the log2 among them is taken once per row and tile.
+  on top of the recomputed tile; the log2 among them is taken once per row and tile. Since this
+  run the Triton kernels take the rows of an unmined whole-batch infonce call in class runs
+  (ordered by label on the host, outputs put back): the second pass visits only the tiles of a
+  row block's runs, and the backward computes the positives' reciprocals only there. With 6
+  random classes at N = 32768 that is 17 % of the tiles (exact count, 128 x 64 and 64 x 64
+  tiles); not timed (`ct_triton_unsorted` is the A/B row, CT_KERNELS_TRITON_CLASS_RUNS=0).
 - **Mining, kp = kn = 64 (53.2 ms = 8.3x unmined at N = 32768, goal 2.5x):** the counting select
   (stats pass, 1-3 search passes counting members above 8 edges per row, a collect pass, a small
   sort) halved the per-tile top-k merge (118.5 ms, `ct_triton_merge`); reading s_ji from the tile

@@ -246,8 +246,6 @@ def report(arch: int, d: int, dtype: str, k: int) -> None:
                         print(f"{step:<16} {'':<22} {str(tuple(cfg)):<36} failed: {type(exc).__name__}: "
                               f"{str(exc)[:80]}")
                 for launch in launches:
-                    if variant == "infonce" and launch.kernel != "supcon_fwd_kernel":
-                        continue  # the rest is the supcon row's
                     regs, st, ld = ptxas_report(launch.compiled, arch)
                     print(f"{step:<16} {launch.kernel:<22} {str(tuple(cfg)):<36} {regs:>4}  {st:>5}/{ld:<5}  "
                           f"{launch.compiled.metadata.shared}")

@@ -121,6 +121,50 @@ def test_no_positives(variant, kp, kn):
     assert (loss == 0).all() and (npos == 0).all() and (du == 0).all()
 
 
+def class_run_batch(runs, d, seed, ignored=3):
+    """Rows in shuffled order whose classes, sorted, make runs of the given lengths (plus
+    `ignored` ignored rows, which sort first): with 16-wide tiles, runs of 17, 15, 1, 16 put
+    class boundaries one column into a tile, at a tile's end and inside one tile."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.cat([torch.full((ignored,), IGNORE)] + [torch.full((n,), c) for c, n in enumerate(runs)])
+    labels = labels[torch.randperm(labels.numel(), generator=g)]
+    u = torch.nn.functional.normalize(torch.randn(labels.numel(), d, generator=g, dtype=torch.float64), dim=1)
+    u[labels == IGNORE] = 0
+    return u.to(DEV), labels.to(DEV)
+
+
+@pytest.mark.parametrize("runs,ignored", [((17, 15, 1, 16), 0), ((14, 17, 15, 1, 16), 2), ((1, 1, 30), 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infonce_class_runs_at_tile_edges(monkeypatch, runs, ignored, dtype):
+    """Unmined infonce takes the rows in class runs and visits only the tiles of a block's runs
+    (supcon_kernels, CLASS_RUNS): runs that end one column into a tile, or start at a tile's last
+    column, must still be visited, and the caller's row order must come back."""
+    monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", "16,16,32,32,1,1")
+    u, labels = class_run_batch(runs, 5, seed=sum(runs) + ignored, ignored=ignored)
+    u = u.to(dtype)
+    check(u, labels, "infonce", 0, 0, tol=1e-10 if dtype == torch.float64 else 1e-5)
+    grad_rows = torch.randn(u.shape[0], dtype=u.dtype if dtype == torch.float64 else torch.float32).to(DEV)
+    runs_on = run(u, labels, "infonce", 0, 0, grad_rows)
+    monkeypatch.setenv("CT_KERNELS_TRITON_CLASS_RUNS", "0")  # the A/B switch: the caller's order
+    runs_off = run(u, labels, "infonce", 0, 0, grad_rows)
+    for on, off in zip(runs_on, runs_off):
+        assert rel_err(on, off) <= (1e-12 if dtype == torch.float64 else 1e-6)
+
+
+def test_class_runs_only_where_exact(monkeypatch):
+    """Class runs are taken for unmined infonce over a whole batch, and never for supcon, mining
+    (ties go to the lower column of the caller's order) or an anchor slice (one contiguous run of
+    rows); CT_KERNELS_TRITON_CLASS_RUNS=0 turns them off."""
+    u, labels = make_batch(20, 4, 3)
+    def taken(variant="infonce", kp=0, kn=0, start=0, count=None):
+        return T.supcon._Call(u, labels, IGNORE, 10.0, variant, kp, kn, False, start, count).order is not None
+    assert taken()
+    assert not taken("supcon") and not taken(kp=2) and not taken(kn=3) and not taken(start=4)
+    assert not taken(count=12)
+    monkeypatch.setenv("CT_KERNELS_TRITON_CLASS_RUNS", "0")
+    assert not taken()
+
+
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
 def test_all_ignored(variant):
     u = torch.zeros(9, 4, device=DEV)

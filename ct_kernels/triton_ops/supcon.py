@@ -37,6 +37,8 @@ GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, 
 #     test_counting_select_equals_topk_merge checks when run with it set;
 #   CT_KERNELS_TRITON_SELECT_COUNT=packed: the search passes count with two packed column sums
 #     per tile instead of one a bin (_select.count_at_or_above_packed; the same counts).
+#   CT_KERNELS_TRITON_CLASS_RUNS=0: unmined infonce takes the rows in the caller's order, every
+#     tile in its second forward pass (see supcon_kernels, CLASS_RUNS).
 VARIANTS = ("supcon", "infonce")
 
 
@@ -128,19 +130,29 @@ class _Call:
         _check_args(u, labels, variant, kp, kn)
         self.prec = _dot_precision(u.dtype, allow_tf32)
         self.m, self.d = u.shape
+        labels = labels.to(torch.int64).contiguous()
+        self.r0, self.r = int(start), anchor_slice(self.m, start, count)
+        self.infonce = variant == "infonce"
+        self.kp, self.kn = int(kp), int(kn)
+        srt, order = torch.sort(labels, stable=True)
+        # class runs: the kernels see the rows ordered by label (see supcon_kernels), and this
+        # call puts its outputs back in the caller's order. Unmined infonce over a whole batch
+        # only: anchors must stay one contiguous slice, and mining breaks ties by column
+        self.order = order if self.class_runs_wanted() else None
+        if self.order is not None:
+            self.inverse = torch.empty_like(order)
+            self.inverse[order] = torch.arange(self.m, device=order.device)
+            u, labels = u[order], srt
         # split3: the kernels read rows [hi | lo] (row stride 2D); dU is (R, D), contiguous
         self.u = tf32_split(u) if self.prec == "split3" else u if u.is_contiguous() else u.contiguous()
-        labels = labels.to(torch.int64).contiguous()
         # int32 class ids (index of the first equal label in sorted order), -1 for ignored rows,
-        # and the label-only |P_i| before mining: O(M log M), no host sync
-        srt = torch.sort(labels).values
+        # and the label-only |P_i| before mining: O(M log M), no host sync. With class runs the
+        # class id is also the column where the row's run starts, and end where it stops
         first = torch.searchsorted(srt, labels)
         valid = labels != int(ignore_index)
         self.cls = torch.where(valid, first, torch.full_like(first, -1)).to(torch.int32)
         self.count = torch.searchsorted(srt, labels, right=True) - first
-        self.r0, self.r = int(start), anchor_slice(self.m, start, count)
-        self.infonce = variant == "infonce"
-        self.kp, self.kn = int(kp), int(kn)
+        self.end = (first + self.count).to(torch.int32) if self.order is not None else None
         self.acc = _acc_dtype(u.dtype)
         self.tl_acc = triton.language.float64 if self.acc == torch.float64 else triton.language.float32
         # [scale of the tiles (base 2: inv_temp * log2 e), inv_temp], written by fill kernels: a
@@ -153,7 +165,22 @@ class _Call:
         # timed (tuning.pick): every rank must tile the same way for the thresholds to match.
         self.sliced = self.r != self.m
         self.key = (self.d, u.dtype, tuning.next_pow2(self.m), variant, self.kp > 0, self.kn > 0,
-                    tuning.next_pow2(max(self.kp, self.kn, 1)), self.prec, u.device, self.sliced)
+                    tuning.next_pow2(max(self.kp, self.kn, 1)), self.prec, u.device, self.sliced,
+                    self.order is not None)
+
+    def class_runs_wanted(self) -> bool:
+        """Whether the kernels take the rows in class runs (CT_KERNELS_TRITON_CLASS_RUNS=0: never,
+        the A/B switch; needs self.r0 / r, infonce, kp, kn)."""
+        whole = self.r0 == 0 and self.r == self.m
+        return (self.infonce and not self.mined and whole
+                and os.environ.get("CT_KERNELS_TRITON_CLASS_RUNS", "1") != "0")
+
+    def to_kernel_order(self, t):
+        """A per-row tensor of the caller (M rows) in the order the kernels see (None stays)."""
+        return t if t is None or self.order is None else t[self.order]
+
+    def to_caller_order(self, t):
+        return t if t is None or self.order is None else t[self.inverse]
 
     @property
     def mined(self) -> bool:
@@ -163,6 +190,10 @@ class _Call:
         return dict(INFONCE=self.infonce, MINE_P=self.kp > 0, MINE_N=self.kn > 0, BM=cfg.bm,
                     BN=cfg.bm if self.mined else cfg.bn, BD=cfg.bd, SINGLE_D=self.single_d(cfg),
                     PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    def loss_consts(self, cfg: tuning.Config) -> dict:
+        """consts of the loss and backward kernels (the mining kernels have no class runs)."""
+        return dict(self.consts(cfg), CLASS_RUNS=self.order is not None)
 
     def single_d(self, cfg: tuning.Config) -> bool:
         return holds_row_block(self.u.dtype, self.prec, cfg.bd, self.d)
@@ -183,7 +214,8 @@ class _Call:
         return (triton.cdiv(self.r0 + self.r, bm) - self.r0 // bm, *d_programs)
 
     def npos(self) -> torch.Tensor:
-        """|P_i| of the anchors after mining, from the labels alone (O(M log M), no host sync)."""
+        """|P_i| of the anchors after mining, from the labels alone (O(M log M), no host sync),
+        in the kernels' order."""
         cls, count = self.cls[self.r0:self.r0 + self.r], self.count[self.r0:self.r0 + self.r]
         npos = torch.where(cls >= 0, count - 1, torch.zeros_like(count))
         if self.kp > 0:
@@ -219,9 +251,11 @@ class _Call:
                 LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
                 ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         supcon_fwd_kernel[self.grid(cfg.bm)](
-            self.u, self.cls, self.temp, tp, cp, tn, cn, loss, npos, a, self._or_placeholder(q),
-            self.m, self.r0, r, self.d, self.u.stride(0), **c)
-        return loss, npos, saved
+            self.u, self.cls, self._or_placeholder(self.end, torch.int32), self.temp, tp, cp, tn, cn, loss,
+            npos, a, self._or_placeholder(q),
+            self.m, self.r0, r, self.d, self.u.stride(0), **self.loss_consts(cfg))
+        loss, npos, a, q = (self.to_caller_order(t) for t in (loss, npos, a, q))
+        return loss, npos, (a, q, npos, thrp, colp, thrn, coln)
 
     def _select(self, cfg: tuning.Config, c: dict, tp, cp, tn, cn) -> None:
         """float32 thresholds by counting: supcon_select_kernel, then the sort of the rows that
@@ -266,6 +300,8 @@ class _Call:
         du = torch.empty((self.r, self.d), dtype=self.u.dtype, device=self.u.device)
         if self.r == 0:
             return du
+        # (class runs are whole-batch, unmined: the thresholds are None then)
+        a, q, npos, grad_rows = (self.to_kernel_order(t) for t in (a, q, npos, grad_rows))
         grad = grad_rows.to(device=self.u.device, dtype=self.acc)
         has = npos > 0
         g = torch.where(has, grad, torch.zeros_like(grad))
@@ -278,12 +314,13 @@ class _Call:
         gn = (g / npos.clamp(min=1).to(self.acc)).contiguous()
         w1 = (g * q if self.infonce else g).contiguous()
         one = self.one_pass(cfg)
-        consts = dict(self.consts(cfg), num_warps=cfg.bwd_warps or cfg.num_warps)
+        consts = dict(self.loss_consts(cfg), num_warps=cfg.bwd_warps or cfg.num_warps)
         supcon_bwd_kernel[self.grid(cfg.bm, 1 if one else triton.cdiv(self.d, cfg.bdo))](
-            self.u, self.cls, temp, *self._thresholds(thrp, colp, thrn, coln),
+            self.u, self.cls, self._or_placeholder(self.end, torch.int32), temp,
+            *self._thresholds(thrp, colp, thrn, coln),
             a_eff, w1, gn, du, self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
             REUSE_TILE=self.reuses_tile(), **consts)
-        return du
+        return self.to_caller_order(du)
 
     def reuses_tile(self) -> bool:
         """The mined backward's A/B switch (CT_KERNELS_TRITON_MINED_BWD=reuse). Never for split3

@@ -22,6 +22,13 @@ every tile, and hence every s_ij bit, is the one a whole-batch call computes: th
 found by one rank's forward are exact in another rank's backward. Outputs of the forward and
 dU are indexed from R0; the backward reads the per-row statistics of all M rows.
 
+Class runs (CLASS_RUNS, unmined infonce over a whole batch): the host orders the rows by label
+(supcon._Call), so each class's rows are one run of columns, [cls_i, end_i) for row i (cls is
+then the run's first row). A row block's positives lie in the columns [lo, hi) that span its
+rows' runs: infonce's second forward pass visits only those tiles, and the backward computes
+the positive terms (a reciprocal per element and orientation) only on tiles that meet them.
+Skipped tiles hold no positive, so every sum is the one a full sweep gives, bit for bit.
+
 Mining thresholds: supcon_select_kernel for float32 tiles (counting passes, see _select) and
 supcon_mine_kernel for float64 (per-row top-k buffers merged on chip, see _topk).
 
@@ -155,6 +162,19 @@ def _slice_rows(R0, R, BM: tl.constexpr):
     """Rows of this program (a block of the whole-batch grid) and which of them are anchors."""
     rows = (R0 // BM + tl.program_id(0)) * BM + tl.arange(0, BM)
     return rows, (rows >= R0) & (rows < R0 + R)
+
+
+@triton.jit
+def _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN: tl.constexpr, CLASS_RUNS: tl.constexpr):
+    """[lo, hi): lo rounded down to a tile, the columns that can hold a positive of the block's
+    rows (every column without CLASS_RUNS; lo >= hi when no row of the block is valid)."""
+    if CLASS_RUNS:
+        end = tl.load(end_ptr + rows, mask=rows < M, other=0)
+        lo = tl.min(tl.where(ok_r, lab_r, M))
+        hi = tl.max(tl.where(ok_r, end, 0))
+        return (lo // BN) * BN, hi
+    else:
+        return 0, M
 
 
 @triton.jit(do_not_specialize=["M", "R0", "R"])
@@ -367,15 +387,15 @@ def _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, r
 
 
 @triton.jit(do_not_specialize=["M", "R0", "R"])
-def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
+def supcon_fwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                       loss_ptr, npos_ptr, a_ptr, q_ptr,
                       M, R0, R, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
-                      PREC: tl.constexpr, ACC: tl.constexpr):
+                      PREC: tl.constexpr, ACC: tl.constexpr, CLASS_RUNS: tl.constexpr = False):
     """Loss rows and per-row statistics. supcon: one pass (lse over A and the positive sum).
-    infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it. npos is an
-    input (counted on the host)."""
+    infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it (CLASS_RUNS:
+    over the tiles of the block's class runs only). npos is an input (counted on the host)."""
     rows, live = _slice_rows(R0, R, BM)
     out = rows - R0
     lab_r, ok_r = _load_rows(lab_ptr, rows, M)
@@ -401,7 +421,8 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
     if INFONCE:
         sp_sum = tl.zeros([BM], ACC)
         sg_sum = tl.zeros([BM], ACC)
-        for c0 in range(0, M, BN):
+        c_lo, c_hi = _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN, CLASS_RUNS)
+        for c0 in range(c_lo, c_hi, BN):
             s, pos, neg = _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0,
                                      ur, lab_r, ok_r, M, R0, R, D, scale, MINE_P, MINE_N, BM, BN, BD, SINGLE_D,
                                      PREC, ACC)
@@ -429,6 +450,12 @@ def _dl_ds(s, pos, neg, a, w1, gn, INFONCE: tl.constexpr):
 
 
 @triton.jit
+def _infonce_positive_terms(w, pos, e_r, e_c, gn_r, gn_c):
+    """Unmined infonce backward: the positives' weights of a tile whose negatives are in w."""
+    return tl.where(pos, -(gn_r[:, None] / (1.0 + e_r) + gn_c[None, :] / (1.0 + e_c)), w)
+
+
+@triton.jit
 def _row_stats(a_ptr, w1_ptr, gn_ptr, idx, M):
     """Host-prepared per-row statistics: a (+inf for rows without positives, so exp is 0),
     w1 = g (supcon) or g * q (infonce), gn = g / |P|; g is 0 for rows without positives."""
@@ -440,13 +467,13 @@ def _row_stats(a_ptr, w1_ptr, gn_ptr, idx, M):
 
 
 @triton.jit(do_not_specialize=["M", "R0", "R"])
-def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
+def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                       a_ptr, w1_ptr, gn_ptr, du_ptr,
                       M, R0, R, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
                       BDO: tl.constexpr, ONE_PASS: tl.constexpr, REUSE_TILE: tl.constexpr,
-                      PREC: tl.constexpr, ACC: tl.constexpr):
+                      PREC: tl.constexpr, ACC: tl.constexpr, CLASS_RUNS: tl.constexpr = False):
     """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block of the anchor slice and one
     BDO-wide chunk of D (ONE_PASS: all of D, reusing the column block of the similarity).
 
@@ -473,6 +500,7 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
         offs_do = pid_d * BDO + tl.arange(0, BDO)
         acc = tl.zeros([BM, BDO], ACC)
     MINED: tl.constexpr = MINE_P or MINE_N
+    c_lo, c_hi = _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN, CLASS_RUNS)
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
         a_c, w1_c, gn_c = _row_stats(a_ptr, w1_ptr, gn_ptr, cols, M)
@@ -498,8 +526,13 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, co
             e_r = tl.exp2(s - a_r[:, None])
             e_c = tl.exp2(s - a_c[None, :])
             if INFONCE:
-                w = tl.where(neg, e_r * w1_r[:, None] + e_c * w1_c[None, :],
-                             tl.where(pos, -(gn_r[:, None] / (1.0 + e_r) + gn_c[None, :] / (1.0 + e_c)), 0.0))
+                w = tl.where(neg, e_r * w1_r[:, None] + e_c * w1_c[None, :], 0.0)
+                # positives in both orientations (their sigmoids); pos and neg are disjoint
+                if CLASS_RUNS:
+                    if (c0 < c_hi) & (c0 + BN > c_lo):
+                        w = _infonce_positive_terms(w, pos, e_r, e_c, gn_r, gn_c)
+                else:
+                    w = _infonce_positive_terms(w, pos, e_r, e_c, gn_r, gn_c)
             else:
                 w = tl.where(pos | neg, e_r * w1_r[:, None] + e_c * w1_c[None, :]
                              - tl.where(pos, gn_r[:, None] + gn_c[None, :], 0.0), 0.0)
