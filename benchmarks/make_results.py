@@ -262,7 +262,19 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   candidate is in since (`ct_triton_packed`, CT_KERNELS_TRITON_SELECT_COUNT=packed): each
   search pass sums one int64 of per-bin bytes per side and tile instead of one column sum per
   bin (sm_90 select kernel, bf16, Triton 3.8: 12 fewer barriers and 24 fewer shuffles in the
-  SASS, 243 registers against 255; not timed).
+  SASS, 243 registers against 255; not timed; but 1636 instructions a search tile against 1343).
+  Since this run, the SASS of each pass's column loop (`benchmarks/sass_loops.py`: sm_90, bf16,
+  D = 128, Triton 3.8, instructions a thread runs per tile) says where the time goes: the
+  unmined step's 128 x 64 tiles cost 612 (forward) + 906 (backward) for 32 elements of s a
+  thread, 47 an element; the mined step's 64 x 64 tiles, 16 elements a thread, cost 728 (stats)
+  + 1343 per search pass + 1986 (collect) + 650 (loss) + 3005 (backward), 566 an element with
+  two search passes, 12x the unmined: the passes are issue-bound, and the mined backward, with
+  the tie-break test (`_keep_low` / `_keep_high`) for both sides and both orientations of every
+  tile, was the largest single part. Thresholds now say whether they are tied (the column is
+  BIG_COL when no other member shares the k-th value), and the loss pass and the backward take
+  one-compare masks on tiles where none is: 514 and 1273 instructions (Triton 3.6: 660 -> 522,
+  3604 -> 1576), 449 an element in all (-21 %), not timed. The select's passes (stats, search,
+  collect: 76 % of what is left) are the next lever.
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s
   and of the gradient weights in registers; cp.async double-buffered column tiles) replaced the

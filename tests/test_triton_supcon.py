@@ -270,6 +270,26 @@ def test_mining_exact_ties_go_to_lower_column(variant, kp, kn):
     check(u, labels, variant, kp, kn, tol=1e-5, temp=1.0)
 
 
+@pytest.mark.parametrize("variant", ["supcon", "infonce"])
+def test_mined_tie_in_a_column_of_untied_rows(monkeypatch, variant):
+    """Rows 0 and 1 are equal, so every other-class row j has s_j0 == s_j1; kn is chosen so that
+    row 16's kn-th hardest negative is that tie (column 0 kept, column 1 not). Rows 0-15 have no
+    tied threshold, row 16 has: the backward of the block 0-15 must test column 16's side of
+    the tile with the tie-break (supcon_kernels: untied rows AND untied columns)."""
+    monkeypatch.setenv("CT_KERNELS_TRITON_CONFIG", "16,16,32,32,1,1")
+    g = torch.Generator().manual_seed(11)
+    u = torch.nn.functional.normalize(torch.randn(32, 6, generator=g, dtype=torch.float64), dim=1)
+    u[1] = u[0]
+    labels = torch.tensor([0] * 16 + [1] * 16)
+    s16 = (u[16] @ u[:16].T).float()
+    kn = int((s16 > s16[0]).sum()) + 1  # the rank of the tied pair (column 0 first)
+    u, labels = u.float().to(DEV), labels.to(DEV)
+    _loss, _npos, saved = T.supcon_forward(u, labels, IGNORE, 1.0 / TEMP, variant, 0, kn, False)
+    col_neg = saved[6].cpu()
+    assert col_neg[16] == 0 and (col_neg[:16] == 2 ** 31 - 1).all(), col_neg  # tied, and untied rows
+    check(u, labels, variant, 0, kn, tol=1e-5)
+
+
 def _tied_batch(m, seed=7):
     """Small-integer rows drawn from 6 distinct ones: every s exact in float32, many real ties."""
     g = torch.Generator().manual_seed(seed)

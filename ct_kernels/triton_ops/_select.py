@@ -30,7 +30,7 @@ arithmetic of the key-spaced edges, so fp64 calls (gradcheck) keep the top-k mer
 import triton
 import triton.language as tl
 
-from ._topk import BIG_COL, _kv_sort, kth_pair
+from ._topk import BIG_COL, _kv_sort, kth_pair_untied
 
 SEARCH = tl.constexpr(0)  # the row's interval still holds more than C members
 GATHER = tl.constexpr(1)  # glo - ghi <= C: the collect pass writes the interval's members
@@ -205,8 +205,8 @@ def collect(x, member, cols, out, lo, hi, mode, rank, base, seen, col_at, key_pt
 def select_sort_kernel(thr_ptr, col_ptr, key_ptr, bcol_ptr, count_ptr, R,
                        C: tl.constexpr, LOG_C: tl.constexpr, SB: tl.constexpr, NEGATE: tl.constexpr):
     """Threshold of each collecting row (count > 0): the rank-th smallest (key, column) of its
-    buffer, key = -x (so: rank-th largest x, lower column first); count_ptr holds R counts,
-    then R ranks. NEGATE: store -key (negatives)."""
+    buffer, key = -x (so: rank-th largest x, lower column first), the column BIG_COL if no other
+    member has that key; count_ptr holds R counts, then R ranks. NEGATE: store -key (negatives)."""
     idx = tl.program_id(0) * SB + tl.arange(0, SB)
     n = tl.load(count_ptr + idx, mask=idx < R, other=0)
     rank = tl.load(count_ptr + R + idx, mask=idx < R, other=1)
@@ -217,7 +217,7 @@ def select_sort_kernel(thr_ptr, col_ptr, key_ptr, bcol_ptr, count_ptr, R,
         key = tl.load(key_ptr + off, mask=full, other=float("inf"))
         col = tl.load(bcol_ptr + off, mask=full, other=BIG_COL)
         key, col = _kv_sort(key, col, LOG_C, 0)
-        t, c = kth_pair(key, col, rank[:, None], C)
+        t, c = kth_pair_untied(key, col, rank[:, None], C, True)  # [lo, hi) holds every member equal to t
         if NEGATE:
             t = -t
         tl.store(thr_ptr + idx, t, mask=n > 0)

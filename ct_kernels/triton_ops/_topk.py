@@ -79,3 +79,17 @@ def kth_pair(buf_k, buf_c, k, KB: tl.constexpr):
     """The k-th smallest pair (1-based) of each ascending buffer row."""
     pick = tl.arange(0, KB)[None, :] == (k - 1)
     return tl.sum(tl.where(pick, buf_k, 0.0), 1), tl.sum(tl.where(pick, buf_c, 0), 1)
+
+
+@triton.jit
+def kth_pair_untied(buf_k, buf_c, k, KB: tl.constexpr, COMPLETE: tl.constexpr):
+    """kth_pair, its column replaced by BIG_COL where no other pair of the buffer has the k-th key
+    (COMPLETE: the buffer holds every pair of that key; otherwise a last slot with that key
+    counts as a tie too, since pairs beyond the buffer may share it). Membership "x < t, or
+    x == t at a column <= c" is then "x <= t", one compare (supcon_kernels._mined_side)."""
+    t, c = kth_pair(buf_k, buf_c, k, KB)
+    eq = buf_k == t[:, None]
+    tied = tl.sum(eq.to(tl.int32), 1) > 1
+    if not COMPLETE:
+        tied |= tl.sum((eq & (tl.arange(0, KB)[None, :] == KB - 1)).to(tl.int32), 1) > 0
+    return t, tl.where(tied, c, BIG_COL)

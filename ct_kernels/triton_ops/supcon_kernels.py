@@ -47,7 +47,7 @@ import triton.language as tl
 
 from ._select import (COLUMN, GATHER, SEARCH, _canon, collect, count_at_or_above, count_at_or_above_packed, edges,
                       initial_mode, inside_range, narrow, next_up, side_stats)
-from ._topk import BIG_COL, kth_pair, topk_merge
+from ._topk import BIG_COL, kth_pair, kth_pair_untied, topk_merge
 
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -222,11 +222,11 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
                 kth_n, _cn = kth_pair(bkn, bcn, kn, KBN)
     out = rows - R0
     if MINE_P:
-        tp, cp = kth_pair(bkp, bcp, kp, KBP)
+        tp, cp = kth_pair_untied(bkp, bcp, kp, KBP, False)
         tl.store(thrp_ptr + out, tp, mask=live)
         tl.store(colp_ptr + out, cp, mask=live)
     if MINE_N:
-        tn, cn = kth_pair(bkn, bcn, kn, KBN)
+        tn, cn = kth_pair_untied(bkn, bcn, kn, KBN, False)
         tl.store(thrn_ptr + out, -tn, mask=live)
         tl.store(coln_ptr + out, cn, mask=live)
 
@@ -338,52 +338,128 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
 
 
 @triton.jit
+def _mined_side(member, s, idx, thr, col, LOW: tl.constexpr, UNTIED: tl.constexpr):
+    """member & the mined side's test (LOW: positives, _keep_low; else negatives, _keep_high),
+    thr / col broadcast against s. A threshold whose column is BIG_COL has no tie (the selection
+    found no other member of its value: _topk.kth_pair_untied), and then either test is one
+    compare. UNTIED: the caller checked that every threshold of the tile is (_untied), and the
+    kernels branch on that per tile or sweep so that the common case runs the compare alone."""
+    if UNTIED:
+        if LOW:
+            keep = s <= thr
+        else:
+            keep = s >= thr
+    else:
+        if LOW:
+            keep = _keep_low(s, idx, thr, col)
+        else:
+            keep = _keep_high(s, idx, thr, col)
+    return member & keep
+
+
+@triton.jit
+def _untied(colp_ptr, coln_ptr, idx, live, MINE_P: tl.constexpr, MINE_N: tl.constexpr):
+    """Whether no mined threshold of the rows idx (where live) has a tie (column BIG_COL)."""
+    untied = True
+    if MINE_P:
+        untied = untied & (tl.min(tl.load(colp_ptr + idx, mask=live, other=BIG_COL)) == BIG_COL)
+    if MINE_N:
+        untied = untied & (tl.min(tl.load(coln_ptr + idx, mask=live, other=BIG_COL)) == BIG_COL)
+    return untied
+
+
+@triton.jit
 def _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, base, n,
-                 MINE_P: tl.constexpr, MINE_N: tl.constexpr):
+                 MINE_P: tl.constexpr, MINE_N: tl.constexpr, UNTIED: tl.constexpr):
     """Apply the anchor rows' thresholds to a [rows, cols] tile; row r's threshold is entry
-    r - base of arrays of n entries (forward: the slice's own, base R0; backward: all rows)."""
+    r - base of arrays of n entries (forward: the slice's own, base R0; backward: all rows).
+    Rows outside them read an untied stand-in (their masks are not used)."""
     idx = rows - base
     live = (idx >= 0) & (idx < n)
     if MINE_P:
         thr = tl.load(thrp_ptr + idx, mask=live, other=0.0)
-        col = tl.load(colp_ptr + idx, mask=live, other=0)
-        pos = pos & _keep_low(s, cols[None, :], thr[:, None], col[:, None])
+        col = tl.load(colp_ptr + idx, mask=live, other=BIG_COL)
+        pos = _mined_side(pos, s, cols[None, :], thr[:, None], col[:, None], True, UNTIED)
     if MINE_N:
         thr = tl.load(thrn_ptr + idx, mask=live, other=0.0)
-        col = tl.load(coln_ptr + idx, mask=live, other=0)
-        neg = neg & _keep_high(s, cols[None, :], thr[:, None], col[:, None])
+        col = tl.load(coln_ptr + idx, mask=live, other=BIG_COL)
+        neg = _mined_side(neg, s, cols[None, :], thr[:, None], col[:, None], False, UNTIED)
     return pos, neg
 
 
 @triton.jit
 def _mined_masks_of_cols(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, M,
-                         MINE_P: tl.constexpr, MINE_N: tl.constexpr):
+                         MINE_P: tl.constexpr, MINE_N: tl.constexpr, UNTIED: tl.constexpr):
     """_mined_masks with the roles swapped, on the tile (i, j): whether row i is among column
     j's mined positives / negatives (s_ji read as s_ij; pos / neg before mining are symmetric)."""
     live = cols < M
     if MINE_P:
         thr = tl.load(thrp_ptr + cols, mask=live, other=0.0)
-        col = tl.load(colp_ptr + cols, mask=live, other=0)
-        pos = pos & _keep_low(s, rows[:, None], thr[None, :], col[None, :])
+        col = tl.load(colp_ptr + cols, mask=live, other=BIG_COL)
+        pos = _mined_side(pos, s, rows[:, None], thr[None, :], col[None, :], True, UNTIED)
     if MINE_N:
         thr = tl.load(thrn_ptr + cols, mask=live, other=0.0)
-        col = tl.load(coln_ptr + cols, mask=live, other=0)
-        neg = neg & _keep_high(s, rows[:, None], thr[None, :], col[None, :])
+        col = tl.load(coln_ptr + cols, mask=live, other=BIG_COL)
+        neg = _mined_side(neg, s, rows[:, None], thr[None, :], col[None, :], False, UNTIED)
     return pos, neg
 
 
 @triton.jit
 def _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0, ur, lab_r, ok_r,
-               M, R0, R, D, scale, MINE_P: tl.constexpr, MINE_N: tl.constexpr, BM: tl.constexpr,
-               BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr,
-               ACC: tl.constexpr):
+               M, R0, R, D, scale, MINE_P: tl.constexpr, MINE_N: tl.constexpr, UNTIED: tl.constexpr,
+               BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
+               PREC: tl.constexpr, ACC: tl.constexpr):
     """The forward passes' tile at column block c0: s2 and the anchors' (mined) P / N masks."""
     cols = c0 + tl.arange(0, BN)
     _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
                                     BM, BN, BD, SINGLE_D, PREC, ACC)
     pos, neg = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, R0, R,
-                            MINE_P, MINE_N)
+                            MINE_P, MINE_N, UNTIED)
     return s, pos, neg
+
+
+@triton.jit
+def _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r, ok_r,
+               M, R0, R, D, scale, INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
+               UNTIED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+               SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """The first forward pass: per row the running (max, sum) of the base-2 log-sum-exp over A
+    (supcon) or N (infonce), and the positives' sum of s2 (supcon)."""
+    m = tl.full([BM], float("-inf"), ACC)
+    l = tl.zeros([BM], ACC)
+    psum = tl.zeros([BM], ACC)
+    for c0 in range(0, M, BN):
+        s, pos, neg = _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0, ur,
+                                 lab_r, ok_r, M, R0, R, D, scale, MINE_P, MINE_N, UNTIED, BM, BN, BD, SINGLE_D,
+                                 PREC, ACC)
+        if INFONCE:
+            m, l = _online_lse2(m, l, s, neg)
+        else:
+            m, l = _online_lse2(m, l, s, pos | neg)
+            psum += tl.sum(tl.where(pos, s, 0.0), 1)
+    return m, l, psum
+
+
+@triton.jit
+def _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r, ok_r,
+                   lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
+                   UNTIED: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                   SINGLE_D: tl.constexpr, PREC: tl.constexpr, ACC: tl.constexpr):
+    """infonce's second pass over the columns c_lo .. c_hi: per row the sums over positives of
+    softplus(lseN - s2) (its log2 taken per row and tile) and of sigmoid(lseN - s2)."""
+    sp_sum = tl.zeros([BM], ACC)
+    sg_sum = tl.zeros([BM], ACC)
+    for c0 in range(c_lo, c_hi, BN):
+        s, pos, neg = _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0,
+                                 ur, lab_r, ok_r, M, R0, R, D, scale, MINE_P, MINE_N, UNTIED, BM, BN, BD,
+                                 SINGLE_D, PREC, ACC)
+        # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
+        t = lse[:, None] - s  # base 2
+        e = tl.exp2(-tl.abs(t))
+        one_e = 1.0 + e
+        sp_sum += tl.sum(tl.where(pos, tl.maximum(t, 0.0), 0.0), 1) + _sum_log2(one_e, pos, BN)
+        sg_sum += tl.sum(tl.where(pos, tl.where(t >= 0, 1.0, e) / one_e, 0.0), 1)
+    return sp_sum, sg_sum
 
 
 @triton.jit(do_not_specialize=["M", "R0", "R"])
@@ -395,7 +471,9 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
                       PREC: tl.constexpr, ACC: tl.constexpr, CLASS_RUNS: tl.constexpr = False):
     """Loss rows and per-row statistics. supcon: one pass (lse over A and the positive sum).
     infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it (CLASS_RUNS:
-    over the tiles of the block's class runs only). npos is an input (counted on the host)."""
+    over the tiles of the block's class runs only). npos is an input (counted on the host).
+    Mined: each pass is compiled twice, and the block's rows take the one-compare masks when
+    none of their thresholds is tied (_mined_side)."""
     rows, live = _slice_rows(R0, R, BM)
     out = rows - R0
     lab_r, ok_r = _load_rows(lab_ptr, rows, M)
@@ -403,35 +481,40 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
     ur = 0.0
     if SINGLE_D:
         ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
-    m = tl.full([BM], float("-inf"), ACC)
-    l = tl.zeros([BM], ACC)
-    psum = tl.zeros([BM], ACC)
-    for c0 in range(0, M, BN):
-        s, pos, neg = _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0, ur,
-                                 lab_r, ok_r, M, R0, R, D, scale, MINE_P, MINE_N, BM, BN, BD, SINGLE_D, PREC, ACC)
-        if INFONCE:
-            m, l = _online_lse2(m, l, s, neg)
+    MINED: tl.constexpr = MINE_P or MINE_N
+    if MINED:
+        untied = _untied(colp_ptr, coln_ptr, out, live, MINE_P, MINE_N)
+        if untied:
+            m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
+                                    ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, True, BM, BN, BD, SINGLE_D,
+                                    PREC, ACC)
         else:
-            m, l = _online_lse2(m, l, s, pos | neg)
-            psum += tl.sum(tl.where(pos, s, 0.0), 1)
+            m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
+                                    ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, False, BM, BN, BD, SINGLE_D,
+                                    PREC, ACC)
+    else:
+        m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
+                                ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, False, BM, BN, BD, SINGLE_D,
+                                PREC, ACC)
     lse = tl.where(l > 0, m + tl.log2(tl.where(l > 0, l, 1.0)), float("-inf"))  # -inf: empty set
     npos = tl.load(npos_ptr + out, mask=live, other=0)
     has = npos > 0
     cnt = tl.maximum(npos, 1).to(ACC)
     if INFONCE:
-        sp_sum = tl.zeros([BM], ACC)
-        sg_sum = tl.zeros([BM], ACC)
         c_lo, c_hi = _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN, CLASS_RUNS)
-        for c0 in range(c_lo, c_hi, BN):
-            s, pos, neg = _loss_tile(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, c0,
-                                     ur, lab_r, ok_r, M, R0, R, D, scale, MINE_P, MINE_N, BM, BN, BD, SINGLE_D,
-                                     PREC, ACC)
-            # -s + log(exp(s) + S) = softplus(lseN - s); its s-derivative is -sigmoid(lseN - s)
-            t = lse[:, None] - s  # base 2
-            e = tl.exp2(-tl.abs(t))
-            one_e = 1.0 + e
-            sp_sum += tl.sum(tl.where(pos, tl.maximum(t, 0.0), 0.0), 1) + _sum_log2(one_e, pos, BN)
-            sg_sum += tl.sum(tl.where(pos, tl.where(t >= 0, 1.0, e) / one_e, 0.0), 1)
+        if MINED:
+            if untied:
+                sp_sum, sg_sum = _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows,
+                                                ur, lab_r, ok_r, lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P,
+                                                MINE_N, True, BM, BN, BD, SINGLE_D, PREC, ACC)
+            else:
+                sp_sum, sg_sum = _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows,
+                                                ur, lab_r, ok_r, lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P,
+                                                MINE_N, False, BM, BN, BD, SINGLE_D, PREC, ACC)
+        else:
+            sp_sum, sg_sum = _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur,
+                                            lab_r, ok_r, lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P, MINE_N, False,
+                                            BM, BN, BD, SINGLE_D, PREC, ACC)
         loss = tl.where(has, sp_sum / cnt * LN2, 0.0)
         tl.store(q_ptr + out, tl.where(has, sg_sum / cnt, 0.0), mask=live)
     else:
@@ -464,6 +547,31 @@ def _row_stats(a_ptr, w1_ptr, gn_ptr, idx, M):
     w1 = tl.load(w1_ptr + idx, mask=live, other=0.0)
     gn = tl.load(gn_ptr + idx, mask=live, other=0.0)
     return a, w1, gn
+
+
+@triton.jit
+def _mined_weights(u_ptr, stride, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, cols, ur, uc, s, pos, neg,
+                   a_r, w1_r, gn_r, a_c, w1_c, gn_c, M, D, scale, INFONCE: tl.constexpr, MINE_P: tl.constexpr,
+                   MINE_N: tl.constexpr, UNTIED: tl.constexpr, REUSE_TILE: tl.constexpr, BM: tl.constexpr,
+                   BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr, PREC: tl.constexpr,
+                   ACC: tl.constexpr):
+    """The mined backward's weights of the tile (rows, cols): row i's side from its thresholds on
+    s, column j's from its own on the recomputed s_ji (REUSE_TILE: on s_ij). UNTIED: every
+    threshold involved is untied (see _mined_side)."""
+    pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M,
+                                MINE_P, MINE_N, UNTIED)
+    w = _dl_ds(s, pos_r, neg_r, a_r[:, None], w1_r[:, None], gn_r[:, None], INFONCE)
+    if REUSE_TILE:
+        pos_c, neg_c = _mined_masks_of_cols(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr,
+                                            coln_ptr, M, MINE_P, MINE_N, UNTIED)
+        w += _dl_ds(s, pos_c, neg_c, a_c[None, :], w1_c[None, :], gn_c[None, :], INFONCE)
+    else:
+        st = _sim_tile(u_ptr, stride, cols, rows, uc, ur, M, D, scale, BN, BM, BD, SINGLE_D, PREC, ACC)
+        pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
+                                    thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M, MINE_P, MINE_N, UNTIED)
+        wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], w1_c[:, None], gn_c[:, None], INFONCE)
+        w += tl.trans(wt)
+    return w
 
 
 @triton.jit(do_not_specialize=["M", "R0", "R"])
@@ -500,6 +608,9 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
         offs_do = pid_d * BDO + tl.arange(0, BDO)
         acc = tl.zeros([BM, BDO], ACC)
     MINED: tl.constexpr = MINE_P or MINE_N
+    untied_r = False
+    if MINED:
+        untied_r = _untied(colp_ptr, coln_ptr, rows, rows < M, MINE_P, MINE_N)
     c_lo, c_hi = _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN, CLASS_RUNS)
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
@@ -508,19 +619,15 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
         uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
                                        BM, BN, BD, SINGLE_D, PREC, ACC)
         if MINED:
-            pos_r, neg_r = _mined_masks(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M,
-                                        MINE_P, MINE_N)
-            w = _dl_ds(s, pos_r, neg_r, a_r[:, None], w1_r[:, None], gn_r[:, None], INFONCE)
-            if REUSE_TILE:
-                pos_c, neg_c = _mined_masks_of_cols(s, rows, cols, pos, neg, thrp_ptr, colp_ptr, thrn_ptr,
-                                                    coln_ptr, M, MINE_P, MINE_N)
-                w += _dl_ds(s, pos_c, neg_c, a_c[None, :], w1_c[None, :], gn_c[None, :], INFONCE)
+            # one-compare masks where no threshold of the tile's rows or columns is tied
+            if untied_r & _untied(colp_ptr, coln_ptr, cols, cols < M, MINE_P, MINE_N):
+                w = _mined_weights(u_ptr, stride, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, cols, ur, uc, s,
+                                   pos, neg, a_r, w1_r, gn_r, a_c, w1_c, gn_c, M, D, scale, INFONCE, MINE_P,
+                                   MINE_N, True, REUSE_TILE, BM, BN, BD, SINGLE_D, PREC, ACC)
             else:
-                st = _sim_tile(u_ptr, stride, cols, rows, uc, ur, M, D, scale, BN, BM, BD, SINGLE_D, PREC, ACC)
-                pos_c, neg_c = _mined_masks(st, cols, rows, tl.trans(pos), tl.trans(neg),
-                                            thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, 0, M, MINE_P, MINE_N)
-                wt = _dl_ds(st, pos_c, neg_c, a_c[:, None], w1_c[:, None], gn_c[:, None], INFONCE)
-                w += tl.trans(wt)
+                w = _mined_weights(u_ptr, stride, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, cols, ur, uc, s,
+                                   pos, neg, a_r, w1_r, gn_r, a_c, w1_c, gn_c, M, D, scale, INFONCE, MINE_P,
+                                   MINE_N, False, REUSE_TILE, BM, BN, BD, SINGLE_D, PREC, ACC)
         else:
             # both orientations of the unmined (symmetric) tile at once
             e_r = tl.exp2(s - a_r[:, None])
