@@ -252,6 +252,10 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   row block's runs, and the backward computes the positives' reciprocals only there. With 6
   random classes at N = 32768 that is 17 % of the tiles (exact count, 128 x 64 and 64 x 64
   tiles); not timed (`ct_triton_unsorted` is the A/B row, CT_KERNELS_TRITON_CLASS_RUNS=0).
+  In sm_90 SASS (`benchmarks/sass_loops.py`, bf16, D = 128, Triton 3.8, instructions a thread
+  runs per 128 x 64 tile): supcon 612 + 906; infonce 560 + 1213 (second pass) + 1355
+  (backward, of which 503 are the positives' terms), 2.1x supcon's, against 1.6x measured; with
+  the runs, 560 + 0.17 x 1213 + (852 + 0.17 x 503) = 1704, 1.12x supcon's.
 - **Mining, kp = kn = 64 (53.2 ms = 8.3x unmined at N = 32768, goal 2.5x):** the counting select
   (stats pass, 1-3 search passes counting members above 8 edges per row, a collect pass, a small
   sort) halved the per-tile top-k merge (118.5 ms, `ct_triton_merge`); reading s_ji from the tile
