@@ -427,6 +427,8 @@ def main():
             mined["ct_triton_reuse"] = _with_env("CT_KERNELS_TRITON_MINED_BWD", "reuse", mined["ct_triton"])
             mined["ct_triton_select1"] = _with_env("CT_KERNELS_TRITON_SELECT_STAGES", "1", mined["ct_triton"])
             mined["ct_triton_packed"] = _with_env("CT_KERNELS_TRITON_SELECT_COUNT", "packed", mined["ct_triton"])
+            # the tie-break test on every tile (before the one-compare masks of untied thresholds)
+            mined["ct_triton_tiebreak"] = _with_env("CT_KERNELS_TRITON_MINED_MASKS", "tiebreak", mined["ct_triton"])
         if have_pml:
             from pytorch_metric_learning.losses import SupConLoss
             from pytorch_metric_learning.miners import BatchHardMiner

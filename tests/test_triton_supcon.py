@@ -290,6 +290,25 @@ def test_mined_tie_in_a_column_of_untied_rows(monkeypatch, variant):
     check(u, labels, variant, 0, kn, tol=1e-5)
 
 
+@pytest.mark.parametrize("prec", ["fp32", "bf16", "tf32"])
+@pytest.mark.parametrize("data", ["random", "ties"])
+@pytest.mark.parametrize("variant,kp,kn", [("supcon", 3, 5), ("infonce", 2, 4), ("supcon", 0, 6)])
+def test_one_compare_masks_are_bitwise_the_tiebreak(monkeypatch, prec, data, variant, kp, kn):
+    """Untied thresholds (column BIG_COL) make the tie-break test one compare; the kernels take
+    it per sweep / tile, and CT_KERNELS_TRITON_MINED_MASKS=tiebreak never does: same bits."""
+    if prec != "fp32" and not CUDA:
+        pytest.skip(NO_HALF_ON_CPU)
+    u, labels = _tied_batch(40) if data == "ties" else make_batch(40, 9, 3, ignore_every=7, seed=kp + kn)
+    u = u.to(torch.bfloat16) if prec == "bf16" else u
+    grad_rows = torch.randn(40, generator=torch.Generator().manual_seed(2)).to(DEV)
+    out = {}
+    for masks in ("fast", "tiebreak"):
+        monkeypatch.setenv("CT_KERNELS_TRITON_MINED_MASKS", masks)
+        out[masks] = run(u, labels, variant, kp, kn, grad_rows, tf32=prec == "tf32")
+    for fast, tiebreak in zip(out["fast"], out["tiebreak"]):
+        assert torch.equal(fast, tiebreak)
+
+
 def _tied_batch(m, seed=7):
     """Small-integer rows drawn from 6 distinct ones: every s exact in float32, many real ties."""
     g = torch.Generator().manual_seed(seed)

@@ -39,6 +39,8 @@ GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, 
 #     per tile instead of one a bin (_select.count_at_or_above_packed; the same counts).
 #   CT_KERNELS_TRITON_CLASS_RUNS=0: unmined infonce takes the rows in the caller's order, every
 #     tile in its second forward pass (see supcon_kernels, CLASS_RUNS).
+#   CT_KERNELS_TRITON_MINED_MASKS=tiebreak: the mined loss pass and backward test every tile with
+#     the tie-break, not the one compare that untied thresholds allow (supcon_kernels._mined_side).
 VARIANTS = ("supcon", "infonce")
 
 
@@ -193,7 +195,8 @@ class _Call:
 
     def loss_consts(self, cfg: tuning.Config) -> dict:
         """consts of the loss and backward kernels (the mining kernels have no class runs)."""
-        return dict(self.consts(cfg), CLASS_RUNS=self.order is not None)
+        one_compare = os.environ.get("CT_KERNELS_TRITON_MINED_MASKS", "fast") != "tiebreak"
+        return dict(self.consts(cfg), CLASS_RUNS=self.order is not None, ONE_COMPARE=one_compare)
 
     def single_d(self, cfg: tuning.Config) -> bool:
         return holds_row_block(self.u.dtype, self.prec, cfg.bd, self.d)

@@ -358,9 +358,11 @@ def _mined_side(member, s, idx, thr, col, LOW: tl.constexpr, UNTIED: tl.constexp
 
 
 @triton.jit
-def _untied(colp_ptr, coln_ptr, idx, live, MINE_P: tl.constexpr, MINE_N: tl.constexpr):
-    """Whether no mined threshold of the rows idx (where live) has a tie (column BIG_COL)."""
-    untied = True
+def _untied(colp_ptr, coln_ptr, idx, live, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
+            ONE_COMPARE: tl.constexpr):
+    """Whether no mined threshold of the rows idx (where live) has a tie (column BIG_COL);
+    never without ONE_COMPARE (the A/B switch: the tie-break test on every tile)."""
+    untied = ONE_COMPARE
     if MINE_P:
         untied = untied & (tl.min(tl.load(colp_ptr + idx, mask=live, other=BIG_COL)) == BIG_COL)
     if MINE_N:
@@ -468,7 +470,8 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
                       M, R0, R, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
-                      PREC: tl.constexpr, ACC: tl.constexpr, CLASS_RUNS: tl.constexpr = False):
+                      PREC: tl.constexpr, ACC: tl.constexpr, CLASS_RUNS: tl.constexpr = False,
+                      ONE_COMPARE: tl.constexpr = True):
     """Loss rows and per-row statistics. supcon: one pass (lse over A and the positive sum).
     infonce: pass 1 the negative lse, pass 2 the per-positive terms that need it (CLASS_RUNS:
     over the tiles of the block's class runs only). npos is an input (counted on the host).
@@ -483,7 +486,7 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
         ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
     MINED: tl.constexpr = MINE_P or MINE_N
     if MINED:
-        untied = _untied(colp_ptr, coln_ptr, out, live, MINE_P, MINE_N)
+        untied = _untied(colp_ptr, coln_ptr, out, live, MINE_P, MINE_N, ONE_COMPARE)
         if untied:
             m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
                                     ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, True, BM, BN, BD, SINGLE_D,
@@ -581,7 +584,8 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
                       BDO: tl.constexpr, ONE_PASS: tl.constexpr, REUSE_TILE: tl.constexpr,
-                      PREC: tl.constexpr, ACC: tl.constexpr, CLASS_RUNS: tl.constexpr = False):
+                      PREC: tl.constexpr, ACC: tl.constexpr, CLASS_RUNS: tl.constexpr = False,
+                      ONE_COMPARE: tl.constexpr = True):
     """dU_I = inv_temp * sum_J (G_IJ + G_JI^T) U_J for one row block of the anchor slice and one
     BDO-wide chunk of D (ONE_PASS: all of D, reusing the column block of the similarity).
 
@@ -610,7 +614,7 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
     MINED: tl.constexpr = MINE_P or MINE_N
     untied_r = False
     if MINED:
-        untied_r = _untied(colp_ptr, coln_ptr, rows, rows < M, MINE_P, MINE_N)
+        untied_r = _untied(colp_ptr, coln_ptr, rows, rows < M, MINE_P, MINE_N, ONE_COMPARE)
     c_lo, c_hi = _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN, CLASS_RUNS)
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
@@ -620,7 +624,7 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
                                        BM, BN, BD, SINGLE_D, PREC, ACC)
         if MINED:
             # one-compare masks where no threshold of the tile's rows or columns is tied
-            if untied_r & _untied(colp_ptr, coln_ptr, cols, cols < M, MINE_P, MINE_N):
+            if untied_r & _untied(colp_ptr, coln_ptr, cols, cols < M, MINE_P, MINE_N, ONE_COMPARE):
                 w = _mined_weights(u_ptr, stride, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, cols, ur, uc, s,
                                    pos, neg, a_r, w1_r, gn_r, a_c, w1_c, gn_c, M, D, scale, INFONCE, MINE_P,
                                    MINE_N, True, REUSE_TILE, BM, BN, BD, SINGLE_D, PREC, ACC)
