@@ -30,7 +30,10 @@ the positive terms (a reciprocal per element and orientation) only on tiles that
 Skipped tiles hold no positive, so every sum is the one a full sweep gives, bit for bit.
 
 Mining thresholds: supcon_select_kernel for float32 tiles (counting passes, see _select) and
-supcon_mine_kernel for float64 (per-row top-k buffers merged on chip, see _topk).
+supcon_mine_kernel for float64 (per-row top-k buffers merged on chip, see _topk). A threshold is
+(value, column) of the k-th member, its column BIG_COL when no other member shares the value
+(untied): membership is then one compare, and the loss pass and backward take that form on the
+sweeps and tiles whose thresholds are all untied (_mined_side), the tie-break test elsewhere.
 
 Per-row statistics (what the backward needs):
   supcon : a = log2 sum over A_i of 2^s2,            q unused
