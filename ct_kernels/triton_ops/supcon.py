@@ -303,9 +303,9 @@ class _Call:
         du = torch.empty((self.r, self.d), dtype=self.u.dtype, device=self.u.device)
         if self.r == 0:
             return du
-        # (class runs are whole-batch, unmined: the thresholds are None then)
-        a, q, npos, grad_rows = (self.to_kernel_order(t) for t in (a, q, npos, grad_rows))
         grad = grad_rows.to(device=self.u.device, dtype=self.acc)
+        # (class runs are whole-batch, unmined: the thresholds are None then)
+        a, q, npos, grad = (self.to_kernel_order(t) for t in (a, q, npos, grad))
         has = npos > 0
         g = torch.where(has, grad, torch.zeros_like(grad))
         temp = self.temp
