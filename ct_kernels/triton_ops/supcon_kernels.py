@@ -488,16 +488,13 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
     if SINGLE_D:
         ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
     MINED: tl.constexpr = MINE_P or MINE_N
+    untied = False  # a constant unless mined: then only the second arm below is compiled
     if MINED:
         untied = _untied(colp_ptr, coln_ptr, out, live, MINE_P, MINE_N, ONE_COMPARE)
-        if untied:
-            m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
-                                    ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, True, BM, BN, BD, SINGLE_D,
-                                    PREC, ACC)
-        else:
-            m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
-                                    ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, False, BM, BN, BD, SINGLE_D,
-                                    PREC, ACC)
+    if untied:
+        m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
+                                ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, True, BM, BN, BD, SINGLE_D,
+                                PREC, ACC)
     else:
         m, l, psum = _lse_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur, lab_r,
                                 ok_r, M, R0, R, D, scale, INFONCE, MINE_P, MINE_N, False, BM, BN, BD, SINGLE_D,
@@ -508,15 +505,10 @@ def supcon_fwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
     cnt = tl.maximum(npos, 1).to(ACC)
     if INFONCE:
         c_lo, c_hi = _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN, CLASS_RUNS)
-        if MINED:
-            if untied:
-                sp_sum, sg_sum = _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows,
-                                                ur, lab_r, ok_r, lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P,
-                                                MINE_N, True, BM, BN, BD, SINGLE_D, PREC, ACC)
-            else:
-                sp_sum, sg_sum = _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows,
-                                                ur, lab_r, ok_r, lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P,
-                                                MINE_N, False, BM, BN, BD, SINGLE_D, PREC, ACC)
+        if untied:
+            sp_sum, sg_sum = _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur,
+                                            lab_r, ok_r, lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P, MINE_N, True,
+                                            BM, BN, BD, SINGLE_D, PREC, ACC)
         else:
             sp_sum, sg_sum = _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, ur,
                                             lab_r, ok_r, lse, c_lo, c_hi, M, R0, R, D, scale, MINE_P, MINE_N, False,
