@@ -272,9 +272,12 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   unmined step's 128 x 64 tiles cost 612 (forward) + 906 (backward) for 32 elements of s a
   thread, 47 an element; the mined step's 64 x 64 tiles, 16 elements a thread, cost 728 (stats)
   + 1343 per search pass + 1986 (collect) + 650 (loss) + 3005 (backward), 566 an element with
-  two search passes, 12x the unmined: the passes are issue-bound, and the mined backward, with
-  the tie-break test (`_keep_low` / `_keep_high`) for both sides and both orientations of every
-  tile, was the largest single part. Thresholds now say whether they are tied (the column is
+  two search passes, 12x the unmined (8.3x measured). At the H200's issue rate (132 SMs x 4 warp
+  instructions a cycle, 1.98 GHz) those counts take 18 ms (mined) and 1.5 ms (unmined) against
+  53 and 6.4 measured: neither runs at full issue (34 % and 23 %), so the counts rank the parts
+  of a step rather than predict its time. The mined backward, with the tie-break test
+  (`_keep_low` / `_keep_high`) for both sides and both orientations of every tile, was the
+  largest single part. Thresholds now say whether they are tied (the column is
   BIG_COL when no other member shares the k-th value), and the loss pass and the backward take
   one-compare masks on tiles where none is: 514 and 1273 instructions (Triton 3.6: 660 -> 522,
   3604 -> 1576), 449 an element in all (-21 %), not timed. The select's passes (stats, search,
