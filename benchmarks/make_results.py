@@ -280,8 +280,10 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   largest single part. Thresholds now say whether they are tied (the column is
   BIG_COL when no other member shares the k-th value), and the loss pass and the backward take
   one-compare masks on tiles where none is: 514 and 1273 instructions (Triton 3.6: 660 -> 522,
-  3604 -> 1576), 449 an element in all (-21 %), not timed. The select's passes (stats, search,
-  collect: 76 % of what is left) are the next lever.
+  3604 -> 1576), 449 an element in all (-21 %), not timed. The stats pass no longer counts the
+  members of each side (they are label-only: _select.member_counts): 728 -> 417 a tile, 423 an
+  element in all (-25 %). The select's passes (stats, search, collect: 73 % of what is left) are
+  the next lever.
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s
   and of the gradient weights in registers; cp.async double-buffered column tiles) replaced the

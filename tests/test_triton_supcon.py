@@ -309,6 +309,21 @@ def test_one_compare_masks_are_bitwise_the_tiebreak(monkeypatch, prec, data, var
         assert torch.equal(fast, tiebreak)
 
 
+@pytest.mark.parametrize("kp,kn", [(3, 15), (5, 13), (7, 11), (4, 14), (6, 12)])
+def test_mining_k_at_the_member_counts(kp, kn):
+    """Classes of 5, 7 and 9 rows and 2 ignored ones: |P| = 4, 6, 8 and |N| = 16, 14, 12, so each
+    k is one below, at or one above some row's count. The counting select takes those counts from
+    the labels (_select.member_counts): one too few would select every member where k of them
+    are wanted."""
+    g = torch.Generator().manual_seed(kp * 31 + kn)
+    labels = torch.tensor([0] * 5 + [1] * 7 + [2] * 9 + [IGNORE] * 2)
+    labels = labels[torch.randperm(labels.numel(), generator=g)]
+    u = torch.nn.functional.normalize(torch.randn(labels.numel(), 6, generator=g, dtype=torch.float64), dim=1)
+    u[labels == IGNORE] = 0
+    # temperature 1: the easiest negative, the one a wrong count adds, still weighs in the loss
+    check(u.float().to(DEV), labels.to(DEV), "supcon", kp, kn, tol=1e-5, temp=1.0)
+
+
 def _tied_batch(m, seed=7):
     """Small-integer rows drawn from 6 distinct ones: every s exact in float32, many real ties."""
     g = torch.Generator().manual_seed(seed)

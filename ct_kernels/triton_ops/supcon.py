@@ -274,8 +274,12 @@ class _Call:
                     torch.empty((2, r), dtype=torch.int32, device=dev))
 
         pos_bufs, neg_bufs = buffers(self.kp), buffers(self.kn)
+        # label-only member counts (supcon_kernels: no pass counts them); the number of valid
+        # rows stays on the device (no host sync)
+        count = self.count.to(torch.int32)
+        nvalid = (self.cls >= 0).sum(dtype=torch.int32).reshape(1)
         supcon_select_kernel[self.grid(cfg.block)](
-            self.u, self.cls, self.temp, tp, cp, tn, cn, *pos_bufs, *neg_bufs,
+            self.u, self.cls, count, nvalid, self.temp, tp, cp, tn, cn, *pos_bufs, *neg_bufs,
             self.kp, self.kn, self.m, self.r0, r, self.d, self.u.stride(0), MINE_P=c["MINE_P"],
             MINE_N=c["MINE_N"], C=slots, NB=SELECT_BINS, V_PASSES=SELECT_VALUE_PASSES,
             MAX_PASSES=select_passes(), BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,

@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 
 from ._select import (COLUMN, GATHER, SEARCH, _canon, collect, count_at_or_above, count_at_or_above_packed, edges,
-                      initial_mode, inside_range, narrow, next_up, side_stats)
+                      initial_mode, inside_range, member_counts, narrow, next_up, side_range)
 from ._topk import BIG_COL, kth_pair, kth_pair_untied, topk_merge
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -235,7 +235,7 @@ def supcon_mine_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, c
 
 
 @triton.jit(do_not_specialize=["M", "R0", "R"])
-def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
+def supcon_select_kernel(u_ptr, lab_ptr, count_ptr, nvalid_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
                          keyp_ptr, bcolp_ptr, cntp_ptr, keyn_ptr, bcoln_ptr, cntn_ptr,
                          kp, kn, M, R0, R, D, stride, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                          C: tl.constexpr, NB: tl.constexpr,
@@ -257,18 +257,17 @@ def supcon_select_kernel(u_ptr, lab_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr,
     if SINGLE_D:
         ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
     # stats: x = -s2 for positives (hardest: smallest s), s2 for negatives: "k-th largest x"
-    n_p = tl.zeros([BLOCK], tl.int32)
+    n_p, n_n = member_counts(count_ptr, nvalid_ptr, rows, ok_r, M)
     lo_p = tl.full([BLOCK], float("inf"), tl.float32)
     top_p = tl.full([BLOCK], float("-inf"), tl.float32)
-    n_n = tl.zeros([BLOCK], tl.int32)
     lo_n = tl.full([BLOCK], float("inf"), tl.float32)
     top_n = tl.full([BLOCK], float("-inf"), tl.float32)
     for c0 in range(0, M, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
         _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
                                         BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
-        n_p, lo_p, top_p = side_stats(-s, pos, n_p, lo_p, top_p)
-        n_n, lo_n, top_n = side_stats(s, neg, n_n, lo_n, top_n)
+        lo_p, top_p = side_range(-s, pos, lo_p, top_p)
+        lo_n, top_n = side_range(s, neg, lo_n, top_n)
     lo_p, top_p, lo_n, top_n = _canon(lo_p), _canon(top_p), _canon(lo_n), _canon(top_n)
     mode_p = initial_mode(n_p, lo_p, top_p, kp, live, C)
     mode_n = initial_mode(n_n, lo_n, top_n, kn, live, C)
