@@ -185,6 +185,52 @@ def measure(fn, inputs, mode, min_reps=3, max_reps=30, budget_s=0.75):
     return times[len(times) // 2], peak
 
 
+class TunerPicks:
+    """Which Triton configuration a measurement ran, and how the tuner's candidates timed.
+
+    supcon._Call asks tuning.pick through the module, so a wrapper put there sees every call; a
+    record then gets the last pick's config (in CT_KERNELS_TRITON_CONFIG's form) and, where that
+    key was tuned in this process, every candidate's median ms (tuning.TIMINGS)."""
+
+    def __init__(self):
+        self.last = None
+        try:
+            from ct_kernels.triton_ops import tuning
+        except Exception:  # no Triton: no ct_triton rows either
+            self.tuning = None
+            return
+        self.tuning, pick = tuning, tuning.pick
+
+        def spy(key, *args, **kwargs):
+            cfg = pick(key, *args, **kwargs)
+            self.last = (key, cfg)
+            return cfg
+        tuning.pick = spy
+
+    def fields(self) -> dict:
+        if self.last is None:
+            return {}
+        key, cfg = self.last
+        fmt = self.tuning.format_config
+        out = {"triton_config": fmt(cfg)}
+        times = self.tuning.TIMINGS.get(key)
+        if times:
+            out["tune_ms"] = {fmt(c): None if ms is None else round(ms, 4) for c, ms in times}
+        return out
+
+
+PICKS: list[TunerPicks] = []  # main() installs one
+
+
+def tuner_fields(impl: str) -> dict:
+    return PICKS[0].fields() if PICKS and impl.startswith("ct_triton") else {}
+
+
+def tuner_reset() -> None:
+    if PICKS:
+        PICKS[0].last = None
+
+
 def est_dense_gib(n, bytes_per=4, copies=6):
     return n * n * bytes_per * copies / 2**30
 
@@ -248,8 +294,9 @@ def run_loss_grid(rec, impls, ns, ds, precisions, mode="fwd+bwd", op="supcon", e
                         rec.add(**meta, ms=None, peak_mib=None, status="skipped: dense N x N estimate exceeds memory")
                         continue
                     try:
+                        tuner_reset()
                         ms, peak = measure(fn, inputs, "fwd" if mode == "fwd" else "fwd+bwd")
-                        rec.add(**meta, ms=ms, peak_mib=peak)
+                        rec.add(**meta, ms=ms, peak_mib=peak, **tuner_fields(name))
                     except torch.OutOfMemoryError:
                         rec.add(**meta, ms=None, peak_mib=None, status="out of memory")
                     except NotApplicable as exc:
@@ -349,8 +396,9 @@ def bench_anchor_slice(rec, backend_names, n=32768, d=128, world=8):
                 rec.add(**meta, ms=None, peak_mib=None, status="skipped: over --time-budget")
                 continue
             try:
+                tuner_reset()
                 ms, peak = measure(fwd_bwd, [(u, y)], "fwd")
-                rec.add(**meta, ms=ms, peak_mib=peak)
+                rec.add(**meta, ms=ms, peak_mib=peak, **tuner_fields(meta["impl"]))
             except Exception as exc:
                 rec.add(**meta, ms=None, peak_mib=None, status=f"error: {type(exc).__name__}: {exc}"[:300])
 
@@ -382,6 +430,7 @@ def main():
                                            f"{card}-{_dt.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     rec = Recorder(out)
+    PICKS.append(TunerPicks())
     try:
         import pytorch_metric_learning  # noqa: F401
         have_pml = True

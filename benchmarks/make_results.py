@@ -91,6 +91,21 @@ def slice_table(rows):
     return "\n".join(lines)
 
 
+def tuner_table(rows):
+    """The Triton tuner's candidates per ct_triton row (gpu_bench.py records them since
+    2026-11-27): which configuration each measurement ran, and what the others timed."""
+    sel = [r for r in rows if r.get("tune_ms")]
+    if not sel:
+        return "(not recorded in this run)"
+    lines = ["| op | impl | N | precision | ran | candidates (bm,bn,bd,bdo,warps,stages,bwd_warps: ms a fwd+bwd) |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted(sel, key=lambda r: (r["op"], r["impl"], r.get("precision"), r.get("n"))):
+        cands = "; ".join(f"{c}: {'failed' if ms is None else f'{ms:.2f}'}" for c, ms in r["tune_ms"].items())
+        lines.append(f"| {r['op']} | {r['impl']} | {r.get('n')} | {r.get('precision')} | {r['triton_config']} "
+                     f"| {cands} |")
+    return "\n".join(lines)
+
+
 def plot(rows, path):
     try:
         import matplotlib
@@ -206,6 +221,10 @@ def run_section(run, rows, title):
 ### One rank of eight under process_group: N/8 anchors against all N rows, bf16, fwd+bwd
 
 {slice_table(rows)}
+
+### Triton tuner: the configuration each row ran, and its candidates' times
+
+{tuner_table(rows)}
 """
 
 

@@ -8,6 +8,7 @@ variant, mining buffers, dot precision), never per exact N, and timed forward + 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from typing import Callable, NamedTuple
 
@@ -35,6 +36,11 @@ class Config(NamedTuple):
 def parse_config(text: str) -> Config:
     """``"bm,bn,bd,bdo,num_warps,num_stages[,bwd_warps]"`` (CT_KERNELS_TRITON_CONFIG, for tests)."""
     return Config(*(int(x) for x in text.split(",")))
+
+
+def format_config(cfg: Config) -> str:
+    """The form parse_config reads (and CT_KERNELS_TRITON_CONFIG takes)."""
+    return ",".join(map(str, cfg))
 
 
 def interpreting() -> bool:
@@ -129,6 +135,11 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = 
 
 
 _CACHE: dict[tuple, Config] = {}
+# What the tuner measured, per key: (candidate, median ms of a forward + backward, or None where
+# it did not compile or run). Logged at INFO ("ct_kernels.triton_ops.tuning") and recorded with
+# the GPU benchmarks, so that a run shows how the candidates compare, not only which one won.
+TIMINGS: dict[tuple, list[tuple[Config, float | None]]] = {}
+_log = logging.getLogger(__name__)
 
 
 def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
@@ -153,15 +164,20 @@ def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
         cfg = cands[0]
     else:
         import triton.testing
-        best, best_ms, last_err = None, float("inf"), None
+        best, best_ms, last_err, times = None, float("inf"), None, []
         for c in cands:
             try:
                 ms = triton.testing.do_bench(lambda: run_fwd_bwd(c), warmup=5, rep=20)
             except Exception as exc:  # out of registers / shared memory for this shape
                 last_err = exc
+                times.append((c, None))
                 continue
+            times.append((c, ms))
             if ms < best_ms:
                 best, best_ms = c, ms
+        TIMINGS[key] = times
+        _log.info("tuned %s: %s", key, "; ".join(f"{format_config(c)} {'failed' if ms is None else f'{ms:.3f} ms'}"
+                                                  for c, ms in times))
         if best is None:
             raise RuntimeError(f"no Triton configuration ran for {key}") from last_err
         cfg = best
