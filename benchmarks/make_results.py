@@ -238,18 +238,26 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   synchronised after every step, so each step also paid the host's launch latency. The N = 8192
   rows (and the mined / unmined ratio there, 1.31x) say little; gpu_bench.py now enqueues the
   steps back to back.
-- **bf16 SupCon (Triton 6.39 ms, native 6.54 ms, goal 4 ms; 5.8x DESIGN.md's 1.1 ms floor):** the
-  Triton backward splits D = 128 into two 64-wide programs that each recompute the similarity
-  tile, so the step does 4 N·N·D products instead of 3; tiles are not shared between (i, j) and
-  (j, i). The one-pass backward that avoids the recompute spills (255 registers, 72-432 bytes in
-  sm_90 offline compiles). On sm_90 a 64-row tile with 8 warps has both warpgroups compute the
-  backward's whole similarity tile (bf16 PTX: 20 wgmma a tile against 12); 4-warp candidates are
-  in the tuner now. The Triton bf16 step took 5.37 ms in the run of 2026-11-26 and 6.39 ms in
-  this one, unexplained so far: since then 16-bit rows are normalised in float32 (the fix for
-  float16's NaN; extra memory at N = 32768 went from 40 to 88 MiB) and the tuner has new
-  candidates.
+- **bf16 SupCon (Triton 6.39 ms, native 6.54 ms, goal 4 ms; 5.8x DESIGN.md's 1.1 ms floor):** which
+  tuner candidate that run took was not recorded (gpu_bench.py records it since, with every
+  candidate's time: the "Triton tuner" table). The default then split the backward's D = 128 into
+  two 64-wide programs that each recompute the similarity tile and its exponentials, so the step
+  did 4 N·N·D products instead of 3; tiles are not shared between (i, j) and (j, i). The one-pass
+  backward (one program a row block) then spilled 72-432 bytes in sm_90 offline compiles; today
+  it is spill-free for bf16 / fp16 supcon on Triton 3.6 and 3.8 (255 registers; one CTA an SM as
+  with 64-wide programs), and it is the first candidate since 2026-11-27: by the sm_90 SASS
+  (benchmarks/sass_loops.py, Triton 3.6, D = 128) a step costs 1.73 warp instructions an element
+  of s against 2.86. On sm_90 a 64-row tile with 8 warps has both warpgroups compute the
+  backward's whole similarity tile (bf16 PTX: 20 wgmma a tile against 12). The Triton bf16 step
+  took 5.37 ms in the run of 2026-11-26 and 6.39 ms in this one, unexplained so far: since then
+  16-bit rows are normalised in float32 (the fix for float16's NaN; extra memory at N = 32768
+  went from 40 to 88 MiB) and the tuner has new candidates. Not issue-bound either way: 2.86
+  warp instructions an element is 2.3 ms at the H200's full issue rate.
 - **tf32 (Triton 13.6 ms, native 11.3 ms, goal 8 ms):** the same structure, with tf32 tiles at
-  twice bf16's shared memory and half its tensor-core rate.
+  twice bf16's shared memory and half its tensor-core rate. The old first candidate (64-row
+  tiles, 8 warps, 64-wide dU programs) costs 6.41 warp instructions an element in the SASS
+  (Triton 3.6); the 128-row one-pass tiles that lead the list since 2026-11-27 cost 2.03 (they
+  spill 20-64 bytes). Not timed yet.
 - **float32, tf32 off (native 66.6 ms exact, goal 30 ms):** exact float32 runs on the FMA units:
   4 products of 2·N²·D are 1.1 TFLOP, >= 16 ms at the H200's ~67 TFLOP/s before any
   elementwise work (3 products: >= 12 ms); cuBLAS's one Z·Zᵀ takes 7.5 ms (DESIGN.md, H100). The
@@ -272,9 +280,12 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   random classes at N = 32768 that is 17 % of the tiles (exact count, 128 x 64 and 64 x 64
   tiles); not timed (`ct_triton_unsorted` is the A/B row, CT_KERNELS_TRITON_CLASS_RUNS=0).
   In sm_90 SASS (`benchmarks/sass_loops.py`, bf16, D = 128, Triton 3.8, instructions a thread
-  runs per 128 x 64 tile): supcon 612 + 906; infonce 560 + 1213 (second pass) + 1355
-  (backward, of which 503 are the positives' terms), 2.1x supcon's, against 1.6x measured; with
-  the runs, 560 + 0.17 x 1213 + (852 + 0.17 x 503) = 1704, 1.12x supcon's.
+  runs per 128 x 64 tile; the backward trip counted twice, as the then default ran two 64-wide
+  dU programs a row block): supcon 612 + 2 x 906 = 2424; infonce 560 + 1213 (second pass) +
+  2 x 1355 (backward, of which 503 are the positives' terms) = 4483, 1.85x supcon's, against
+  1.6x measured; with the runs, 560 + 0.17 x 1213 + 2 x (852 + 0.17 x 503) = 2640, 1.09x. With
+  the one-pass backward, the first candidate since 2026-11-27: supcon 612 + 886 = 1498, infonce
+  in runs 560 + 0.17 x 1213 + 816 + 0.17 x 498 = 1667, 1.11x.
 - **Mining, kp = kn = 64 (53.2 ms = 8.3x unmined at N = 32768, goal 2.5x):** the counting select
   (stats pass, 1-3 search passes counting members above 8 edges per row, a collect pass, a small
   sort) halved the per-tile top-k merge (118.5 ms, `ct_triton_merge`); reading s_ji from the tile
@@ -288,21 +299,24 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   SASS, 243 registers against 255; not timed; but 1636 instructions a search tile against 1343).
   Since this run, the SASS of each pass's column loop (`benchmarks/sass_loops.py`: sm_90, bf16,
   D = 128, Triton 3.8, instructions a thread runs per tile) says where the time goes: the
-  unmined step's 128 x 64 tiles cost 612 (forward) + 906 (backward) for 32 elements of s a
-  thread, 47 an element; the mined step's 64 x 64 tiles, 16 elements a thread, cost 728 (stats)
-  + 1343 per search pass + 1986 (collect) + 650 (loss) + 3005 (backward), 566 an element with
-  two search passes, 12x the unmined (8.3x measured). At the H200's issue rate (132 SMs x 4 warp
-  instructions a cycle, 1.98 GHz) those counts take 18 ms (mined) and 1.5 ms (unmined) against
-  53 and 6.4 measured: neither runs at full issue (34 % and 23 %), so the counts rank the parts
-  of a step rather than predict its time. The mined backward, with the tie-break test
-  (`_keep_low` / `_keep_high`) for both sides and both orientations of every tile, was the
-  largest single part. Thresholds now say whether they are tied (the column is
-  BIG_COL when no other member shares the k-th value), and the loss pass and the backward take
-  one-compare masks on tiles where none is: 514 and 1273 instructions (Triton 3.6: 660 -> 522,
-  3604 -> 1576), 449 an element in all (-21 %), not timed. The stats pass no longer counts the
-  members of each side (they are label-only: _select.member_counts): 728 -> 417 a tile, 423 an
-  element in all (-25 %). The select's passes (stats, search, collect: 73 % of what is left) are
-  the next lever.
+  unmined step's 128 x 64 tiles cost 612 (forward) + 2 x 906 (two 64-wide backward programs a
+  row block, the default then) for 32 elements of s a thread, 76 an element; the mined step's
+  64 x 64 tiles, 16 elements a thread, cost 728 (stats) + 1343 per search pass + 1986 (collect)
+  + 650 (loss) + 2 x 3005 (backward), 754 an element with two search passes, 10x the unmined
+  (8.3x measured). (Until 2026-11-27 these notes counted the backward once: 47 and 566.) At the
+  H200's issue rate (132 SMs x 4 warp instructions a cycle, 1.98 GHz) those counts take 24 ms
+  (mined) and 2.4 ms (unmined) against 53 and 6.4 measured: neither runs at full issue (45 %
+  and 38 %), so the counts rank the parts of a step rather than predict its time. The mined
+  backward, with the tie-break test (`_keep_low` / `_keep_high`) for both sides and both
+  orientations of every tile, was the largest single part. Since this run, none of it timed:
+  - thresholds say whether they are tied (the column is BIG_COL when no other member shares the
+    k-th value), and the loss pass and the backward take one-compare masks on tiles where none
+    is: 514 and 1273 instructions (Triton 3.6: 660 -> 522, 3604 -> 1576), 529 an element in all;
+  - the stats pass no longer counts the members of each side (they are label-only:
+    _select.member_counts): 728 -> 417 a tile, 509 an element;
+  - the one-pass backward is the first candidate: one trip of 1238 a tile instead of two of
+    1273, 428 an element (-43 % since this run; 9.1x the unmined one-pass step's 47).
+  The select's passes (stats, search, collect: 74 % of what is left) are the next lever.
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s
   and of the gradient weights in registers; cp.async double-buffered column tiles) replaced the

@@ -80,23 +80,34 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = 
     # fp32 tiles take twice the shared memory: their held row block fits up to D = 128
     if tensor_cores and d2 <= (128 if dtype == torch.float32 else 256):
         # flash-attention shapes: the row block is loaded once and each tile is one full-D dot.
-        # sm_90 offline compiles (Triton 3.8 ptxas, D=128, bf16): 128x64 / 64x64 tiles with 8
-        # warps and 64-wide dU chunks are spill-free in every pass (fwd 116-151 registers, bwd
-        # 196-231); a one-pass backward (bdo = D) spills 150-500 bytes, so it comes last and is
-        # only taken if measured faster. fp32 (tf32) tiles need ~2x the shared memory: 64 rows first.
-        # On sm_90 a 64-row tile with 8 warps (two warpgroups) has both compute the backward's
-        # whole similarity tile (PTX at D = 128, bf16: 20 wgmma a tile against 12 with 4 warps or
-        # 128 rows), so a 4-warp 64-row candidate is timed too (bf16: 247 registers, spill-free;
-        # tf32: 52 bytes spilled). It is not first: on older cards 8 warps are the safe default.
+        # Up to D = 128 the one-pass backward comes first (bdo = D: one program a row block, the
+        # column block of U reused for G·U): 64-wide dU programs each recompute the tile of s and
+        # its exponentials. sm_90 offline compiles, D = 128 (benchmarks/offline_compile.py,
+        # sass_loops.py; warp instructions of a step per element of s, Triton 3.6):
+        # - bf16 / fp16: 1.73 against 2.86 for 64-wide programs; 255 registers, spill-free for
+        #   supcon (infonce: 24 bytes on Triton 3.6), 1 CTA an SM as the 64-wide programs' 229-241.
+        # - tf32 (twice the shared memory, so 2 stages): 2.03 against 6.41 for the 64-row tiles of
+        #   the old default, whose two warpgroups both compute the backward's whole similarity tile
+        #   (bf16 PTX: 20 wgmma a tile against 12 with 4 warps or 128 rows); spills 20-64 bytes.
+        # Not yet timed: the tuner times every candidate and gpu_bench.py records its picks.
         bdo = min(d2, 64)
-        # mined: the backward at 4 warps: 20 wgmma a tile against 36 (bf16 PTX); spills 24 bytes
-        # as at 8 warps on Triton 3.6, 60 against 24 on 3.8
+        # mined: one-pass first as well. Its backward trip costs what a 64-wide program's does
+        # (bf16, Triton 3.6: 1552 against 1576 instructions a tile and thread, untied arm) and runs
+        # once instead of twice: 15 % of the mined step's instructions. Spill-free in bf16; tf32
+        # spills 96 bytes on Triton 3.6 (0 on 3.8) and still runs 1763 against 2 x 1829. Then the
+        # 64-wide programs, and those with the backward at 4 warps (20 wgmma a tile against 36,
+        # bf16 PTX).
         if mined:
             fast = [Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3, bwd_warps=4)]
+            if d2 <= 128:  # at D = 256 the one-pass backward spills 72 bytes (bf16, Triton 3.6)
+                fast.insert(0, Config(64, 64, d2, d2, 8, 3))
         elif dtype == torch.float32:
-            fast = [Config(64, 64, d2, bdo, 8, 3), Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
-                    Config(64, 64, d2, bdo, 4, 3)]
-        else:
+            fast = [Config(128, 64, d2, d2, 8, 2), Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3),
+                    Config(64, 64, d2, d2, 8, 3)]
+        elif d2 <= 128:
+            fast = [Config(128, 64, d2, d2, 8, 3), Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 4, 3),
+                    Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 4, 3)]
+        else:  # D = 256: the one-pass accumulators hold 64 x 256 or 128 x 256 floats
             fast = [Config(128, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, d2, 8, 3),
                     Config(128, 64, d2, d2, 8, 3), Config(64, 64, d2, bdo, 4, 3)]
     cands = fast + legacy
