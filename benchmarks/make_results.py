@@ -247,7 +247,10 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   it is spill-free for bf16 / fp16 supcon on Triton 3.6 and 3.8 (255 registers; one CTA an SM as
   with 64-wide programs), and it is the first candidate since 2026-11-27: by the sm_90 SASS
   (benchmarks/sass_loops.py, Triton 3.6, D = 128) a step costs 1.73 warp instructions an element
-  of s against 2.86. On sm_90 a 64-row tile with 8 warps has both warpgroups compute the
+  of s against 2.86, and 1.62 since the backward loads the columns' statistics (label, a, w1,
+  gn) as one [64, 4] tile: Triton 3.6 pipelined each per-column vector as a 4-byte cp.async a
+  thread and column, 64 a tile and thread with their predicates (backward trip 1087 -> 976
+  instructions; Triton 3.8: 886 -> 807). On sm_90 a 64-row tile with 8 warps has both warpgroups compute the
   backward's whole similarity tile (bf16 PTX: 20 wgmma a tile against 12). The Triton bf16 step
   took 5.37 ms in the run of 2026-11-26 and 6.39 ms in this one, unexplained so far: since then
   16-bit rows are normalised in float32 (the fix for float16's NaN; extra memory at N = 32768
@@ -256,8 +259,8 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
 - **tf32 (Triton 13.6 ms, native 11.3 ms, goal 8 ms):** the same structure, with tf32 tiles at
   twice bf16's shared memory and half its tensor-core rate. The old first candidate (64-row
   tiles, 8 warps, 64-wide dU programs) costs 6.41 warp instructions an element in the SASS
-  (Triton 3.6); the 128-row one-pass tiles that lead the list since 2026-11-27 cost 2.03 (they
-  spill 20-64 bytes). Not timed yet.
+  (Triton 3.6); the 128-row one-pass tiles that lead the list since 2026-11-27 cost 2.03, 1.81
+  with the packed column statistics (they spill 60-136 bytes). Not timed yet.
 - **float32, tf32 off (native 66.6 ms exact, goal 30 ms):** exact float32 runs on the FMA units:
   4 products of 2·N²·D are 1.1 TFLOP, >= 16 ms at the H200's ~67 TFLOP/s before any
   elementwise work (3 products: >= 12 ms); cuBLAS's one Z·Zᵀ takes 7.5 ms (DESIGN.md, H100). The
@@ -285,7 +288,8 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   2 x 1355 (backward, of which 503 are the positives' terms) = 4483, 1.85x supcon's, against
   1.6x measured; with the runs, 560 + 0.17 x 1213 + 2 x (852 + 0.17 x 503) = 2640, 1.09x. With
   the one-pass backward, the first candidate since 2026-11-27: supcon 612 + 886 = 1498, infonce
-  in runs 560 + 0.17 x 1213 + 816 + 0.17 x 498 = 1667, 1.11x.
+  in runs 560 + 0.17 x 1213 + 816 + 0.17 x 498 = 1667, 1.11x; with the backward's packed column
+  statistics, 612 + 807 = 1419 and 560 + 0.17 x 1213 + 751 + 0.17 x 496 = 1601, 1.13x.
 - **Mining, kp = kn = 64 (53.2 ms = 8.3x unmined at N = 32768, goal 2.5x):** the counting select
   (stats pass, 1-3 search passes counting members above 8 edges per row, a collect pass, a small
   sort) halved the per-tile top-k merge (118.5 ms, `ct_triton_merge`); reading s_ji from the tile
@@ -315,7 +319,9 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   - the stats pass no longer counts the members of each side (they are label-only:
     _select.member_counts): 728 -> 417 a tile, 509 an element;
   - the one-pass backward is the first candidate: one trip of 1238 a tile instead of two of
-    1273, 428 an element (-43 % since this run; 9.1x the unmined one-pass step's 47).
+    1273, 428 an element (-43 % since this run; 9.1x the unmined one-pass step's 47);
+  - the backward loads its columns' statistics as one [64, 4] tile: 1197 a tile, 425 an element
+    (9.6x the unmined step's 44).
   The select's passes (stats, search, collect: 74 % of what is left) are the next lever.
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s

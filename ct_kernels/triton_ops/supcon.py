@@ -317,15 +317,19 @@ class _Call:
             hs = half_weight_scale(g, self.m).to(self.acc)
             g = g * hs
             temp = torch.stack([self.temp[0], self.temp[1] / hs])  # the kernel's dU scale undoes it
-        a_eff = torch.where(has, a, torch.full_like(a, float("inf"))).contiguous()
-        gn = (g / npos.clamp(min=1).to(self.acc)).contiguous()
-        w1 = (g * q if self.infonce else g).contiguous()
+        a_eff = torch.where(has, a, torch.full_like(a, float("inf")))
+        gn = g / npos.clamp(min=1).to(self.acc)
+        w1 = g * q if self.infonce else g
+        # 4 values a row (see supcon_kernels._row_stats): the bits of label + 1, a, w1, gn
+        lab1 = self.cls + 1
+        bits = lab1.view(torch.float32) if self.acc == torch.float32 else lab1.to(torch.int64).view(self.acc)
+        stats = torch.stack([bits, a_eff, w1, gn], dim=1)
         one = self.one_pass(cfg)
         consts = dict(self.loss_consts(cfg), num_warps=cfg.bwd_warps or cfg.num_warps)
         supcon_bwd_kernel[self.grid(cfg.bm, 1 if one else triton.cdiv(self.d, cfg.bdo))](
-            self.u, self.cls, self._or_placeholder(self.end, torch.int32), temp,
-            *self._thresholds(thrp, colp, thrn, coln),
-            a_eff, w1, gn, du, self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
+            self.u, stats, self._or_placeholder(self.end, torch.int32), temp,
+            *self._thresholds(thrp, colp, thrn, coln), du,
+            self.m, self.r0, self.r, self.d, self.u.stride(0), BDO=cfg.bdo, ONE_PASS=one,
             REUSE_TILE=self.reuses_tile(), **consts)
         return self.to_caller_order(du)
 

@@ -112,6 +112,15 @@ def _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scal
     """What every pass does per column block: (the block of U when SINGLE_D, the tile of s2,
     candidate positives, candidate negatives), the same code everywhere so s2 is bitwise equal."""
     lab_c, ok_c = _load_rows(lab_ptr, cols, M)
+    return _labelled_column_tile(u_ptr, stride, rows, cols, ur, lab_r, ok_r, lab_c, ok_c, M, D, scale,
+                                 BM, BN, BD, SINGLE_D, PREC, ACC)
+
+
+@triton.jit
+def _labelled_column_tile(u_ptr, stride, rows, cols, ur, lab_r, ok_r, lab_c, ok_c, M, D, scale,
+                          BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
+                          PREC: tl.constexpr, ACC: tl.constexpr):
+    """_column_tile with the columns' labels given (the backward has them from _row_stats)."""
     uc = 0.0
     if SINGLE_D:
         uc = _load_block(u_ptr, stride, cols, M, D, 0, BD)
@@ -536,14 +545,28 @@ def _infonce_positive_terms(w, pos, e_r, e_c, gn_r, gn_c):
 
 
 @triton.jit
-def _row_stats(a_ptr, w1_ptr, gn_ptr, idx, M):
-    """Host-prepared per-row statistics: a (+inf for rows without positives, so exp is 0),
-    w1 = g (supcon) or g * q (infonce), gn = g / |P|; g is 0 for rows without positives."""
+def _row_stats(stats_ptr, idx, M, ACC: tl.constexpr):
+    """Host-prepared per-row statistics (supcon._Call.backward), one row of 4 ACC values each:
+    the bits of label + 1 (0 where masked off: label -1), a (+inf for rows without positives, so
+    exp is 0), w1 = g (supcon) or
+    g * q (infonce), gn = g / |P|; g is 0 for rows without positives. Returns (label, valid, a,
+    w1, gn). One [n, 4] tile, not a vector per array: the MMA layout of the column vectors
+    replicates them over the threads, and Triton 3.6 pipelined each as one 4-byte cp.async a
+    thread, column and array (sm_90 SASS of the bf16 backward: 64 a tile and thread, each with
+    its own predicate), where the tile is one 16-byte copy a column."""
     live = idx < M
-    a = tl.load(a_ptr + idx, mask=live, other=float("inf"))
-    w1 = tl.load(w1_ptr + idx, mask=live, other=0.0)
-    gn = tl.load(gn_ptr + idx, mask=live, other=0.0)
-    return a, w1, gn
+    k = tl.arange(0, 4)[None, :]
+    x = tl.load(stats_ptr + idx.to(tl.int64)[:, None] * 4 + k, mask=live[:, None],
+                other=tl.where(k == 1, float("inf"), 0.0).to(ACC))
+    # [n, 4] -> [n, 2, 2]: split takes the last axis, so (0, 2) and (1, 3) first
+    even, odd = tl.split(tl.reshape(x, [x.shape[0], 2, 2]))
+    bits, w1 = tl.split(even)
+    a, gn = tl.split(odd)
+    if ACC == tl.float64:
+        lab = bits.to(tl.int64, bitcast=True).to(tl.int32) - 1
+    else:
+        lab = bits.to(tl.int32, bitcast=True) - 1
+    return lab, lab >= 0, a, w1, gn
 
 
 @triton.jit
@@ -572,8 +595,7 @@ def _mined_weights(u_ptr, stride, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, rows, 
 
 
 @triton.jit(do_not_specialize=["M", "R0", "R"])
-def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr,
-                      a_ptr, w1_ptr, gn_ptr, du_ptr,
+def supcon_bwd_kernel(u_ptr, stats_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_ptr, du_ptr,
                       M, R0, R, D, stride,
                       INFONCE: tl.constexpr, MINE_P: tl.constexpr, MINE_N: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, SINGLE_D: tl.constexpr,
@@ -592,10 +614,9 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
     """
     pid_d = tl.program_id(1)
     rows, live = _slice_rows(R0, R, BM)
-    lab_r, ok_r = _load_rows(lab_ptr, rows, M)
+    lab_r, ok_r, a_r, w1_r, gn_r = _row_stats(stats_ptr, rows, M, ACC)
     scale = tl.load(temp_ptr)
     inv_temp = tl.load(temp_ptr + 1)
-    a_r, w1_r, gn_r = _row_stats(a_ptr, w1_ptr, gn_ptr, rows, M)
     ur = 0.0
     if SINGLE_D:
         ur = _load_block(u_ptr, stride, rows, M, D, 0, BD)
@@ -612,10 +633,10 @@ def supcon_bwd_kernel(u_ptr, lab_ptr, end_ptr, temp_ptr, thrp_ptr, colp_ptr, thr
     c_lo, c_hi = _positive_columns(end_ptr, rows, lab_r, ok_r, M, BN, CLASS_RUNS)
     for c0 in range(0, M, BN):
         cols = c0 + tl.arange(0, BN)
-        a_c, w1_c, gn_c = _row_stats(a_ptr, w1_ptr, gn_ptr, cols, M)
+        lab_c, ok_c, a_c, w1_c, gn_c = _row_stats(stats_ptr, cols, M, ACC)
         # pos / neg before mining are symmetric in (i, j)
-        uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
-                                       BM, BN, BD, SINGLE_D, PREC, ACC)
+        uc, s, pos, neg = _labelled_column_tile(u_ptr, stride, rows, cols, ur, lab_r, ok_r, lab_c, ok_c, M, D,
+                                                scale, BM, BN, BD, SINGLE_D, PREC, ACC)
         if MINED:
             # one-compare masks where no threshold of the tile's rows or columns is tied
             if untied_r & _untied(colp_ptr, coln_ptr, cols, cols < M, MINE_P, MINE_N, ONE_COMPARE):

@@ -84,19 +84,20 @@ def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = 
         # column block of U reused for G·U): 64-wide dU programs each recompute the tile of s and
         # its exponentials. sm_90 offline compiles, D = 128 (benchmarks/offline_compile.py,
         # sass_loops.py; warp instructions of a step per element of s, Triton 3.6):
-        # - bf16 / fp16: 1.73 against 2.86 for 64-wide programs; 255 registers, spill-free for
-        #   supcon (infonce: 24 bytes on Triton 3.6), 1 CTA an SM as the 64-wide programs' 229-241.
-        # - tf32 (twice the shared memory, so 2 stages): 2.03 against 6.41 for the 64-row tiles of
+        # - bf16 / fp16: 1.62 against 2.58 for 64-wide programs (2.86 before the packed column
+        #   statistics of supcon_kernels._row_stats); spill-free for supcon (infonce: 20 bytes on
+        #   Triton 3.6), 227-255 registers, 1 CTA an SM as the 64-wide programs' 209-245.
+        # - tf32 (twice the shared memory, so 2 stages): 1.81 against 5.77 for the 64-row tiles of
         #   the old default, whose two warpgroups both compute the backward's whole similarity tile
-        #   (bf16 PTX: 20 wgmma a tile against 12 with 4 warps or 128 rows); spills 20-64 bytes.
+        #   (bf16 PTX: 20 wgmma a tile against 12 with 4 warps or 128 rows); spills 60-136 bytes.
         # Not yet timed: the tuner times every candidate and gpu_bench.py records its picks.
         bdo = min(d2, 64)
         # mined: one-pass first as well. Its backward trip costs what a 64-wide program's does
-        # (bf16, Triton 3.6: 1552 against 1576 instructions a tile and thread, untied arm) and runs
-        # once instead of twice: 15 % of the mined step's instructions. Spill-free in bf16; tf32
-        # spills 96 bytes on Triton 3.6 (0 on 3.8) and still runs 1763 against 2 x 1829. Then the
-        # 64-wide programs, and those with the backward at 4 warps (20 wgmma a tile against 36,
-        # bf16 PTX).
+        # (bf16, Triton 3.6, before the packed statistics: 1552 against 1576 instructions a tile
+        # and thread, untied arm) and runs once instead of twice: 15 % of the mined step's
+        # instructions (Triton 3.8). Spill-free in bf16; tf32 spills 96 bytes on Triton 3.6 (0 on
+        # 3.8) and still ran 1763 against 2 x 1829. Then the 64-wide programs, and those with the
+        # backward at 4 warps (20 wgmma a tile against 36, bf16 PTX).
         if mined:
             fast = [Config(64, 64, d2, bdo, 8, 3), Config(64, 64, d2, bdo, 8, 3, bwd_warps=4)]
             if d2 <= 128:  # at D = 256 the one-pass backward spills 72 bytes (bf16, Triton 3.6)
