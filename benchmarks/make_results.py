@@ -321,7 +321,13 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   - the one-pass backward is the first candidate: one trip of 1238 a tile instead of two of
     1273, 428 an element (-43 % since this run; 9.1x the unmined one-pass step's 47);
   - the backward loads its columns' statistics as one [64, 4] tile: 1197 a tile, 425 an element
-    (9.6x the unmined step's 44).
+    (9.6x the unmined step's 44);
+  - barriers: with 8 warps on a 64-row tile the two warpgroups split each tile row, so every
+    row sum or min of the select crosses warps through shared memory, two barriers each: a
+    search tile had 24 (Triton 3.6: 36), the stats tile 8 (12), the collect tile 44 (54). The
+    search pass now sums two edges' counts in one int32 (a byte per edge and side): 16 (24)
+    barriers, about as many instructions (1329 against 1302; 3.6: 1429 against 1449). 4 warps
+    would need 2 barriers a search tile but spill 600 bytes.
   The select's passes (stats, search, collect: 74 % of what is left) are the next lever.
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s

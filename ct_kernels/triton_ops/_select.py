@@ -107,19 +107,27 @@ def edges(lo, hi, searching, key_spaced, NB: tl.constexpr):
 @triton.jit
 def count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB: tl.constexpr):
     """Add, per row and edge, the positives with -s >= ep and the negatives with s >= en of one
-    tile to cnt_p / cnt_n ([rows, NB]). Both sides share one compare and one sum: a positive
-    adds 1, a negative 2**16 (a tile row has fewer than 2**16 columns). One edge at a time on the
-    2-D tile: a [rows, cols, edges] compare spilled 3-10x more (sm_80 / sm_90 compiles)."""
+    tile to cnt_p / cnt_n ([rows, NB]). Two edges and both sides share one compare each and one
+    sum: bytes 0 / 1 count edge b's positives / negatives, bytes 2 / 3 edge b + 1's (a tile row
+    has fewer than 256 columns, so no byte carries). One sum a pair of edges, not an edge: with
+    8 warps on a 64-row tile the two warpgroups split each tile row, so every row sum crosses
+    warps through shared memory (two barriers each). One edge pair at a time on the 2-D tile: a
+    [rows, cols, edges] compare spilled 3-10x more (sm_80 / sm_90 compiles)."""
+    tl.static_assert(NB % 2 == 0 and s.shape[1] < 256)
     x = tl.where(pos, -s, tl.where(neg, s, float("-inf")))
-    w = tl.where(pos, 1, 65536)
+    w = tl.where(pos, 1, 256)
     edge = tl.arange(0, NB)[None, :]
     acc = tl.zeros(ep.shape, tl.int32)
-    for b in tl.static_range(NB):
+    for b in tl.static_range(0, NB, 2):
         ep_b = tl.sum(tl.where(edge == b, ep, 0.0), 1)
         en_b = tl.sum(tl.where(edge == b, en, 0.0), 1)
-        c = tl.sum(tl.where(x >= tl.where(pos, ep_b[:, None], en_b[:, None]), w, 0), 1)
-        acc += tl.where(edge == b, c[:, None], 0)
-    return cnt_p + (acc & 0xFFFF), cnt_n + (acc >> 16)
+        ep_c = tl.sum(tl.where(edge == b + 1, ep, 0.0), 1)
+        en_c = tl.sum(tl.where(edge == b + 1, en, 0.0), 1)
+        v = (tl.where(x >= tl.where(pos, ep_b[:, None], en_b[:, None]), w, 0)
+             + tl.where(x >= tl.where(pos, ep_c[:, None], en_c[:, None]), w << 16, 0))
+        c = tl.sum(v, 1)
+        acc += tl.where(edge == b, (c & 0xFFFF)[:, None], 0) + tl.where(edge == b + 1, (c >> 16)[:, None], 0)
+    return cnt_p + (acc & 0xFF), cnt_n + (acc >> 8)
 
 
 @triton.jit
