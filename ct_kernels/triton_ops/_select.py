@@ -198,25 +198,50 @@ def narrow(e, counts, mn, mx, lo, hi, glo, ghi, mode, k, C: tl.constexpr, NB: tl
 
 
 @triton.jit
-def collect(x, member, cols, out, lo, hi, mode, rank, base, seen, col_at, key_ptr, col_ptr,
-            C: tl.constexpr, ANY_COLUMN):
-    """One tile of the collect pass for one side (x = -s for positives, s for negatives).
-    GATHER rows append (key -x, column) of the members in [lo, hi) at slot base + their place
-    in the row (column order, no atomics); COLUMN rows count the members equal to lo and note
-    the column where the count reaches rank (= k - ghi)."""
-    cols2 = tl.broadcast_to(cols[None, :], x.shape)
-    take = member & (mode == GATHER)[:, None] & (x >= lo[:, None]) & (x < hi[:, None])
-    slot = base[:, None] + tl.cumsum(take.to(tl.int32), 1) - 1
+def gather_take(x, member, lo, hi, mode):
+    """Collect pass, one side (x = -s for positives, s for negatives): the members in [lo, hi) of
+    the rows that gather."""
+    return member & (mode == GATHER)[:, None] & (x >= lo[:, None]) & (x < hi[:, None])
+
+
+@triton.jit
+def gather_places(take_p, take_n, MINE_P: tl.constexpr, MINE_N: tl.constexpr):
+    """(place_p, place_n, count_p, count_n): each taken element's place among its row's taken
+    elements of its side in this tile (1-based, column order; no atomics, so the slots do not
+    depend on scheduling) and each row's counts. Both sides in one scan and one sum, in 16-bit
+    fields (a tile row has fewer than 2**16 columns): with 8 warps on a 64-row tile every row
+    scan or sum crosses warps through shared memory."""
+    if MINE_P and MINE_N:
+        both = take_p.to(tl.int32) + (take_n.to(tl.int32) << 16)
+        run = tl.cumsum(both, 1)
+        tot = tl.sum(both, 1)
+        return run & 0xFFFF, run >> 16, tot & 0xFFFF, tot >> 16
+    else:
+        one = (take_p if MINE_P else take_n).to(tl.int32)
+        run = tl.cumsum(one, 1)
+        tot = tl.sum(one, 1)
+        return run, run, tot, tot
+
+
+@triton.jit
+def gather_store(x, take, place, cols, out, base, key_ptr, col_ptr, C: tl.constexpr):
+    """Write (key -x, column) of the taken elements to the row's slots base + place - 1."""
+    slot = base[:, None] + place - 1
     off = out.to(tl.int64)[:, None] * C + slot
     tl.store(key_ptr + off, -x, mask=take & (slot < C))
-    tl.store(col_ptr + off, cols2, mask=take & (slot < C))
-    base += tl.sum(take.to(tl.int32), 1)
-    if ANY_COLUMN:
-        eq = member & (mode == COLUMN)[:, None] & (x == lo[:, None])
-        run = seen[:, None] + tl.cumsum(eq.to(tl.int32), 1)
-        col_at = tl.minimum(col_at, tl.min(tl.where(eq & (run == rank[:, None]), cols2, BIG_COL), 1))
-        seen += tl.sum(eq.to(tl.int32), 1)
-    return base, seen, col_at
+    tl.store(col_ptr + off, tl.broadcast_to(cols[None, :], x.shape), mask=take & (slot < C))
+
+
+@triton.jit
+def column_find(x, member, cols, lo, mode, rank, seen, col_at):
+    """Collect pass, one side, COLUMN rows: count the members equal to lo in column order and note
+    the column where the count reaches rank (= k - ghi)."""
+    eq = member & (mode == COLUMN)[:, None] & (x == lo[:, None])
+    run = seen[:, None] + tl.cumsum(eq.to(tl.int32), 1)
+    cols2 = tl.broadcast_to(cols[None, :], x.shape)
+    col_at = tl.minimum(col_at, tl.min(tl.where(eq & (run == rank[:, None]), cols2, BIG_COL), 1))
+    seen += tl.sum(eq.to(tl.int32), 1)
+    return seen, col_at
 
 
 @triton.jit

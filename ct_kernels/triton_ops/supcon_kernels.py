@@ -48,8 +48,9 @@ non-finite (ct_kernels/supcon.py).
 import triton
 import triton.language as tl
 
-from ._select import (COLUMN, GATHER, SEARCH, _canon, collect, count_at_or_above, count_at_or_above_packed, edges,
-                      initial_mode, inside_range, member_counts, narrow, next_up, side_range)
+from ._select import (COLUMN, GATHER, SEARCH, _canon, column_find, count_at_or_above, count_at_or_above_packed,
+                      edges, gather_places, gather_store, gather_take, initial_mode, inside_range, member_counts,
+                      narrow, next_up, side_range)
 from ._topk import BIG_COL, kth_pair, kth_pair_untied, topk_merge
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -330,12 +331,23 @@ def supcon_select_kernel(u_ptr, lab_ptr, count_ptr, nvalid_ptr, temp_ptr, thrp_p
             cols = c0 + tl.arange(0, BLOCK)
             _uc, s, pos, neg = _column_tile(u_ptr, stride, lab_ptr, rows, cols, ur, lab_r, ok_r, M, D, scale,
                                             BLOCK, BLOCK, BD, SINGLE_D, PREC, ACC)
+            take_p = pos
+            take_n = neg
             if MINE_P:
-                base_p, seen_p, at_p = collect(-s, pos, cols, out, lo_p, hi_p, mode_p, rank_p, base_p, seen_p,
-                                               at_p, keyp_ptr, bcolp_ptr, C, col_p)
+                take_p = gather_take(-s, pos, lo_p, hi_p, mode_p)
             if MINE_N:
-                base_n, seen_n, at_n = collect(s, neg, cols, out, lo_n, hi_n, mode_n, rank_n, base_n, seen_n,
-                                               at_n, keyn_ptr, bcoln_ptr, C, col_n)
+                take_n = gather_take(s, neg, lo_n, hi_n, mode_n)
+            place_p, place_n, tot_p, tot_n = gather_places(take_p, take_n, MINE_P, MINE_N)
+            if MINE_P:
+                gather_store(-s, take_p, place_p, cols, out, base_p, keyp_ptr, bcolp_ptr, C)
+                base_p += tot_p
+                if col_p:
+                    seen_p, at_p = column_find(-s, pos, cols, lo_p, mode_p, rank_p, seen_p, at_p)
+            if MINE_N:
+                gather_store(s, take_n, place_n, cols, out, base_n, keyn_ptr, bcoln_ptr, C)
+                base_n += tot_n
+                if col_n:
+                    seen_n, at_n = column_find(s, neg, cols, lo_n, mode_n, rank_n, seen_n, at_n)
     if MINE_P:
         tl.store(thrp_ptr + out, tl.where(mode_p == COLUMN, -lo_p, float("inf")), mask=live & (mode_p != GATHER))
         tl.store(colp_ptr + out, tl.where(mode_p == COLUMN, at_p, BIG_COL), mask=live & (mode_p != GATHER))
