@@ -250,12 +250,18 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   of s against 2.86, and 1.62 since the backward loads the columns' statistics (label, a, w1,
   gn) as one [64, 4] tile: Triton 3.6 pipelined each per-column vector as a 4-byte cp.async a
   thread and column, 64 a tile and thread with their predicates (backward trip 1087 -> 976
-  instructions; Triton 3.8: 886 -> 807). On sm_90 a 64-row tile with 8 warps has both warpgroups compute the
-  backward's whole similarity tile (bf16 PTX: 20 wgmma a tile against 12). The Triton bf16 step
-  took 5.37 ms in the run of 2026-11-26 and 6.39 ms in this one, unexplained so far: since then
-  16-bit rows are normalised in float32 (the fix for float16's NaN; extra memory at N = 32768
-  went from 40 to 88 MiB) and the tuner has new candidates. Not issue-bound either way: 2.86
-  warp instructions an element is 2.3 ms at the H200's full issue rate.
+  instructions; Triton 3.8: 886 -> 807). On sm_90 a 64-row tile with 8 warps has both
+  warpgroups compute the backward's whole similarity tile (bf16 PTX: 20 wgmma a tile against
+  12). The Triton bf16 step took 5.37 ms in the run of 2026-11-26 and 6.39 ms in this one,
+  unexplained so far: since then 16-bit rows are normalised in float32 (the fix for float16's
+  NaN; extra memory at N = 32768 went from 40 to 88 MiB) and the tuner has new candidates. Not
+  issue-bound either way: 2.86 warp instructions an element is 2.9 ms at the H200's full issue
+  rate (132 SMs x 4 a cycle, 1.98 GHz), against 6.39 measured. The likely bound is latency at
+  low occupancy: the backward holds a 128 x 128 (or 128 x 64) float32 accumulator and needs
+  209-255 registers, so one CTA of 8 warps an SM, 2 warps a scheduler to cover the wgmma waits,
+  the exponentials' latency and the barriers; Triton 3.6 has no warp specialisation on Hopper
+  to overlap them, and issuing the next tile's dot before this tile's exponentials by hand gave
+  the same SASS order (Triton 3.8 sinks the dot to its wait).
 - **tf32 (Triton 13.6 ms, native 11.3 ms, goal 8 ms):** the same structure, with tf32 tiles at
   twice bf16's shared memory and half its tensor-core rate. The old first candidate (64-row
   tiles, 8 warps, 64-wide dU programs) costs 6.41 warp instructions an element in the SASS
