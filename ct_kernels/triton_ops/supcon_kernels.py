@@ -559,13 +559,13 @@ def _infonce_positive_terms(w, pos, e_r, e_c, gn_r, gn_c):
 @triton.jit
 def _row_stats(stats_ptr, idx, M, ACC: tl.constexpr):
     """Host-prepared per-row statistics (supcon._Call.backward), one row of 4 ACC values each:
-    the bits of label + 1 (0 where masked off: label -1), a (+inf for rows without positives, so
-    exp is 0), w1 = g (supcon) or
-    g * q (infonce), gn = g / |P|; g is 0 for rows without positives. Returns (label, valid, a,
-    w1, gn). One [n, 4] tile, not a vector per array: the MMA layout of the column vectors
-    replicates them over the threads, and Triton 3.6 pipelined each as one 4-byte cp.async a
-    thread, column and array (sm_90 SASS of the bf16 backward: 64 a tile and thread, each with
-    its own predicate), where the tile is one 16-byte copy a column."""
+    the bits of label + 1 (0 where masked off: label -1; only moved, never computed on, so the
+    denormal bit patterns survive), a (+inf for rows without positives, so exp is 0), w1 = g
+    (supcon) or g * q (infonce), gn = g / |P|; g is 0 for rows without positives. Returns
+    (label, valid, a, w1, gn). One [n, 4] tile, not a vector per array: the MMA layout of the
+    column vectors replicates them over the threads, and Triton 3.6 pipelined each as one 4-byte
+    cp.async a thread, column and array (sm_90 SASS of the bf16 backward: 64 a tile and thread,
+    each with its own predicate), where the tile is one 16-byte copy a column."""
     live = idx < M
     k = tl.arange(0, 4)[None, :]
     x = tl.load(stats_ptr + idx.to(tl.int64)[:, None] * 4 + k, mask=live[:, None],
