@@ -9,7 +9,8 @@ tile; its instruction count per thread, over the tile elements a thread holds, i
 kernels pay per element of s (the mined passes are: RESULTS.md, "what bounds"). Where a loop holds
 an if / else, the arm taken at run time is the one to count (e.g. the mined backward's
 one-compare masks for untied thresholds against the tie-break). Counts are static: a loop nested
-in another shows inside it too.
+in another shows inside it too. Barriers (BAR.SYNC) are counted apart: with 8 warps on a 64-row
+tile every row reduction crosses the two warpgroups through shared memory, two barriers each.
 """
 from __future__ import annotations
 
@@ -63,7 +64,9 @@ def report(name: str, sass: str) -> None:
         start = branch_target(ins, labels)
         if start is None or start > end or end - start < 30:
             continue  # not a loop's back edge (or a short one)
-        print(f"  loop [{start}, {end}]: {end - start + 1} a trip ({histogram(instrs[start:end + 1])})")
+        body = instrs[start:end + 1]
+        bars = sum(1 for ins in body if opcode(ins) == "BAR")
+        print(f"  loop [{start}, {end}]: {end - start + 1} a trip, {bars} barriers ({histogram(body)})")
         for i in range(start, end):
             join_else = branch_target(instrs[i], labels)
             if not instrs[i].startswith("@") or join_else is None or not i < join_else <= end:
