@@ -339,7 +339,11 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
     without them the tile runs 1775 instructions, against 1986). The mined step: 420 (stats)
     + 2 x 1332 (search) + 1775 (collect) + 514 (loss) + 1197 (backward) = 6570 a tile, 411 an
     element, 9.3x the unmined step's 44 (Triton 3.8).
-  The select's passes (stats, search, collect: 74 % of what is left) are the next lever.
+  The select's passes (stats, search, collect: 74 % of what is left) are the next lever. At
+  9.3x the unmined step's instructions no trimming of the passes reaches 2.5x: that needs fewer
+  sweeps over s (today a stats, two search and a collect sweep come before the loss pass and the
+  backward, against the unmined step's two), and timings to say whether barriers or issue bound
+  each sweep.
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s
   and of the gradient weights in registers; cp.async double-buffered column tiles) replaced the
