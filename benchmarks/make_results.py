@@ -307,6 +307,8 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   search pass sums one int64 of per-bin bytes per side and tile instead of one column sum per
   bin (sm_90 select kernel, bf16, Triton 3.8: 12 fewer barriers and 24 fewer shuffles in the
   SASS, 243 registers against 255; not timed; but 1636 instructions a search tile against 1343).
+  Against today's default, which sums two bins at a time: 12 barriers a search tile against 16,
+  1637 instructions against 1332.
   Since this run, the SASS of each pass's column loop (`benchmarks/sass_loops.py`: sm_90, bf16,
   D = 128, Triton 3.8, instructions a thread runs per tile) says where the time goes: the
   unmined step's 128 x 64 tiles cost 612 (forward) + 2 x 906 (two 64-wide backward programs a

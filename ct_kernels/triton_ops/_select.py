@@ -132,7 +132,7 @@ def count_at_or_above(s, pos, neg, ep, en, cnt_p, cnt_n, NB: tl.constexpr):
 
 @triton.jit
 def count_at_or_above_packed(s, pos, neg, ep, en, cnt_p, cnt_n, NB: tl.constexpr):
-    """count_at_or_above with two column sums a tile instead of NB (CT_KERNELS_TRITON_SELECT_COUNT=
+    """count_at_or_above with two column sums a tile instead of NB / 2 (CT_KERNELS_TRITON_SELECT_COUNT=
     packed, an A/B candidate): an element's bin b = #{k: x >= e_k} (edges do not decrease, so
     x >= e_k exactly for k < b) becomes the byte 1 << (8 (b - 1)) of an int64, summed over the
     tile's columns per side (fewer than 256 columns: no byte carries); the counts at or above

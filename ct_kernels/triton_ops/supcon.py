@@ -36,7 +36,7 @@ GATHER_SLOTS = 64  # collect buffer per row and side: 2 * 64 * 8 bytes per row, 
 #     thresholds) stay those of the loss passes across stage counts is what
 #     test_counting_select_equals_topk_merge checks when run with it set;
 #   CT_KERNELS_TRITON_SELECT_COUNT=packed: the search passes count with two packed column sums
-#     per tile instead of one a bin (_select.count_at_or_above_packed; the same counts).
+#     per tile instead of one a pair of bins (_select.count_at_or_above_packed; the same counts).
 #   CT_KERNELS_TRITON_CLASS_RUNS=0: unmined infonce takes the rows in the caller's order, every
 #     tile in its second forward pass (see supcon_kernels, CLASS_RUNS).
 #   CT_KERNELS_TRITON_MINED_MASKS=tiebreak: the mined loss pass and backward test every tile with
