@@ -135,8 +135,8 @@ def supcon_step(dtype: str, d: int, variant: str = "supcon", kp: int = 0, kn: in
         call.backward(cfg, place_rows(saved, 0, m), loss.new_ones(m))
 
 
-def patch_labels_step(mask_dtype: torch.dtype, ph: int, pw: int, num_classes: int = 6) -> None:
-    mask = torch.zeros((2, 4 * ph, 3 * pw), dtype=mask_dtype)
+def patch_labels_step(mask_dtype: torch.dtype, ph: int, pw: int, num_classes: int = 6, patches: int = 3) -> None:
+    mask = torch.zeros((2, 4 * ph, patches * pw), dtype=mask_dtype)
     P.patch_labels(mask, ph, pw, num_classes, 255 if mask_dtype != torch.bool else 2)
 
 
@@ -174,9 +174,12 @@ def check_scenarios() -> list[Scenario]:
             out.append(Scenario(f"patch labels {str(mdt)[6:]} {ph}x{pw}", 90,
                                 lambda mdt=mdt, ph=ph, pw=pw: patch_labels_step(mdt, ph, pw)))
     out.append(Scenario("patch labels uint8 1x1", 90, lambda: patch_labels_step(torch.uint8, 1, 1)))
-    for classes in (1, 1000):  # an int argument equal to 1 becomes a constant in the JIT
+    for classes in (1, 16, 1000):  # an int argument equal to 1 becomes a constant in the JIT
         out.append(Scenario(f"patch labels uint8 16x16, {classes} classes", 90,
                             lambda classes=classes: patch_labels_step(torch.uint8, 16, 16, classes)))
+    # the benchmark's 1024-pixel rows: the word kernel's whole blocks (128 patches, 4 warps)
+    out.append(Scenario("patch labels uint8 16x16, 64 patches a row", 90,
+                        lambda: patch_labels_step(torch.uint8, 16, 16, patches=64)))
     return out
 
 

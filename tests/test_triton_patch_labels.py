@@ -2,11 +2,15 @@
 import pytest
 import torch
 
+import importlib
+
 from ct_kernels import triton_ops as T
 from ct_kernels.triton_ops.patch_labels import count_fields
 from ct_kernels.reference import patch_labels_reference
 
 pytestmark = pytest.mark.skipif(not T.AVAILABLE, reason=f"triton unavailable: {T.UNAVAILABLE_REASON}")
+# the module (the package's attribute of that name is the function)
+P = importlib.import_module("ct_kernels.triton_ops.patch_labels") if T.AVAILABLE else None
 
 DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -138,9 +142,104 @@ def test_bad_arguments():
         T.patch_labels(mask, 4, 4, 100000, 255)
 
 
+def check_with_bad(mask, ph, pw, num_classes, ignore):
+    """Labels, purity and the bad-pixel count against the reference, bad pixels counting as impure."""
+    labels, purity, bad = T.patch_labels(mask, ph, pw, num_classes, ignore)
+    m = mask.cpu().to(torch.int64)
+    is_bad = (m != ignore) & ((m < 0) | (m >= num_classes))
+    ref_labels, ref_purity = patch_labels_reference(torch.where(is_bad, ignore, m), ph, pw, num_classes, ignore)
+    assert bad.item() == is_bad.sum().item()
+    assert torch.equal(labels.cpu(), ref_labels)
+    assert torch.equal(purity.cpu(), ref_purity)
+
+
+def byte_mask(dtype, shape, num_classes, ignore, seed):
+    """Classes, ignored pixels where the dtype holds ignore_index, and a few bad values: the byte
+    kernel's cumulative counts meet the ignore byte below, inside and above the classes."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randint(0, num_classes, shape, generator=g)
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    if lo <= ignore <= hi:
+        m[torch.rand(shape, generator=g) < 0.2] = ignore
+    bad_values = [v for v in (num_classes, 200 if dtype == torch.uint8 else -5, hi) if v != ignore]
+    where = torch.rand(shape, generator=g) < 0.02
+    m[where] = torch.tensor(bad_values)[torch.randint(0, len(bad_values), (int(where.sum()),), generator=g)]
+    return m.to(dtype).to(DEV)
+
+
+BYTE_CASES = [  # (dtype, ph, pw, num_classes, ignore_index)
+    (torch.uint8, 16, 16, 6, 255),  # the benchmark's case; rows in two chunks of 32 words
+    (torch.uint8, 4, 8, 1, 255),
+    (torch.uint8, 3, 8, 2, 0),  # ignore_index a class id; rows padded to 4
+    (torch.uint8, 2, 32, 16, 7),  # 8 words a patch row; ignore inside the classes
+    (torch.uint8, 5, 8, 5, 300),  # ignore_index no byte can hold
+    (torch.uint8, 1, 8, 3, 3),  # ignore_index == num_classes
+    (torch.int8, 4, 8, 6, -1),  # negative values are bad, -1 ignored
+    (torch.int8, 8, 16, 4, 100),
+]
+
+
+@pytest.mark.parametrize("gw", [8, 3], ids=["whole-blocks", "ragged"])
+@pytest.mark.parametrize("dtype,ph,pw,num_classes,ignore", BYTE_CASES)
+def test_byte_masks_as_words(dtype, ph, pw, num_classes, ignore, gw):
+    """uint8 / int8 masks whose patch rows are whole words take the word kernel (four pixels to an
+    int32, a compare a class): labels, purity and the bad count as the reference's."""
+    mask = byte_mask(dtype, (2, 2 * ph, gw * pw), num_classes, ignore, seed=ph * 100 + pw + gw)
+    assert P._takes_words(mask, ph, pw, num_classes)
+    check_with_bad(mask, ph, pw, num_classes, ignore)
+
+
+def test_byte_kernel_ties_all_ignored_and_one_class_patches():
+    mask = torch.full((1, 2, 32), 255, dtype=torch.uint8)
+    mask[0, :, 0:8] = torch.tensor([3, 1, 1, 3, 3, 1, 1, 3]).repeat(2, 1)  # 8 x class 1, 8 x 3 -> 1
+    mask[0, 0, 8:16] = 2  # 8 x class 2, 8 ignored -> 2, purity 1/2
+    mask[0, :, 16:24] = 0  # class 0 everywhere (ge_1 == 0): 0, purity 1
+    # patch 4 stays all ignored -> ignore_index, purity 0
+    assert P._takes_words(mask, 2, 8, 4)
+    labels, purity, bad = T.patch_labels(mask.to(DEV), 2, 8, 4, 255)
+    assert labels.cpu().tolist() == [[[1, 2, 0, 255]]]
+    assert purity.cpu().tolist() == [[[0.5, 0.5, 1.0, 0.0]]] and bad.item() == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8])
+def test_byte_kernel_whole_patches_of_one_value(dtype):
+    """16 x 16 patches (64 words) of one value: every count reaches 256, which a byte does not
+    hold: the rows are counted in chunks of 32 words (_patch_count)."""
+    ignore = 255 if dtype == torch.uint8 else -1
+    mask = torch.zeros((1, 16, 64), dtype=torch.int64)
+    mask[0, :, 0:16], mask[0, :, 16:32], mask[0, :, 48:64] = 5, ignore, 6
+    mask = mask.to(dtype).to(DEV)
+    assert P._takes_words(mask, 16, 16, 6)
+    labels, purity, bad = T.patch_labels(mask, 16, 16, 6, ignore)
+    assert labels.cpu().tolist() == [[[5, ignore, 0, ignore]]]
+    assert purity.cpu().tolist() == [[[1.0, 0.0, 1.0, 0.0]]] and bad.item() == 256
+
+
+@pytest.mark.parametrize("case", ["one-word-rows", "three-word-rows", "17-classes", "over-64-words", "unaligned"])
+def test_byte_masks_the_word_kernel_does_not_take(case):
+    """Patch rows of one word or of a word count that is no power of two, too many classes, a
+    thread over 64 words, and bytes that start off a word (a view one byte into its storage): the
+    general kernel, with the same answers."""
+    if case == "unaligned":
+        storage = byte_mask(torch.uint8, (1 + 2 * 8 * 16,), 4, 255, 4)
+        mask, ph, pw, num_classes = storage[1:].view(2, 8, 16), 4, 8, 4
+        assert mask.is_contiguous() and mask.data_ptr() % 4 == 1
+    else:
+        shape, ph, pw, num_classes = {"one-word-rows": ((2, 8, 12), 4, 4, 4), "three-word-rows": ((2, 6, 24), 3, 12, 4),
+                                      "17-classes": ((1, 4, 16), 4, 8, 17),
+                                      "over-64-words": ((1, 32, 16), 32, 8, 3)}[case]
+        mask = byte_mask(torch.uint8, shape, num_classes, 255, len(case))
+    assert not P._takes_words(mask, ph, pw, num_classes)
+    check_with_bad(mask, ph, pw, num_classes, 255)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.bool, torch.int64])
 def test_large_cuda(dtype):
-    mask = random_mask(4, 512, 512, 6, dtype, 255, seed=6, p_ignore=0.05)
-    check(mask, 16, 16, 6, 255)
-    check(mask, 8, 32, 6, 255)
+    """Whole GPU-sized blocks: for byte masks the word kernel (512 words a block row, 4 warps)."""
+    num_classes = 2 if dtype == torch.bool else 6
+    ignore = -1 if dtype == torch.int8 else 255
+    mask = random_mask(4, 512, 512, num_classes, dtype if dtype != torch.bool else torch.uint8, ignore,
+                       seed=6, p_ignore=0.0 if dtype == torch.bool else 0.05).to(dtype)
+    for ph, pw in [(16, 16), (8, 32), (16, 8), (32, 8)]:  # (32, 8): the general kernel
+        check(mask, ph, pw, num_classes, ignore)
