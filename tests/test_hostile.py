@@ -131,3 +131,15 @@ class TestHostile:
             assert abs(out.item() - ref.item()) <= 1e-2 * abs(ref.item())
             assert (z1.grad.double().cpu() - z2.grad).norm() <= 5e-2 * z2.grad.norm()
 
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_finite_check_sees_nan_and_either_infinity(dtype):
+    """The fused backends' non-finite check (min and max of the rows, no N x D temporaries)."""
+    from ct_kernels.supcon import _finite
+    z = torch.randn(33, 5).to(dtype)
+    assert _finite(z) and _finite(z[:0])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        w = z.clone()
+        w[17, 3] = bad
+        assert not _finite(w), bad
