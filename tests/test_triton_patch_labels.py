@@ -172,6 +172,7 @@ BYTE_CASES = [  # (dtype, ph, pw, num_classes, ignore_index)
     (torch.uint8, 4, 8, 1, 255),
     (torch.uint8, 3, 8, 2, 0),  # ignore_index a class id; rows padded to 4
     (torch.uint8, 2, 32, 16, 7),  # 8 words a patch row; ignore inside the classes
+    (torch.uint8, 2, 128, 4, 255),  # 32 words a patch row, the widest: a chunk a row
     (torch.uint8, 5, 8, 5, 300),  # ignore_index no byte can hold
     (torch.uint8, 1, 8, 3, 3),  # ignore_index == num_classes
     (torch.int8, 4, 8, 6, -1),  # negative values are bad, -1 ignored
@@ -215,10 +216,11 @@ def test_byte_kernel_whole_patches_of_one_value(dtype):
     assert purity.cpu().tolist() == [[[1.0, 0.0, 1.0, 0.0]]] and bad.item() == 256
 
 
-@pytest.mark.parametrize("case", ["one-word-rows", "three-word-rows", "17-classes", "over-64-words", "unaligned"])
+@pytest.mark.parametrize("case", ["one-word-rows", "three-word-rows", "64-word-rows", "17-classes", "over-64-words",
+                                  "unaligned"])
 def test_byte_masks_the_word_kernel_does_not_take(case):
-    """Patch rows of one word or of a word count that is no power of two, too many classes, a
-    thread over 64 words, and bytes that start off a word (a view one byte into its storage): the
+    """Patch rows of one word, of a word count that is no power of two, or over the 63 words whose
+    count a byte holds, too many classes, a thread over 64 words, and bytes that start off a word (a view one byte into its storage): the
     general kernel, with the same answers."""
     if case == "unaligned":
         storage = byte_mask(torch.uint8, (1 + 2 * 8 * 16,), 4, 255, 4)
@@ -226,6 +228,7 @@ def test_byte_masks_the_word_kernel_does_not_take(case):
         assert mask.is_contiguous() and mask.data_ptr() % 4 == 1
     else:
         shape, ph, pw, num_classes = {"one-word-rows": ((2, 8, 12), 4, 4, 4), "three-word-rows": ((2, 6, 24), 3, 12, 4),
+                                      "64-word-rows": ((1, 2, 512), 1, 256, 3),
                                       "17-classes": ((1, 4, 16), 4, 8, 17),
                                       "over-64-words": ((1, 32, 16), 32, 8, 3)}[case]
         mask = byte_mask(torch.uint8, shape, num_classes, 255, len(case))

@@ -117,9 +117,9 @@ def _count_group(shift, k0, best_n, best_c, num_classes, ROW_BITS: tl.constexpr,
 
 
 # Byte masks (uint8, int8, bool) four pixels to a 32-bit word (SWAR: SIMD within a register). A
-# thread compares a word with a threshold in two operations, so a class costs about half an
-# operation a pixel, against the byte extraction, range test and selects a pixel of the kernel
-# above (which needs ~12 operations a pixel at 6 classes in sm_90 SASS).
+# class costs three operations a word (an add and a logic op give each byte's ">= t" bit, a
+# multiply-high adds the four bits into a running count), under one a pixel, where the kernel
+# above extracts, range-tests and selects each pixel (~12 operations a pixel at 6 classes).
 LANES = tl.constexpr(0x01010101)  # 1 in every byte lane
 HIGH = tl.constexpr(0x80808080)   # the high bit of every byte lane
 
@@ -246,11 +246,12 @@ def _patch_labels_op(mask: torch.Tensor, ph: int, pw: int, num_classes: int,
 
 def _takes_words(mask: torch.Tensor, ph: int, pw: int, num_classes: int) -> bool:
     """Whether patch_labels_bytes_kernel serves this mask: bytes, 4-byte aligned, whose patch rows
-    are a power of two of words, at least two (a thread holds its patches' rows: with one word a
-    patch, its per-patch work outweighs 16 pixels' counts), at most 64 words a thread, and few
-    classes (its cost is a compare a class where the general kernel's is a bit field per PER)."""
+    are a power of two of words from 2 to 32 (a thread holds its patches' rows: with one word a
+    patch, its per-patch work outweighs 16 pixels' counts; a row over 63 words overflows the
+    count's byte), at most 64 words a thread, and few classes (its cost is a compare a class where
+    the general kernel's is a bit field per PER)."""
     pww = pw // 4
-    return (mask.element_size() == 1 and pw % 4 == 0 and pww >= 2 and pww & (pww - 1) == 0
+    return (mask.element_size() == 1 and pw % 4 == 0 and 2 <= pww <= 32 and pww & (pww - 1) == 0
             and mask.data_ptr() % 4 == 0 and num_classes <= BYTES_MAX_CLASSES
             and next_pow2(ph) * max(pww, 4) <= BYTES_MAX_WORDS)
 
