@@ -5,6 +5,7 @@
 import pytest
 import torch
 
+from byte_masks import BYTE_CASES, assert_matches_reference, byte_mask
 from ct_kernels import _native
 from ct_kernels.precision import FP32_3XTF32_ENV, FP32_3XTF32_TOLERANCE as TOL_3XTF32
 from ct_kernels.reference import patch_labels_reference, supcon_rows_reference
@@ -41,6 +42,16 @@ def test_patch_labels_matches_reference(dtype, ph, pw):
     assert torch.equal(labels.cpu(), rl) and torch.equal(purity.cpu(), rp) and int(bad) == 0
     cl, cp, _ = _native.patch_labels(m, ph, pw, ncls, ignore)  # CPU kernel agrees
     assert torch.equal(labels.cpu(), cl) and torch.equal(purity.cpu(), cp)
+
+
+@pytest.mark.parametrize("dtype,ph,pw,num_classes,ignore", BYTE_CASES)
+def test_patch_labels_byte_masks_word_kernel(dtype, ph, pw, num_classes, ignore):
+    """Byte masks in the word kernel (patch_labels_words.cuh; its launch also runs on the CPU
+    emulator in test_native_patch_labels_emu.py): ignore bytes below, inside and above the classes,
+    bad values, blocks of 128 patches and a partial one."""
+    mask = byte_mask(dtype, (2, 2 * ph, 130 * pw), num_classes, ignore, seed=ph + pw)
+    labels, purity, bad = _native.patch_labels(mask.to(DEV), ph, pw, num_classes, ignore)
+    assert_matches_reference(labels, purity, int(bad), mask, ph, pw, num_classes, ignore)
 
 
 def test_patch_labels_ties_bad_and_many_classes():

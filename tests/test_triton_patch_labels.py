@@ -1,12 +1,13 @@
 """Triton patch-majority labels against the one-hot reference (interpreter on CPU, CUDA on GPUs)."""
+import importlib
+
 import pytest
 import torch
 
-import importlib
-
+from byte_masks import BYTE_CASES, assert_matches_reference, byte_mask
 from ct_kernels import triton_ops as T
-from ct_kernels.triton_ops.patch_labels import count_fields
 from ct_kernels.reference import patch_labels_reference
+from ct_kernels.triton_ops.patch_labels import count_fields
 
 pytestmark = pytest.mark.skipif(not T.AVAILABLE, reason=f"triton unavailable: {T.UNAVAILABLE_REASON}")
 # the module (the package's attribute of that name is the function)
@@ -143,41 +144,8 @@ def test_bad_arguments():
 
 
 def check_with_bad(mask, ph, pw, num_classes, ignore):
-    """Labels, purity and the bad-pixel count against the reference, bad pixels counting as impure."""
     labels, purity, bad = T.patch_labels(mask, ph, pw, num_classes, ignore)
-    m = mask.cpu().to(torch.int64)
-    is_bad = (m != ignore) & ((m < 0) | (m >= num_classes))
-    ref_labels, ref_purity = patch_labels_reference(torch.where(is_bad, ignore, m), ph, pw, num_classes, ignore)
-    assert bad.item() == is_bad.sum().item()
-    assert torch.equal(labels.cpu(), ref_labels)
-    assert torch.equal(purity.cpu(), ref_purity)
-
-
-def byte_mask(dtype, shape, num_classes, ignore, seed):
-    """Classes, ignored pixels where the dtype holds ignore_index, and a few bad values: the byte
-    kernel's cumulative counts meet the ignore byte below, inside and above the classes."""
-    g = torch.Generator().manual_seed(seed)
-    m = torch.randint(0, num_classes, shape, generator=g)
-    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
-    if lo <= ignore <= hi:
-        m[torch.rand(shape, generator=g) < 0.2] = ignore
-    bad_values = [v for v in (num_classes, 200 if dtype == torch.uint8 else -5, hi) if v != ignore]
-    where = torch.rand(shape, generator=g) < 0.02
-    m[where] = torch.tensor(bad_values)[torch.randint(0, len(bad_values), (int(where.sum()),), generator=g)]
-    return m.to(dtype).to(DEV)
-
-
-BYTE_CASES = [  # (dtype, ph, pw, num_classes, ignore_index)
-    (torch.uint8, 16, 16, 6, 255),  # the benchmark's case; rows in two chunks of 32 words
-    (torch.uint8, 4, 8, 1, 255),
-    (torch.uint8, 3, 8, 2, 0),  # ignore_index a class id; rows padded to 4
-    (torch.uint8, 2, 32, 16, 7),  # 8 words a patch row; ignore inside the classes
-    (torch.uint8, 2, 128, 4, 255),  # 32 words a patch row, the widest: a chunk a row
-    (torch.uint8, 5, 8, 5, 300),  # ignore_index no byte can hold
-    (torch.uint8, 1, 8, 3, 3),  # ignore_index == num_classes
-    (torch.int8, 4, 8, 6, -1),  # negative values are bad, -1 ignored
-    (torch.int8, 8, 16, 4, 100),
-]
+    assert_matches_reference(labels, purity, bad.item(), mask, ph, pw, num_classes, ignore)
 
 
 @pytest.mark.parametrize("gw", [8, 3], ids=["whole-blocks", "ragged"])
@@ -185,7 +153,7 @@ BYTE_CASES = [  # (dtype, ph, pw, num_classes, ignore_index)
 def test_byte_masks_as_words(dtype, ph, pw, num_classes, ignore, gw):
     """uint8 / int8 masks whose patch rows are whole words take the word kernel (four pixels to an
     int32, a compare a class): labels, purity and the bad count as the reference's."""
-    mask = byte_mask(dtype, (2, 2 * ph, gw * pw), num_classes, ignore, seed=ph * 100 + pw + gw)
+    mask = byte_mask(dtype, (2, 2 * ph, gw * pw), num_classes, ignore, seed=ph * 100 + pw + gw).to(DEV)
     assert P._takes_words(mask, ph, pw, num_classes)
     check_with_bad(mask, ph, pw, num_classes, ignore)
 
@@ -231,7 +199,7 @@ def test_byte_masks_the_word_kernel_does_not_take(case):
                                       "64-word-rows": ((1, 2, 512), 1, 256, 3),
                                       "17-classes": ((1, 4, 16), 4, 8, 17),
                                       "over-64-words": ((1, 32, 16), 32, 8, 3)}[case]
-        mask = byte_mask(torch.uint8, shape, num_classes, 255, len(case))
+        mask = byte_mask(torch.uint8, shape, num_classes, 255, len(case)).to(DEV)
     assert not P._takes_words(mask, ph, pw, num_classes)
     check_with_bad(mask, ph, pw, num_classes, 255)
 

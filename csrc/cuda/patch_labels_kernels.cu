@@ -1,8 +1,10 @@
 // Patch-majority labels on CUDA: one block per patch, one read of the mask, histogram in
-// shared memory, label and purity written once, out-of-range pixels counted into `bad`.
+// shared memory, label and purity written once, out-of-range pixels counted into `bad`. Byte
+// masks go to the word kernel of patch_labels_words.cuh where it serves them.
 #include <climits>
 
 #include "patch_labels_kernels.h"
+#include "patch_labels_words.cuh"
 
 namespace ct_kernels {
 namespace cuda {
@@ -71,15 +73,7 @@ __global__ void patch_labels_kernel(const T* __restrict__ mask, int64_t H, int64
     }
     labels[patch] = best > 0 ? static_cast<int64_t>(cls) : ignore;
     purity[patch] = static_cast<float>(best) / static_cast<float>(area);
-    if (nbad) {  // saturating add (a count past 2^31 stays INT_MAX, like the CPU kernel's)
-      int seen = *bad;
-      for (;;) {
-        const int want = seen > INT_MAX - nbad ? INT_MAX : seen + nbad;
-        const int prev = atomicCAS(bad, seen, want);
-        if (prev == seen) break;
-        seen = prev;
-      }
-    }
+    if (nbad) add_bad_pixels(bad, nbad);
   }
 }
 
@@ -99,6 +93,17 @@ cudaError_t launch_patch_labels(const T* mask, int64_t B, int64_t H, int64_t W, 
   patch_labels_kernel<T><<<static_cast<unsigned>(npatch), threads, smem, stream>>>(
       mask, H, W, ph, pw, gh, gw, num_classes, ignore_index, labels, purity, bad);
   return cudaGetLastError();
+}
+
+bool patch_labels_bytes_supported(const void* mask, int ph, int pw, int num_classes) {
+  return reinterpret_cast<uintptr_t>(mask) % 4 == 0 && words_kernel_takes(ph, pw, num_classes);
+}
+
+cudaError_t launch_patch_labels_bytes(const void* mask, int64_t B, int64_t H, int64_t W, int ph, int pw,
+                                      int num_classes, int ignore_byte, int64_t ignore_index,
+                                      int64_t* labels, float* purity, int* bad, cudaStream_t stream) {
+  return launch_patch_labels_words(static_cast<const uint32_t*>(mask), B, H, W, ph, pw, num_classes,
+                                   ignore_byte, ignore_index, labels, purity, bad, stream);
 }
 
 #define CT_INSTANTIATE(T)                                                                     \

@@ -207,6 +207,13 @@ inline double __dmul_rn(double a, double b) { return a * b; }
 
 inline int atomicAdd(int* addr, int v) { return std::atomic_ref<int>(*addr).fetch_add(v); }
 inline int atomicOr(int* addr, int v) { return std::atomic_ref<int>(*addr).fetch_or(v); }
+inline int atomicCAS(int* addr, int compare, int v) {
+  std::atomic_ref<int>(*addr).compare_exchange_strong(compare, v);
+  return compare;  // the old value, whether it was replaced or not
+}
+inline unsigned __umulhi(unsigned a, unsigned b) {
+  return static_cast<unsigned>((static_cast<uint64_t>(a) * b) >> 32);
+}
 
 // ---- nvcuda::wmma, 16 x 16 x K tiles. The kernels only load, store, multiply and apply one
 // function to every element of a fragment, so any assignment of elements to lanes is faithful:
