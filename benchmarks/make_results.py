@@ -286,10 +286,10 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   (88) measured: one bf16 N x D copy more than the CUDA allocator saw, in both. It found two more
   N x D transients and removed them: the check that every row is finite (torch.isfinite(u).all()
   made |u| and three bool masks, 80 MiB; now the min and max of u) and the normalisation's
-  backward (five float32 row chunks alive at once, two now: in place, the row dot products as a
-  batched product, the previous chunk freed before the next, 8 MiB chunks). Today: 112.8 MiB at
-  N = 131072 (3.5 copies of z; 177 before the two fixes) and 40.4 at N = 32768, so about 81 and
-  32 MiB on the GPU by that calibration; not measured on a GPU yet.
+  backward (five float32 row chunks alive at once, three now: in place, the previous chunk freed
+  before the next, 8 MiB chunks). Today: 120.8 MiB at N = 131072 (3.8 copies of z; 177 before
+  the two fixes) and 48.3 at N = 32768 (104 before), so about 89 and 40 MiB on the GPU by that
+  calibration; not measured on a GPU yet.
 - **InfoNCE (1.60x SupCon in Triton, goal 1.33x; native 17.7 ms, 2.7x):** its second forward
   pass needs three special-function operations per element (softplus and sigmoid of lseN - s)
   on top of the recomputed tile; the log2 among them is taken once per row and tile. Since this
