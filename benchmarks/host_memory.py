@@ -1,6 +1,6 @@
 """Peak extra memory of one forward + backward step, from the tensors the host allocates: no GPU.
 
-    python benchmarks/host_memory.py [--backend triton] [--dtype bf16] [--d 128] [--k 0] N [N ...]
+    python benchmarks/host_memory.py [--backend triton] [--variant supcon] [--dtype bf16] [--d 128] [--k 0] N [N ...]
 
 gpu_bench.py's protocol (two warm-up steps, then the peak above what was allocated before the
 third, the input's old gradient freed inside it) on CPU tensors, with the Triton kernels launched
@@ -37,7 +37,8 @@ def stub_triton_kernels() -> None:
     InterpretedFunction.__getitem__ = lambda self, grid: (lambda *args, **kwargs: None)
 
 
-def step_peak(n: int, d: int, dtype: torch.dtype, backend: str, k: int | None) -> tuple[int, list[int]]:
+def step_peak(n: int, d: int, dtype: torch.dtype, backend: str, k: int | None,
+              variant: str = "supcon") -> tuple[int, list[int]]:
     """(peak extra bytes, sizes of the buffers alive at the peak) of the third of three steps."""
     g = torch.Generator().manual_seed(0)
     inputs = [(torch.randn(n, d, generator=g).to(dtype).requires_grad_(), torch.randint(0, 6, (n,), generator=g))
@@ -46,7 +47,7 @@ def step_peak(n: int, d: int, dtype: torch.dtype, backend: str, k: int | None) -
     def step(i):
         z, y = inputs[i]
         z.grad = None
-        ct.supcon_loss(z, y, 0.1, hard_positives=k, hard_negatives=k, backend=backend).backward()
+        ct.supcon_loss(z, y, 0.1, variant=variant, hard_positives=k, hard_negatives=k, backend=backend).backward()
 
     step(0)
     step(1)
@@ -73,14 +74,15 @@ def main() -> int:
     ap.add_argument("--dtype", default="bf16", choices=list(DTYPES))
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--k", type=int, default=0, help="hard_positives = hard_negatives (0: unmined)")
+    ap.add_argument("--variant", default="supcon", choices=["supcon", "infonce"])
     args = ap.parse_args()
     if args.backend == "triton":
         stub_triton_kernels()
     copy = args.d * DTYPES[args.dtype].itemsize  # bytes of one row of z
     for n in args.n:
-        peak, sizes = step_peak(n, args.d, DTYPES[args.dtype], args.backend, args.k or None)
+        peak, sizes = step_peak(n, args.d, DTYPES[args.dtype], args.backend, args.k or None, args.variant)
         big = ", ".join(f"{s / (n * copy):.2f}" for s in sizes if s >= n * copy // 4)
-        print(f"{args.backend} {args.dtype} N={n} D={args.d} k={args.k}: peak extra {peak / 2**20:.1f} MiB "
+        print(f"{args.backend} {args.variant} {args.dtype} N={n} D={args.d} k={args.k}: peak extra {peak / 2**20:.1f} MiB "
               f"({peak / (n * copy):.2f} copies of z; alive then, in copies of z: {big})")
     return 0
 
