@@ -85,9 +85,13 @@ def _store_patches(labels_ptr, purity_ptr, bad_ptr, rows, xb, GW, best_n, best_c
                    AREA: tl.constexpr, PB: tl.constexpr):
     """Label and purity of the program's PB patches, once; its bad pixels into the error word."""
     label = tl.where(best_n > 0, best_c.to(tl.int64), ignore_index)
-    # IEEE-rounded division (GPU `/` on fp32 is approximate): purity == count / area exactly,
-    # the same bits as the reference's count.float() / (ph * pw)
-    purity = tl.math.div_rn(best_n.to(tl.float32), tl.full([PB], AREA, tl.float32))
+    # purity == count / area exactly, the same bits as the reference's count.float() / (ph * pw):
+    # a power-of-two area is an exact multiply, any other an IEEE-rounded division (GPU `/` on
+    # fp32 is approximate)
+    if AREA & (AREA - 1) == 0:
+        purity = best_n.to(tl.float32) * (1.0 / AREA)
+    else:
+        purity = tl.math.div_rn(best_n.to(tl.float32), tl.full([PB], AREA, tl.float32))
     gxs = xb * PB + tl.arange(0, PB)
     out = rows.to(tl.int64) * GW + gxs
     tl.store(labels_ptr + out, label, mask=gxs < GW)
