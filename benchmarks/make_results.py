@@ -376,11 +376,11 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
     16 x 16 patch, and each repeats its label choice). Counts are cumulative: a class threshold
     costs three instructions a word (an add and a logic op give each byte's ">= t" bit, one
     multiply-high adds the four bits into a running sum), so 7 counts (6 classes and the bad
-    pixels) are about 6 instructions a pixel. sm_90 SASS, 16 x 16, 6 classes: 1848
-    instructions a thread for 256 pixels (Triton 3.8; 1880 on 3.6), against the general
-    kernel's 928 for 32 on Triton 3.6: 7.3 a pixel against 29 counting every instruction of the
-    code, 6.8 against 17.6 on the path a clean mask runs (Triton 3.8). Whether the time follows
-    is a GPU check still owed;
+    pixels) are about 6 instructions a pixel. sm_90 SASS, 16 x 16, 6 classes: 1744
+    instructions a thread for 256 pixels (Triton 3.8; 1760 on 3.6; a power-of-two area's purity
+    is a multiply), against the general kernel's 928 for 32 on Triton 3.6: 6.9 a pixel against
+    29 counting every instruction of the code, 6.8 against 17.6 on the path a clean mask runs
+    (Triton 3.8). Whether the time follows is a GPU check still owed;
   - both kernels take the batch's patch row from the grid's first axis (no division of the
     program id): int64 1376 -> 1256 instructions a program (Triton 3.8; 3.6: 1192 -> 1176);
   - the native CUDA op (0.169 ms in this run, 20x a copy: a block a patch, a shared-memory
