@@ -8,7 +8,7 @@ CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda-13.0 /usr/local/cuda))
 export CUDA_HOME
 export MAX_JOBS ?= 2
 
-.PHONY: env build build-cuda test test-fast test-torch211 demo quickstart bench gpu-check clean
+.PHONY: env build build-cuda test test-fast test-torch211 test-triton39 demo quickstart bench gpu-check clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,16 @@ test-torch211:
 	cd $(COMPAT_DIR) && CT_KERNELS_BUILD_CUDA=1 $(abspath $(COMPAT_VENV))/bin/pip install -q --no-build-isolation \
 		--no-deps -e .
 	cd $(COMPAT_DIR) && $(abspath $(COMPAT_VENV))/bin/python -m pytest tests -q -ra -p no:cacheprovider
+
+# Triton 3.9, the newest the package supports, under the development torch (which pins 3.8, so
+# pip would not put 3.9 in the venv): the wheel goes to its own folder, which PYTHONPATH puts
+# before the venv's Triton. The interpreter for the suite; offline_compile --check (the sm_80 /
+# sm_90 compiles) runs within it. Not part of `make test`.
+TRITON39_DIR := build/triton39
+test-triton39: build-cuda
+	test -f $(TRITON39_DIR)/triton/__init__.py || $(PY) -m pip install -q --no-deps --target $(TRITON39_DIR) \
+		triton==3.9.0
+	PYTHONPATH=$(abspath $(TRITON39_DIR)) $(PY) -m pytest tests -q -ra -p no:cacheprovider
 
 clean:
 	rm -rf build *.egg-info ct_kernels/_C*.so

@@ -75,6 +75,7 @@ class Launch(NamedTuple):
     kernel: str
     grid: tuple
     compiled: object  # triton CompiledKernel (asm, metadata)
+    options: frozenset  # the launch options given (tuning.LAUNCH_OPTIONS must be among them)
 
 
 @contextlib.contextmanager
@@ -86,7 +87,7 @@ def compiling_launches(arch: int):
     def getitem(kernel, grid):
         def launch(*args, **kwargs):
             compiled = kernel.run(*args, grid=grid, warmup=True, **kwargs)
-            launches.append(Launch(kernel.fn.__name__, tuple(grid), compiled))
+            launches.append(Launch(kernel.fn.__name__, tuple(grid), compiled, frozenset(kwargs)))
         return launch
 
     driver.set_active(_StandInDriver(arch))
@@ -190,6 +191,8 @@ def launch_problems(launch: Launch, arch: int) -> list[str]:
         out.append(f"{launch.kernel}: {shared} bytes of shared memory > sm_{arch}'s {MAX_SHARED[arch]}")
     if any(g > MAX_GRID_YZ for g in launch.grid[1:]) or launch.grid[0] >= 2 ** 31:
         out.append(f"{launch.kernel}: grid {launch.grid} beyond CUDA's limits")
+    for option in tuning.LAUNCH_OPTIONS.keys() - launch.options:  # else Triton's default decides
+        out.append(f"{launch.kernel}: launched without {option}= (tuning.LAUNCH_OPTIONS)")
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tuning import interpreting, next_pow2, on_device_of
+from .tuning import LAUNCH_OPTIONS, interpreting, next_pow2, on_device_of
 
 MAX_CLASSES = 1024  # the class loop is linear in num_classes; beyond this use backend='torch'
 BYTES_MAX_CLASSES = 16  # byte masks with at most this many classes take patch_labels_bytes_kernel
@@ -291,7 +291,8 @@ def _launch(mask, labels, purity, bad, ph, pw, num_classes, ignore_index):
     patch_labels_kernel[grid](mask, labels, purity, bad, w, gw, num_classes, ignore_index,
                               PH=ph, PW=pw, PHP=php, PWP=pwp, PB=pb, ROW_BITS=row_bits, BITS=bits, PER=per,
                               WIDE=mask.element_size() == 8, EVEN=php == ph and pwp == pw and gw % pb == 0,
-                              ONE_GROUP=num_classes <= per, ROW_AXIS=row_axis, num_warps=4)
+                              ONE_GROUP=num_classes <= per, ROW_AXIS=row_axis, num_warps=4,
+                              **LAUNCH_OPTIONS)
 
 
 def _launch_bytes(mask, labels, purity, bad, ph, pw, num_classes, ignore_index):
@@ -308,7 +309,8 @@ def _launch_bytes(mask, labels, purity, bad, ph, pw, num_classes, ignore_index):
                                     PH=ph, PWW=pww, PHP=php, PB=pb, NUM_CLASSES=num_classes,
                                     IGNORE_BYTE=_ignore_byte(mask.dtype, ignore_index),
                                     CHUNKS=_chunks(php, pww), EVEN=php == ph and gw % pb == 0,
-                                    ROW_AXIS=row_axis, num_warps=max(1, min(4, pb * pww // 128)))
+                                    ROW_AXIS=row_axis, num_warps=max(1, min(4, pb * pww // 128)),
+                                    **LAUNCH_OPTIONS)
 
 
 def _chunks(php: int, pww: int) -> int:

@@ -191,7 +191,8 @@ class _Call:
     def consts(self, cfg: tuning.Config) -> dict:
         return dict(INFONCE=self.infonce, MINE_P=self.kp > 0, MINE_N=self.kn > 0, BM=cfg.bm,
                     BN=cfg.bm if self.mined else cfg.bn, BD=cfg.bd, SINGLE_D=self.single_d(cfg),
-                    PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                    PREC=self.prec, ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                    **tuning.LAUNCH_OPTIONS)
 
     def loss_consts(self, cfg: tuning.Config) -> dict:
         """consts of the loss and backward kernels (the mining kernels have no class runs)."""
@@ -252,7 +253,7 @@ class _Call:
                 MINE_P=c["MINE_P"], MINE_N=c["MINE_N"], KBP=kbp, LOG_KBP=kbp.bit_length() - 1,
                 KBN=kbn, LOG_KBN=kbn.bit_length() - 1, BLOCK=cfg.block,
                 LOG_BLOCK=cfg.block.bit_length() - 1, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
-                ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                ACC=self.tl_acc, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **tuning.LAUNCH_OPTIONS)
         supcon_fwd_kernel[self.grid(cfg.bm)](
             self.u, self.cls, self._or_placeholder(self.end, torch.int32), self.temp, tp, cp, tn, cn, loss,
             npos, a, self._or_placeholder(q),
@@ -284,14 +285,15 @@ class _Call:
             MINE_N=c["MINE_N"], C=slots, NB=SELECT_BINS, V_PASSES=SELECT_VALUE_PASSES,
             MAX_PASSES=select_passes(), BLOCK=cfg.block, BD=cfg.bd, SINGLE_D=c["SINGLE_D"], PREC=self.prec,
             ACC=self.tl_acc, PACKED=os.environ.get("CT_KERNELS_TRITON_SELECT_COUNT", "edges") == "packed",
-            num_warps=cfg.num_warps, num_stages=int(os.environ.get("CT_KERNELS_TRITON_SELECT_STAGES", cfg.num_stages)))
+            num_warps=cfg.num_warps, num_stages=int(os.environ.get("CT_KERNELS_TRITON_SELECT_STAGES", cfg.num_stages)),
+            **tuning.LAUNCH_OPTIONS)
         # 4096 buffer slots per program with 8 warps: spill-free (sm_90 ptxas)
         rows_per_program = max(1, 4096 // slots)
         for k, thr, col, bufs, negate in ((self.kp, tp, cp, pos_bufs, False), (self.kn, tn, cn, neg_bufs, True)):
             if k > 0:
                 select_sort_kernel[(triton.cdiv(r, rows_per_program),)](
                     thr, col, *bufs, r, C=slots, LOG_C=slots.bit_length() - 1, SB=rows_per_program,
-                    NEGATE=negate, num_warps=8)
+                    NEGATE=negate, num_warps=8, **tuning.LAUNCH_OPTIONS)
 
     def _or_placeholder(self, t, dtype=None):
         """Kernels take a pointer for every array; an unused one gets a 1-element stand-in."""

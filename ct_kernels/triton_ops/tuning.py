@@ -43,6 +43,13 @@ def format_config(cfg: Config) -> str:
     return ",".join(map(str, cfg))
 
 
+# A launch option every kernel takes: fused multiply-adds, the default of Triton 3.6 to 3.9. Triton
+# 3.9 warns that its default turns to "off" in 3.10; the results (and the mining thresholds, which
+# every pass must compute bit for bit alike) should not change with the Triton version.
+# benchmarks/offline_compile.py --check fails a launch without it.
+LAUNCH_OPTIONS = dict(enable_fp_fusion=True)
+
+
 def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
