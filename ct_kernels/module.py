@@ -11,21 +11,27 @@ from .patch import as_patch_size, check_mask, check_num_classes, kept_row_labels
 from .supcon import backend_for, check_loss_options, supcon_loss
 
 _ROW_IGNORE = -1  # label carried by left-out patches into supcon_loss
+_MAP_FORMATS = ("NCHW", "NHWC")  # layouts of 4-D feature maps (timm's output_fmt names)
 
 
 class ProjectionHead(nn.Module):
     """Linear, GELU, Linear (the paper's projection head), applied to the last dimension.
 
-    A 4-D input is read as a channels-first feature map (B, D, h, w) and projected per pixel.
+    A 4-D input is a feature map projected per pixel: (B, D, h, w) by default, (B, h, w, D) with
+    ``feature_format="NHWC"`` (timm's Swin and MambaOut), as ``ContrastivePatchLoss`` reads them.
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None):
+    def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None, *,
+                 feature_format: str = "NCHW"):
         super().__init__()
+        if feature_format not in _MAP_FORMATS:
+            raise ValueError(f"feature_format must be 'NCHW' or 'NHWC', got {feature_format!r}")
         hidden_dim = hidden_dim or in_dim
+        self.feature_format = feature_format
         self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
+        if x.dim() == 4 and self.feature_format == "NCHW":
             return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.net(x)
 
@@ -59,6 +65,9 @@ class ContrastivePatchLoss(nn.Module):
     confidence (``ct_kernels.confidence``): ``forward`` then needs ``logits``, and selecting per
     class reads counts on the host.
 
+    4-D feature maps are (B, D, h, w); ``feature_format="NHWC"`` reads (B, h, w, D), the layout of
+    timm's Swin and MambaOut (``from_timm`` sets it from the model's ``output_fmt``).
+
     ``memory_bank=ct.MemoryBank(num_classes, size, D)`` (one feature stage): each forward adds the
     bank's rows to the contrast set (columns only) and then pushes the step's kept patch rows into
     it, detached. It is a submodule: ``.to(device)`` moves it, the state dict holds it. With
@@ -71,7 +80,8 @@ class ContrastivePatchLoss(nn.Module):
                  min_purity: float = 1.0, variant: str = "supcon", hard_positives: int | None = None,
                  hard_negatives: int | None = None, num_prefix_tokens: int = 0, backend: str = "auto",
                  process_group=None, *, mining: str = "similarity", confidence_fraction: float = 0.4,
-                 max_per_class: int = 128, min_per_class: int = 10, memory_bank: MemoryBank | None = None):
+                 max_per_class: int = 128, min_per_class: int = 10, memory_bank: MemoryBank | None = None,
+                 feature_format: str = "NCHW"):
         super().__init__()
         check_num_classes(num_classes)
         check_loss_options(temperature, variant, hard_positives, hard_negatives, "mean", backend)
@@ -79,6 +89,9 @@ class ContrastivePatchLoss(nn.Module):
             raise ValueError(f"min_purity must be a number in [0, 1], got {min_purity!r}")
         if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+        if feature_format not in _MAP_FORMATS:
+            raise ValueError(f"feature_format must be 'NCHW' ((B, D, h, w) maps) or 'NHWC' ((B, h, w, D) maps, as "
+                             f"timm's Swin and MambaOut give), got {feature_format!r}")
         if mining not in ("similarity", "confidence"):
             raise ValueError(f"mining must be 'similarity' or 'confidence', got {mining!r}")
         if mining == "confidence":
@@ -114,6 +127,7 @@ class ContrastivePatchLoss(nn.Module):
         self.hard_positives = hard_positives
         self.hard_negatives = hard_negatives
         self.num_prefix_tokens = num_prefix_tokens
+        self.feature_format = feature_format
         self.backend = backend
         self.process_group = process_group
         # Stage reductions (patch sizes) known from a timm model; empty means "infer from shapes".
@@ -127,8 +141,13 @@ class ContrastivePatchLoss(nn.Module):
     @classmethod
     def from_timm(cls, model: nn.Module, num_classes: int, **kwargs) -> "ContrastivePatchLoss":
         """Build the loss for a timm model: patch size and prefix tokens of a ViT, or the stage
-        reductions (``feature_info``) of a hierarchical / ``features_only`` model."""
+        reductions (``feature_info``) of a hierarchical / ``features_only`` model, and the layout
+        of its feature maps (``output_fmt``: Swin and MambaOut give (B, h, w, D))."""
         reductions: list[tuple[int, int]] = []
+        fmt = getattr(model, "output_fmt", None)
+        fmt = str(getattr(fmt, "value", fmt))  # a str, or timm's Format enum
+        if fmt in _MAP_FORMATS:
+            kwargs.setdefault("feature_format", fmt)
         if hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed"):
             kwargs.setdefault("num_prefix_tokens", int(model.num_prefix_tokens))
             reductions = [as_patch_size(tuple(int(p) for p in model.patch_embed.patch_size))]
@@ -149,10 +168,14 @@ class ContrastivePatchLoss(nn.Module):
         if not isinstance(feat, torch.Tensor):
             raise TypeError(f"features must be a tensor or a list/tuple of tensors, got {type(feat).__name__}")
         if feat.dim() == 4:
-            b, d, h, w = feat.shape
+            if self.feature_format == "NHWC":
+                b, h, w, d = feat.shape
+                rows = feat.reshape(b * h * w, d)
+            else:
+                b, d, h, w = feat.shape
+                rows = feat.permute(0, 2, 3, 1).reshape(b * h * w, d)
             if grid is not None and tuple(grid) != (h, w):
                 raise ValueError(f"grid={tuple(grid)} does not match the feature map's (h, w)=({h}, {w})")
-            rows = feat.permute(0, 2, 3, 1).reshape(b * h * w, d)
         elif feat.dim() == 3:
             b, n_tok, d = feat.shape
             n = n_tok - self.num_prefix_tokens
@@ -170,9 +193,16 @@ class ContrastivePatchLoss(nn.Module):
                 h, w = known[0] if known else infer_grid(n, h_img, w_img)
             rows = feat[:, self.num_prefix_tokens:, :].reshape(b * n, d)
         else:
-            raise ValueError(f"features must be (B, N, D) tokens or a (B, D, h, w) map, got shape {tuple(feat.shape)}")
+            raise ValueError(f"features must be (B, N, D) tokens or a 4-D map ((B, D, h, w), or (B, h, w, D) "
+                             f"with feature_format='NHWC'), got shape {tuple(feat.shape)}")
         if h <= 0 or w <= 0 or h_img % h or w_img % w:
-            raise ValueError(f"the patch grid ({h}, {w}) does not divide the mask's ({h_img}, {w_img})")
+            hint = ""
+            if feat.dim() == 4:
+                hint = (" (read as feature_format='NCHW', (B, D, h, w); a (B, h, w, D) map, as timm's Swin "
+                        "gives, needs feature_format='NHWC')" if self.feature_format == "NCHW" else
+                        " (read as feature_format='NHWC', (B, h, w, D); a (B, D, h, w) map needs "
+                        "feature_format='NCHW')")
+            raise ValueError(f"the patch grid ({h}, {w}) does not divide the mask's ({h_img}, {w_img}){hint}")
         return rows, h, w
 
     def _row_labels(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -141,7 +141,56 @@ def test_bad_inputs_name_the_argument():
 def test_projection_head_shapes():
     head = ct.ProjectionHead(16, 8)
     assert head(torch.randn(2, 5, 16)).shape == (2, 5, 8)
-    assert head(torch.randn(2, 16, 3, 4)).shape == (2, 8, 3, 4)
+    fmap = torch.randn(2, 16, 3, 4)
+    assert head(fmap).shape == (2, 8, 3, 4)
+    # the same weights on the channels-last layout give the same projection, channels last
+    nhwc = ct.ProjectionHead(16, 8, feature_format="NHWC")
+    nhwc.load_state_dict(head.state_dict())
+    torch.testing.assert_close(nhwc(fmap.permute(0, 2, 3, 1)), head(fmap).permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="feature_format"):
+        ct.ProjectionHead(16, 8, feature_format="NLC")
+
+
+def _tiny_swin(**kwargs):
+    torch.manual_seed(0)
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, window_size=2,
+                             embed_dim=16, depths=(1, 1), num_heads=(1, 2), **kwargs).eval()
+
+
+def test_swin_channels_last_maps_from_timm():
+    """timm's Swin gives (B, h, w, D) maps (output_fmt "NHWC"): from_timm reads them so, and the
+    loss equals the (B, D, h, w) loss of the same maps."""
+    x = torch.randn(2, 3, 32, 32)
+    mask = _mask(2, 32, 32, seed=5)
+    channels_first = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch")
+    model = _tiny_swin(features_only=True, out_indices=(0, 1))
+    crit = ct.ContrastivePatchLoss.from_timm(model, 3, min_purity=0.5, backend="torch")
+    assert crit.feature_format == "NHWC" and crit.reductions == [(4, 4), (8, 8)]
+    feats = model(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 8, 8, 16), (2, 4, 4, 32)]
+    loss = crit(feats, mask)
+    assert loss.item() > 0
+    torch.testing.assert_close(loss, channels_first([f.permute(0, 3, 1, 2) for f in feats], mask))
+    # the whole model's forward_features: its last stage, channels last too
+    full = _tiny_swin(num_classes=0)
+    crit_full = ct.ContrastivePatchLoss.from_timm(full, 3, min_purity=0.5, backend="torch")
+    assert crit_full.feature_format == "NHWC"
+    f = full.forward_features(x)
+    torch.testing.assert_close(crit_full(f, mask), channels_first(f.permute(0, 3, 1, 2), mask))
+    # channels-first models keep the default
+    assert ct.ContrastivePatchLoss.from_timm(timm.create_model("resnet18", features_only=True), 3).feature_format == "NCHW"
+
+
+def test_feature_format_errors():
+    with pytest.raises(ValueError, match="feature_format"):
+        ct.ContrastivePatchLoss(3, feature_format="channels_last")
+    mask = torch.zeros(1, 32, 32, dtype=torch.int64)
+    # a (B, h, w, D) map read as (B, D, h, w): (h, w) = (8, 24) does not divide 32 x 32, and the
+    # error says which layout was assumed and what to pass
+    with pytest.raises(ValueError, match="feature_format='NHWC'"):
+        ct.ContrastivePatchLoss(3, backend="torch")(torch.randn(1, 8, 8, 24), mask)
+    with pytest.raises(ValueError, match="feature_format='NCHW'"):
+        ct.ContrastivePatchLoss(3, backend="torch", feature_format="NHWC")(torch.randn(1, 24, 8, 8), mask)
 
 
 def test_from_timm_rejects_other_models():
