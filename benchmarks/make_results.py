@@ -355,7 +355,15 @@ BOUNDS = """## What bounds the missed goals (run of 2026-11-27 on an H200; analy
   9.3x the unmined step's instructions no trimming of the passes reaches 2.5x: that needs fewer
   sweeps over s (today a stats, two search and a collect sweep come before the loss pass and the
   backward, against the unmined step's two), and timings to say whether barriers or issue bound
-  each sweep.
+  each sweep. A design for fewer sweeps, modelled, not built (`select_passes_model.py --blocks`,
+  per 64-row block, since a block sweeps while any of its rows searches; N = 32768, k = 64):
+  today a block takes the stats sweep and 2 (random rows) to 4 (tight clusters) search sweeps
+  before the collect; with first-pass edges from a sample of N / 8 strided columns (its order
+  statistics every 4 sample ranks around where the k-th is expected) there is no stats sweep and
+  2 search sweeps in every distribution modelled. That is 420 (random) to 3084 instructions (tight
+  clusters) a tile fewer, out of 6570 + 1332 a tile for each extra search sweep: 6-33 %, not the
+  2.5x, before the sample's own cost (an eighth of a sweep's products and a top-16 per row). At
+  k = 256 the fixed spacing of 4 sample ranks is too narrow (random rows: 4 sweeps either way).
   pytorch-metric-learning's BatchHardMiner + SupConLoss: 101 ms and 23 GiB.
 - **Native CUDA:** the `mma.sync` kernels (flash-attention-2 layout: U fragments, the tile of s
   and of the gradient weights in registers; cp.async double-buffered column tiles) replaced the

@@ -8,6 +8,13 @@ most C members are inside, or one value is left), not its code; a block of rows 
 largest count among its rows. CPU only, a few seconds:
 
     python benchmarks/select_passes_model.py [--n 32768] [--k 64] [--temperature 0.1]
+    python benchmarks/select_passes_model.py --blocks 4      # per 64-row block, and a design not built
+
+--blocks: sweeps before the collect pass per block of 64 rows (a block sweeps while any of its
+rows, either side, still searches), today's (the stats sweep, then the search) against first
+edges taken from a column sample (no stats sweep: a sample of N / 8 strided columns, its order
+statistics every 4 sample ranks around the k-th's expected rank, then today's rules). That design
+is not built: the model says what it would save (RESULTS.md, mining).
 """
 from __future__ import annotations
 
@@ -68,9 +75,77 @@ def search_passes(x, k, slots=64, edges=8, value_passes=2, max_passes=16):
     return max_passes
 
 
+def search_passes_from_edges(x, k, first, slots=64, edges=8, value_passes=2, max_passes=16):
+    """search_passes without the stats pass: the first pass counts at edges -inf, *first (NB - 1
+    ascending values); the interval starts as every value."""
+    x = np.sort(x.astype(np.float32))
+    n = len(x)
+    if n <= k or n <= slots:
+        return 0
+    lo, hi, glo, ghi = F32(-np.inf), F32(np.inf), n, 0
+    b = np.arange(edges)
+    for it in range(max_passes):
+        if it == 0:
+            e = np.concatenate([[-np.inf], np.sort(first)]).astype(np.float32)
+        elif it < value_passes:
+            e = _canon((lo + F32(hi - lo) * (b.astype(np.float32) * F32(1.0 / edges))).astype(np.float32))
+        else:
+            e = _canon(_from_ord(_ord(lo) + ((_ord(hi) - _ord(lo)) * b) // edges))
+        g = n - np.searchsorted(x, e, side="left")
+        g[0] = glo
+        inside = x[(x >= lo) & (x < hi)]
+        best = int(((g >= k) & (b > 0)).sum())
+        new_lo, new_glo = e[best], g[best]
+        above = (b > best) & (e > new_lo)
+        new_hi, new_ghi = (e[above].min(), g[above & (e == e[above].min())].max()) if above.any() else (hi, ghi)
+        new_lo = max(new_lo, _canon(F32(inside.min()))[()])
+        cap = _next_up(F32(inside.max()))
+        if cap < new_hi:
+            new_ghi = ghi
+        lo, hi, glo, ghi = F32(new_lo), F32(min(new_hi, cap)), new_glo, new_ghi
+        assert glo >= k > ghi
+        if glo - ghi <= slots or _next_up(lo) >= hi:
+            return it + 1
+    return max_passes
+
+
+def sample_edges(xs, n, k, step=4, edges=8):
+    """NB - 1 edges from a sample's values xs of a side with n members: its order statistics every
+    `step` ranks around the rank where the k-th largest is expected."""
+    xs = np.sort(xs)[::-1]
+    if len(xs) == 0:
+        return np.full(edges - 1, -np.inf, np.float32)
+    centre = k * len(xs) / n
+    half = (edges - 2) // 2
+    ranks = np.clip(np.round(centre + step * np.arange(half, half - edges + 1, -1)).astype(int), 1, len(xs))
+    return xs[ranks - 1]
+
+
 def _bf16(a):
     a = a.astype(np.float32).view(np.uint32)
     return ((a + 0x7FFF + ((a >> 16) & 1)) & 0xFFFF0000).astype(np.uint32).view(np.float32)
+
+
+def block_sweeps(u, y, k, scale, blocks, every, rng, bm=64):
+    """Per 64-row block, the sweeps before the collect pass: today's (1 stats + search passes) and
+    with sample-guided first edges (search passes), each the largest over the block's rows and sides."""
+    n = len(y)
+    cols = np.arange(0, n, every)
+    today, sampled = [], []
+    for b0 in rng.choice(n // bm, blocks, replace=False):
+        rows = np.arange(b0 * bm, (b0 + 1) * bm)
+        s = (u[rows] @ u.T).astype(np.float32) * scale
+        t = g = 0
+        for r, i in enumerate(rows):
+            for positive in (True, False):
+                member = (y == y[i]) if positive else (y != y[i])
+                member[i] = False
+                x = -s[r] if positive else s[r]
+                t = max(t, 1 + search_passes(x[member], k))
+                g = max(g, search_passes_from_edges(x[member], k, sample_edges(x[cols][member[cols]], member.sum(), k)))
+        today.append(t)
+        sampled.append(g)
+    return today, sampled
 
 
 def main():
@@ -81,6 +156,9 @@ def main():
     ap.add_argument("--classes", type=int, default=6)
     ap.add_argument("--temperature", type=float, default=0.1)
     ap.add_argument("--rows", type=int, default=128, help="anchor rows sampled per kind")
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="model this many 64-row blocks instead: today's sweeps against sample-guided first edges")
+    ap.add_argument("--sample", type=int, default=8, help="--blocks: one column in this many is sampled")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     scale = F32(math.log2(math.e) / args.temperature)  # the kernels' base-2 tiles
@@ -98,6 +176,11 @@ def main():
             idx = rng.integers(0, args.n, int(dup * args.n))
             z[idx], y[idx] = z[0], y[0]
         u = _bf16(z / np.linalg.norm(z, axis=1, keepdims=True))
+        if args.blocks:
+            today, sampled = block_sweeps(u, y, args.k, scale, args.blocks, args.sample, rng)
+            print(f"  {name:15s} sweeps before collect, per block: today (stats + search) {today}, "
+                  f"sample-guided (search only) {sampled}")
+            continue
         rows = rng.choice(args.n, args.rows, replace=False)
         s = (u[rows] @ u.T).astype(np.float32) * scale
         passes = []
