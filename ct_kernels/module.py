@@ -150,7 +150,8 @@ class ContrastivePatchLoss(nn.Module):
             kwargs.setdefault("feature_format", fmt)
         if hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed"):
             kwargs.setdefault("num_prefix_tokens", int(model.num_prefix_tokens))
-            reductions = [as_patch_size(tuple(int(p) for p in model.patch_embed.patch_size))]
+            size = model.patch_embed.patch_size  # a pair, or one int (XCiT's ConvPatchEmbed)
+            reductions = [as_patch_size(int(size) if isinstance(size, int) else tuple(int(p) for p in size))]
         else:
             info = getattr(model, "feature_info", None)
             if info is None:

@@ -181,6 +181,33 @@ def test_swin_channels_last_maps_from_timm():
     assert ct.ContrastivePatchLoss.from_timm(timm.create_model("resnet18", features_only=True), 3).feature_format == "NCHW"
 
 
+@pytest.mark.parametrize("name, kwargs, prefix, size", [
+    ("vit_small_patch14_reg4_dinov2", {}, 5, 14),        # register tokens
+    ("deit_tiny_distilled_patch16_224", {}, 2, 16),      # class and distillation tokens
+    ("xcit_nano_12_p16_224", {}, 1, 16),                 # patch_size an int
+    ("vit_medium_patch16_gap_256", {}, 0, 16),           # no class token
+])
+def test_from_timm_vit_family_prefix_and_patch(name, kwargs, prefix, size):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=0, img_size=4 * size, depth=1, **kwargs).eval()
+    crit = ct.ContrastivePatchLoss.from_timm(model, 3, min_purity=0.5, backend="torch")
+    assert crit.num_prefix_tokens == prefix and crit.reductions == [(size, size)]
+    mask = _mask(2, 4 * size, 4 * size, seed=6)
+    tokens = model.forward_features(torch.randn(2, 3, 4 * size, 4 * size))
+    assert tokens.shape[1] == prefix + 16
+    rows = tokens[:, prefix:].reshape(-1, tokens.shape[-1])
+    loss = crit(tokens, mask)
+    assert loss.item() > 0
+    torch.testing.assert_close(loss, channels_first_loss(rows, mask, 4, 4))
+
+
+def channels_first_loss(rows, mask, h, w):
+    """The loss of (B*h*w, D) patch rows given as a (B, D, h, w) map."""
+    b = mask.shape[0]
+    fmap = rows.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+    return ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch")(fmap, mask)
+
+
 def test_feature_format_errors():
     with pytest.raises(ValueError, match="feature_format"):
         ct.ContrastivePatchLoss(3, feature_format="channels_last")
