@@ -38,6 +38,10 @@ class MemoryBank(nn.Module):
         self.register_buffer("next_slot", torch.zeros(num_classes, dtype=torch.int64))
         self.register_buffer("filled", torch.zeros(num_classes, dtype=torch.int64))
 
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, size_per_class={self.size_per_class}, dim={self.dim}, "
+                f"dtype={self.store.dtype}, ignore_index={self.ignore_index}")
+
     @property
     def rows(self) -> torch.Tensor:
         """(num_classes, size_per_class, dim) view of the slots."""

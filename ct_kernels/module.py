@@ -138,6 +138,19 @@ class ContrastivePatchLoss(nn.Module):
         self.last_backend: str | None = None
         self.last_num_patches: torch.Tensor | None = None
 
+    def extra_repr(self) -> str:
+        """What print(criterion) shows: the settings that change the loss (defaults left out)."""
+        parts = [f"num_classes={self.num_classes}", f"temperature={self.temperature}",
+                 f"variant={self.variant!r}", f"min_purity={self.min_purity}", f"backend={self.backend!r}"]
+        optional = [("ignore_index", self.ignore_index, 255), ("hard_positives", self.hard_positives, None),
+                    ("hard_negatives", self.hard_negatives, None), ("num_prefix_tokens", self.num_prefix_tokens, 0),
+                    ("feature_format", self.feature_format, "NCHW"), ("mining", self.mining, "similarity"),
+                    ("reductions", self.reductions, [])]
+        parts += [f"{name}={value!r}" for name, value, default in optional if value != default]
+        if self.process_group is not None:
+            parts.append("process_group=<set>")
+        return ", ".join(parts)
+
     @classmethod
     def from_timm(cls, model: nn.Module, num_classes: int, **kwargs) -> "ContrastivePatchLoss":
         """Build the loss for a timm model: patch size and prefix tokens of a ViT, or the stage

@@ -208,6 +208,16 @@ def channels_first_loss(rows, mask, h, w):
     return ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch")(fmap, mask)
 
 
+def test_repr_shows_the_settings():
+    crit = ct.ContrastivePatchLoss(6, temperature=0.07, hard_negatives=64, backend="torch", feature_format="NHWC")
+    text = repr(crit)
+    for part in ("num_classes=6", "temperature=0.07", "variant='supcon'", "hard_negatives=64", "backend='torch'",
+                 "feature_format='NHWC'"):
+        assert part in text, text
+    assert "hard_positives" not in text and "mining" not in text  # defaults left out
+    assert "MemoryBank(num_classes=3, size_per_class=8, dim=16" in repr(ct.MemoryBank(3, 8, 16))
+
+
 def test_feature_format_errors():
     with pytest.raises(ValueError, match="feature_format"):
         ct.ContrastivePatchLoss(3, feature_format="channels_last")
