@@ -48,7 +48,9 @@ def infer_grid(n: int, h_img: int, w_img: int) -> tuple[int, int]:
         return same_aspect[0]
     if not cands:
         raise ValueError(f"features hold {n} patch tokens, which match no grid (h, w) dividing the mask's "
-                         f"({h_img}, {w_img}); check num_prefix_tokens and the mask size")
+                         f"({h_img}, {w_img}); check num_prefix_tokens and the mask size (a model that pads "
+                         f"images to whole patches, such as timm's dynamic_img_pad, needs the mask padded "
+                         f"with ignore_index to the same size)")
     raise ValueError(f"cannot infer the patch grid of {n} tokens over a ({h_img}, {w_img}) mask: candidates "
                      f"{cands}; pass grid=(h, w)")
 
@@ -210,12 +212,13 @@ class ContrastivePatchLoss(nn.Module):
             raise ValueError(f"features must be (B, N, D) tokens or a 4-D map ((B, D, h, w), or (B, h, w, D) "
                              f"with feature_format='NHWC'), got shape {tuple(feat.shape)}")
         if h <= 0 or w <= 0 or h_img % h or w_img % w:
-            hint = ""
-            if feat.dim() == 4:
+            if feat.dim() == 3:
+                hint = " (pad the mask with ignore_index to a whole number of patches)"
+            elif self.feature_format == "NCHW":
                 hint = (" (read as feature_format='NCHW', (B, D, h, w); a (B, h, w, D) map, as timm's Swin "
-                        "gives, needs feature_format='NHWC')" if self.feature_format == "NCHW" else
-                        " (read as feature_format='NHWC', (B, h, w, D); a (B, D, h, w) map needs "
-                        "feature_format='NCHW')")
+                        "gives, needs feature_format='NHWC')")
+            else:
+                hint = " (read as feature_format='NHWC', (B, h, w, D); a (B, D, h, w) map needs feature_format='NCHW')"
             raise ValueError(f"the patch grid ({h}, {w}) does not divide the mask's ({h_img}, {w_img}){hint}")
         return rows, h, w
 

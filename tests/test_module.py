@@ -201,6 +201,21 @@ def test_from_timm_vit_family_prefix_and_patch(name, kwargs, prefix, size):
     torch.testing.assert_close(loss, channels_first_loss(rows, mask, 4, 4))
 
 
+def test_padded_images_need_the_mask_padded():
+    """A ViT that pads images to whole patches (timm's dynamic_img_pad) makes a grid the mask does
+    not divide: the error says to pad the mask with ignore_index, and the padded mask works."""
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=1,
+                            dynamic_img_size=True, dynamic_img_pad=True).eval()
+    crit = ct.ContrastivePatchLoss.from_timm(vit, 3, min_purity=0.5, backend="torch")
+    tokens = vit.forward_features(torch.randn(2, 3, 40, 40))  # padded to 48 x 48: 3 x 3 patches
+    mask = _mask(2, 48, 48, seed=8)[:, :40, :40]
+    with pytest.raises(ValueError, match="padded with ignore_index"):
+        crit(tokens, mask)
+    padded = torch.nn.functional.pad(mask, (0, 8, 0, 8), value=255)
+    assert crit(tokens, padded).item() > 0
+
+
 def channels_first_loss(rows, mask, h, w):
     """The loss of (B*h*w, D) patch rows given as a (B, D, h, w) map."""
     b = mask.shape[0]
