@@ -44,55 +44,28 @@ def _next_up(x):
     return _from_ord(_ord(_canon(x)) + 1)[()]
 
 
-def search_passes(x, k, slots=64, edges=8, value_passes=2, max_passes=16):
-    """Search passes before the row collects (or settles on one value), for the k-th largest x."""
+def search_passes(x, k, slots=64, edges=8, value_passes=2, max_passes=16, first=None):
+    """Search passes before the row collects (or settles on one value), for the k-th largest x.
+    first: the design without a stats pass (--blocks): the first pass counts at -inf and these
+    NB - 1 ascending edges, the interval starting as every value."""
     x = np.sort(x.astype(np.float32))
     n = len(x)
-    if n <= k or n <= slots or x[0] == x[-1]:
+    if n <= k or n <= slots or (first is None and x[0] == x[-1]):
         return 0
-    lo, hi = _canon(F32(x[0]))[()], _next_up(F32(x[-1]))
+    if first is None:
+        lo, hi = _canon(F32(x[0]))[()], _next_up(F32(x[-1]))
+    else:
+        lo, hi = F32(-np.inf), F32(np.inf)
     glo, ghi = n, 0
     b = np.arange(edges)
     for it in range(max_passes):
-        if it >= value_passes:
-            e = _canon(_from_ord(_ord(lo) + ((_ord(hi) - _ord(lo)) * b) // edges))
-        else:
-            e = _canon((lo + F32(hi - lo) * (b.astype(np.float32) * F32(1.0 / edges))).astype(np.float32))
-        g = n - np.searchsorted(x, e, side="left")
-        inside = x[(x >= lo) & (x < hi)]
-        best = int(((g >= k) & (b > 0)).sum())
-        new_lo, new_glo = e[best], g[best]
-        above = (b > best) & (e > new_lo)
-        new_hi, new_ghi = (e[above].min(), g[above & (e == e[above].min())].max()) if above.any() else (hi, ghi)
-        new_lo = max(new_lo, _canon(F32(inside.min()))[()])
-        cap = _next_up(F32(inside.max()))
-        if cap < new_hi:
-            new_ghi = ghi
-        lo, hi, glo, ghi = F32(new_lo), F32(min(new_hi, cap)), new_glo, new_ghi
-        assert glo >= k > ghi
-        if glo - ghi <= slots or _next_up(lo) >= hi:
-            return it + 1
-    return max_passes
-
-
-def search_passes_from_edges(x, k, first, slots=64, edges=8, value_passes=2, max_passes=16):
-    """search_passes without the stats pass: the first pass counts at edges -inf, *first (NB - 1
-    ascending values); the interval starts as every value."""
-    x = np.sort(x.astype(np.float32))
-    n = len(x)
-    if n <= k or n <= slots:
-        return 0
-    lo, hi, glo, ghi = F32(-np.inf), F32(np.inf), n, 0
-    b = np.arange(edges)
-    for it in range(max_passes):
-        if it == 0:
+        if it == 0 and first is not None:
             e = np.concatenate([[-np.inf], np.sort(first)]).astype(np.float32)
-        elif it < value_passes:
-            e = _canon((lo + F32(hi - lo) * (b.astype(np.float32) * F32(1.0 / edges))).astype(np.float32))
-        else:
+        elif it >= value_passes:
             e = _canon(_from_ord(_ord(lo) + ((_ord(hi) - _ord(lo)) * b) // edges))
+        else:
+            e = _canon((lo + F32(hi - lo) * (b.astype(np.float32) * F32(1.0 / edges))).astype(np.float32))
         g = n - np.searchsorted(x, e, side="left")
-        g[0] = glo
         inside = x[(x >= lo) & (x < hi)]
         best = int(((g >= k) & (b > 0)).sum())
         new_lo, new_glo = e[best], g[best]
@@ -142,7 +115,7 @@ def block_sweeps(u, y, k, scale, blocks, every, rng, bm=64):
                 member[i] = False
                 x = -s[r] if positive else s[r]
                 t = max(t, 1 + search_passes(x[member], k))
-                g = max(g, search_passes_from_edges(x[member], k, sample_edges(x[cols][member[cols]], member.sum(), k)))
+                g = max(g, search_passes(x[member], k, first=sample_edges(x[cols][member[cols]], member.sum(), k)))
         today.append(t)
         sampled.append(g)
     return today, sampled
