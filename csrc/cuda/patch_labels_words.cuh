@@ -133,7 +133,9 @@ patch_labels_words_kernel(const uint32_t* __restrict__ words, int64_t W4, int ph
   }
   labels[patch] = best_n > 0 ? static_cast<int64_t>(best_c) : ignore_index;
   purity[patch] = static_cast<float>(best_n) / static_cast<float>(area);  // IEEE division
-  const int nbad = words_detail::count_bad(w, C, ig);
+  // prev is now ge_C: the bytes >= C, the bad ones and any ignored ones >= C. The ignored ones
+  // are taken out by a second count only where there are any (a clean patch skips it).
+  const int nbad = ig >= C && prev > 0 ? words_detail::count_bad(w, C, ig) : prev;
   if (nbad) add_bad_pixels(bad, nbad);
 }
 
