@@ -11,6 +11,13 @@ from .reference import patch_labels_reference
 MASK_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
+def ignore_byte(dtype: torch.dtype, ignore_index: int) -> int:
+    """ignore_index as the byte a uint8 / int8 / bool mask holds for it; -1 when no element can
+    equal it (the word kernels' IGNORE_BYTE; csrc/cuda/patch_labels.cpp has the C++ twin)."""
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    return ignore_index & 0xFF if lo <= ignore_index <= hi else -1
+
+
 def as_patch_size(patch_size) -> tuple[int, int]:
     if isinstance(patch_size, bool):
         raise TypeError("patch_size must be an int or a pair (ph, pw), got bool")

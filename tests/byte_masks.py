@@ -2,6 +2,7 @@
 the dtype holds ignore_index, a few bad values; and the check against the reference."""
 import torch
 
+from ct_kernels.patch import ignore_byte
 from ct_kernels.reference import patch_labels_reference
 
 # (dtype, ph, pw, num_classes, ignore_index): the cumulative counts meet the ignore byte below,
@@ -19,18 +20,12 @@ BYTE_CASES = [
 ]
 
 
-def ignore_byte(dtype: torch.dtype, ignore: int) -> int:
-    """ignore_index as the byte a mask of this dtype holds for it; -1 when none can."""
-    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
-    return ignore & 0xFF if lo <= ignore <= hi else -1
-
-
 def byte_mask(dtype, shape, num_classes, ignore, seed):
     g = torch.Generator().manual_seed(seed)
     m = torch.randint(0, num_classes, shape, generator=g)
-    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
-    if lo <= ignore <= hi:
+    if ignore_byte(dtype, ignore) >= 0:  # the dtype holds ignore_index
         m[torch.rand(shape, generator=g) < 0.2] = ignore
+    hi = 255 if dtype == torch.uint8 else 127
     bad_values = [v for v in (num_classes, 200 if dtype == torch.uint8 else -5, hi) if v != ignore]
     where = torch.rand(shape, generator=g) < 0.02
     m[where] = torch.tensor(bad_values)[torch.randint(0, len(bad_values), (int(where.sum()),), generator=g)]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from byte_masks import BYTE_CASES, assert_matches_reference, byte_mask, ignore_byte
+from byte_masks import BYTE_CASES, assert_matches_reference, byte_mask
+from ct_kernels.patch import ignore_byte
 from emu_build import build_emulator
 
 ROOT = Path(__file__).resolve().parents[1]

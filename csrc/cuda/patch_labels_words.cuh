@@ -65,15 +65,14 @@ __device__ __forceinline__ int count_at_least(const uint32_t (&w)[kMaxWords], in
   return c.total();
 }
 
-// Bad pixels: a byte >= C that is not the ignore byte ig (ig < 0: none can be).
+// Bad pixels when the ignore byte ig is >= C: a byte >= C other than ig. (With ig < C, or none,
+// every byte >= C is bad: the class loop's ge_C.)
 __device__ __forceinline__ int count_bad(const uint32_t (&w)[kMaxWords], int C, int ig) {
   HalfCounts c;
 #pragma unroll
   for (int i = 0; i < kMaxWords; ++i) {
     const uint32_t wh = w[i] | kHigh;
-    uint32_t lanes = at_least(w[i], wh, C);
-    if (ig >= C) lanes &= (at_least(w[i], wh, ig) ^ kHigh) | at_least(w[i], wh, ig + 1);
-    c.add(i, lanes);
+    c.add(i, at_least(w[i], wh, C) & ((at_least(w[i], wh, ig) ^ kHigh) | at_least(w[i], wh, ig + 1)));
   }
   return c.total();
 }
