@@ -156,9 +156,12 @@ Thr<T> find_thresholds(const Problem<T>& P, int64_t i, const T* srow, const int3
 // ------------------------------------------------------------------------------------------
 // Branch-free row loops: written so the compiler vectorizes them (omp simd), compiled in AVX-512
 // / AVX2 / baseline clones chosen at load time. float uses a Cephes-style exp (about 1 ulp);
-// double uses std::exp.
+// double uses std::exp. Every helper the loops call is always_inline: GCC does not inline a
+// plain inline function into a target_clones clone (its arch differs), and one call per
+// element keeps the loop scalar. Counts add a bool converted to int, not `b ? 1 : 0`: GCC 12
+// if-converts the latter only with AVX-512's masks, leaving the AVX2 clone scalar.
 
-inline float fexp(float x) {
+__attribute__((always_inline)) inline float fexp(float x) {
   x = x < -87.0f ? -87.0f : x;
   x = x > 88.0f ? 88.0f : x;
   const float magic = 12582912.0f;  // 1.5 * 2^23: round to nearest
@@ -238,7 +241,7 @@ __attribute__((always_inline)) inline void row_max(const T* __restrict s, int32_
     const bool mem = kMode == 0 ? (pos | neg) : neg;
     mx = std::max(mx, mem ? v : ninf);
     psum += pos ? v : T(0);
-    np += pos ? 1 : 0;
+    np += static_cast<int32_t>(pos);
   }
   mx_out = mx;
   np_out = np;
@@ -308,7 +311,7 @@ __attribute__((always_inline)) inline void row_grad(const T* __restrict s, T* __
     if (kVariant == kSupCon) gj = g[b] * ej - (same ? gnp[b] : T(0));
     else gj = same ? -gnp[b] / (T(1) + ej) : g[b] * w[b] * ej;
     h[b] = (memi ? gi : T(0)) + (memj ? gj : T(0));
-    cnt += (memi & same) ? 1 : 0;
+    cnt += static_cast<int32_t>(memi & same);
   }
   npos_seen += cnt;
 }
