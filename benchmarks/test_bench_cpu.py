@@ -1,7 +1,8 @@
 """CPU benchmarks (pytest-benchmark): `make bench`.
 
 SupCon forward+backward, D=128, float32, 6 classes: the dense torch reference, the native C++
-backend, and the three N x N x D matrix products alone (the floor a fused CPU kernel can approach).
+backend, and the three N x N x D matrix products alone (the floor a fused CPU kernel can approach);
+then the native backend's InfoNCE and hard mining (kp = kn = 64) against its SupCon at N = 4096.
 """
 import pytest
 import torch
@@ -44,4 +45,22 @@ def test_supcon_fwd_bwd(benchmark, impl, n):
     def run():
         zz = z.clone().requires_grad_()
         ct.supcon_loss(zz, y, 0.1, backend=impl).backward()
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("loss", ["supcon", "infonce", "supcon_mined64", "infonce_mined64"])
+def test_native_variants_fwd_bwd(benchmark, loss):
+    """What InfoNCE (two forward passes) and hard mining (per-row thresholds) cost on top."""
+    if not _native_ok():
+        pytest.skip("native CPU supcon kernel not built")
+    n = 4096
+    z, y = _inputs(n)
+    variant, _, mined = loss.partition("_")
+    k = 64 if mined else None
+    benchmark.group = f"native variants fwd+bwd N={n} D={D}"
+
+    def run():
+        zz = z.clone().requires_grad_()
+        ct.supcon_loss(zz, y, 0.1, variant=variant, hard_positives=k, hard_negatives=k,
+                       backend="native").backward()
     benchmark.pedantic(run, rounds=3, warmup_rounds=1)
