@@ -50,7 +50,12 @@ def _guess_cuda_home() -> None:
 
 _guess_cuda_home()
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ImportError:  # pip's build isolation hides the user's torch: the extension must match it
+    sys.exit("ct_kernels: building the extension needs the torch it will run with, and none was "
+             "found. Install torch first, then build against it with "
+             "`pip install --no-build-isolation .` (pip's isolated build environment has no torch).")
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
