@@ -13,7 +13,8 @@ from torch import nn
 
 
 class MemoryBank(nn.Module):
-    """``size_per_class`` most recent rows of each class, stored detached in ``dtype``.
+    """``size_per_class`` most recent rows of each class, ``dim`` features each, stored detached
+    in ``dtype``, a ring buffer per class for ``num_classes`` classes.
 
     ``update(z, labels)`` pushes a batch (rows whose label is outside [0, num_classes), such as
     ``ignore_index``, are skipped, as patches left out of the loss are; when a batch holds more

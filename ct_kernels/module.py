@@ -76,6 +76,28 @@ class ContrastivePatchLoss(nn.Module):
     ``process_group`` the kept rows of every rank are gathered into it (one more all_gather of
     N x D), so every rank holds the same bank, as ContrastiveSeg's queues do, and the loss stays
     the single-process loss of the concatenated batch.
+
+    Args:
+        num_classes: classes of the mask (values 0 .. num_classes - 1).
+        temperature, variant, hard_positives, hard_negatives, backend, process_group: as in
+            ``ct_kernels.supcon_loss``.
+        ignore_index: mask value of unlabelled pixels.
+        min_purity: a patch takes part when its majority class covers at least this fraction of
+            its pixels (1.0: pure patches only, the paper's rule); compared as
+            count >= ceil(min_purity * ph * pw).
+        num_prefix_tokens: tokens before the patch grid (class, distillation, register tokens).
+        mining: ``"similarity"`` or ``"confidence"`` (see above).
+        confidence_fraction, max_per_class, min_per_class: the confidence selection takes, per
+            class, k = min(floor(n_c * confidence_fraction), max_per_class) anchors, hard
+            positives and hard negatives, and skips the class when k < min_per_class
+            (``ct_kernels.confidence``).
+        memory_bank: a ``ct_kernels.MemoryBank`` (see above).
+        feature_format: ``"NCHW"`` or ``"NHWC"``, the layout of 4-D feature maps.
+
+    ``forward(features, mask, grid=None, logits=None)``: ``features`` (B, N, D) tokens, a 4-D
+    map, or a list of them (the mean of the per-stage losses); ``mask`` (B, H, W) integer or bool;
+    ``grid`` the (h, w) of each stage when it cannot be inferred from N and H/W. Returns the
+    scalar loss; ``last_num_patches`` holds how many patches took part (a device tensor).
     """
 
     def __init__(self, num_classes: int, temperature: float = 0.1, ignore_index: int = 255,

@@ -97,6 +97,13 @@ def patch_labels(mask: torch.Tensor, patch_size, num_classes: int, ignore_index:
     ``purity`` float32 = majority count / (ph * pw), ignored pixels counting as impure. A mask value
     outside [0, num_classes) other than ``ignore_index`` raises ValueError (read after the kernel,
     from a count it writes; on CUDA this is one host synchronisation).
+
+    Args:
+        mask: (B, H, W) integer or bool tensor.
+        patch_size: int or (ph, pw), dividing H and W.
+        num_classes: valid labels are 0 .. num_classes - 1.
+        ignore_index: mask value of unlabelled pixels.
+        backend: ``"auto"``, ``"triton"``, ``"native"`` or ``"torch"``.
     """
     ph, pw = as_patch_size(patch_size)
     check_mask(mask, ph, pw)

@@ -140,14 +140,45 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
                 process_group=None, contrast=None) -> torch.Tensor:
     """Supervised contrastive (SupCon) or per-positive InfoNCE loss over the rows of ``z``.
 
-    See DESIGN.md ("The loss, exactly") for the formula. Rows whose label equals
-    ``ignore_index`` take no part. The result is float32 for half inputs, else z's dtype.
-    ``contrast=(zc, yc)`` adds detached rows (a memory bank, ``ct_kernels.MemoryBank``) to the
-    contrast set: they are columns only, never anchors, and get no gradient. With
-    ``process_group`` each rank's anchors see every rank's rows plus the contrast rows given on
-    that rank: give every rank the same ones (a bank updated with gathered rows) and the result is
-    the single-process loss of the concatenated batch with that bank.
-    Under ``torch.autocast`` the rows keep the dtype they come in (accumulation is float32).
+    For the rows V whose label is not ``ignore_index``: s_ij = <u_i, u_j> / temperature with
+    u = z / ||z|| (``normalize=True``). Anchor i contrasts A_i = V without i; its positives are
+    P_i = {p in A_i : y_p = y_i}, its negatives N_i = A_i without P_i.
+
+    * ``variant="supcon"`` (Khosla et al.; pytorch-metric-learning's ``SupConLoss`` on batches
+      with a negative pair): l_i = -mean_{p in P_i} s_ip + log sum_{a in A_i} exp(s_ia).
+    * ``variant="infonce"`` (per positive, as ContrastiveSeg):
+      l_i = mean_{p in P_i} [-s_ip + log(exp(s_ip) + sum_{n in N_i} exp(s_in))].
+    * ``hard_positives=kp`` keeps the kp positives of lowest s_ip, ``hard_negatives=kn`` the kn
+      negatives of highest s_in (ties to the lower column, i.e. row, index); A_i becomes P_i + N_i. The
+      selection is a constant for autograd.
+
+    Nothing of size N x N is stored: the fused backends stream the similarity matrix in tiles.
+
+    Args:
+        z: (M, D) float32, bfloat16, float16 or float64 rows (any strides).
+        labels: (M,) integer class of each row; rows equal to ``ignore_index`` take no part.
+        temperature: T > 0.
+        variant: ``"supcon"`` or ``"infonce"``.
+        hard_positives, hard_negatives: k of hard mining per anchor (None: all).
+        ignore_index: label of the rows to leave out.
+        normalize: L2-normalise the rows first (the loss assumes it; False for rows you normalised).
+        reduction: ``"mean"`` over the anchors that have a positive, ``"sum"``, or ``"none"``
+            (per row, 0.0 for rows without a loss). A batch without any positive pair gives 0.0,
+            still connected to ``z`` (zero gradient).
+        backend: ``"auto"``, ``"triton"``, ``"native"`` or ``"torch"`` (``CT_KERNELS_BACKEND``
+            overrides ``"auto"``). A backend that is asked for and missing raises and says what to
+            install.
+        process_group: torch.distributed group: local anchors against every rank's rows, scaled so
+            that DDP's gradient averaging gives the single-process gradient of the whole batch; log
+            the mean over ranks.
+        contrast: ``(zc, yc)`` detached extra rows (a memory bank, ``ct_kernels.MemoryBank``):
+            columns only, never anchors, no gradient. With ``process_group`` give every rank the
+            same ones (a bank updated with gathered rows); the result is then the single-process
+            loss of the concatenated batch with that bank.
+
+    Returns:
+        The loss: float32 for bfloat16/float16 rows, else z's dtype. Under ``torch.autocast``
+        the rows keep the dtype they come in; accumulation is float32.
     """
     kp, kn = check_loss_options(temperature, variant, hard_positives, hard_negatives, reduction, backend)
     _check_inputs(z, labels)
