@@ -257,11 +257,11 @@ def _clone_bodies(disassembly: str, tag: str):
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
                     reason="checks the x86-64 target_clones of the float row loops")
 def test_float_row_loops_are_vectorized_without_calls():
-    # The float row loops (exp, masks, softmax gradient per element of a tile) are compiled in
-    # AVX-512 / AVX2 clones. A helper that the compiler does not inline into a clone (GCC will
-    # not inline a plain `inline` function across a different `arch=`) leaves one call per
-    # element and a scalar loop: the backward then ran 2.7x slower. Speed is not timed in tests;
-    # this checks the structure that gives it.
+    # The float row loops (exp, masks, softmax gradient per element of a tile; the mining
+    # thresholds' key counts) are compiled in AVX-512 / AVX2 clones. A helper that the compiler
+    # does not inline into a clone (GCC will not inline a plain `inline` function across a
+    # different `arch=`) leaves one call per element and a scalar loop: the backward then ran
+    # 2.7x slower. Speed is not timed in tests; this checks the structure that gives it.
     from ct_kernels import _C
     try:
         dis = subprocess.run(["objdump", "-d", "-C", "--no-show-raw-insn", _C.__file__],
@@ -270,8 +270,9 @@ def test_float_row_loops_are_vectorized_without_calls():
         pytest.skip(f"objdump unavailable: {e}")
     for tag, reg in (("[clone .arch_x86_64_v4]", "zmm"), ("[clone .arch_x86_64_v3]", "ymm")):
         bodies = _clone_bodies(dis, tag)
-        names = {fn: next((b for b in bodies if fn + "(float" in b), None)
-                 for fn in ("row_max_f", "row_sumexp_f", "row_grad_f")}
+        names = {fn: next((b for b in bodies if fn + "(" + arg in b), None)
+                 for fn, arg in (("row_max_f", "float"), ("row_sumexp_f", "float"), ("row_grad_f", "float"),
+                                 ("kth_largest_key", "unsigned int"))}
         assert all(names.values()), f"float row loop clones {tag} not found: {sorted(bodies)}"
         for fn, sym in names.items():
             calls = [ln.strip() for ln in bodies[sym] if "\tcall" in ln]
