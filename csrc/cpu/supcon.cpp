@@ -10,7 +10,7 @@
 // every row is a column. Only the row blocks that meet [a0, a1) run, with the whole-batch block
 // grid, so the tiles (and the bits of s) are those of a whole-batch call.
 // forward, per row block (parallel): the block's rows of s (kBlock x M, recomputed per tile
-// with at::mm) -> per-row mining thresholds (nth_element on (value, column)) -> loss terms.
+// with at::mm) -> per-row mining thresholds (k-th key by bisection, then the column) -> loss terms.
 // backward, per row block (parallel): for each column block J, recompute the tile, form
 // H_ij = G_ij + G_ji from the saved per-row statistics of i and j (all M rows), and
 // dU_I += H U_J (at::mm); no atomics, one writer per row.
