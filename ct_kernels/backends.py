@@ -144,8 +144,9 @@ def resolve(backend: str, device: torch.device, op: str, dtype: torch.dtype | No
         from . import _native
         raise RuntimeError(
             f"backend='native' was requested for {op} but the compiled extension ct_kernels._C is not "
-            f"available: {_native.unavailable_reason()}. Build it with `pip install -e .` (or `make "
-            "build`) in the ct_kernels checkout, or use backend='torch'/'triton'.")
+            f"available: {_native.unavailable_reason()}. Build it against the installed torch with "
+            "`pip install --no-build-isolation -e .` (or `make build`) in the ct_kernels checkout, or use "
+            "backend='torch'/'triton'.")
     if not mod.supports(op, device):
         raise RuntimeError(
             f"backend='native' has no {device.type} kernel for {op} in this build: "

@@ -1,4 +1,5 @@
-"""setup.py outside the pinned environment: what a user installing into their own one meets."""
+"""Building and not building: setup.py outside the pinned environment, and the package without
+its compiled extension (it runs the torch backend and says how to build the rest)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -15,3 +16,32 @@ def test_setup_without_torch_says_how_to_build():
     assert r.returncode != 0
     assert "pip install --no-build-isolation ." in r.stderr, r.stderr
     assert "pip install --no-build-isolation ." in (ROOT / "README.md").read_text()
+
+
+_NO_EXTENSION = r"""
+import sys
+sys.modules["ct_kernels._C"] = None  # as if the extension had not been built
+import torch, ct_kernels as ct
+z, y = torch.randn(6, 3), torch.tensor([0, 0, 1, 1, 2, 2])
+assert ct.backend_for("cpu") == "torch", ct.backend_for("cpu")
+assert ct.available_backends()["native"] != "ok"
+ref = ct.supcon_loss(z, y, 0.5, backend="torch")
+assert torch.equal(ct.supcon_loss(z, y, 0.5), ref)  # auto runs the torch backend
+for call in (lambda: ct.supcon_loss(z, y, 0.5, backend="native"),
+             lambda: ct.patch_labels(torch.zeros(1, 4, 4, dtype=torch.long), 2, 3, backend="native")):
+    try:
+        call()
+    except RuntimeError as e:
+        print(e)
+    else:
+        raise SystemExit("backend='native' without the extension did not raise")
+"""
+
+
+def test_runs_without_the_extension_and_says_how_to_build_it():
+    r = subprocess.run([sys.executable, "-c", _NO_EXTENSION], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        assert "ct_kernels._C" in line and "pip install --no-build-isolation -e ." in line, line
