@@ -108,6 +108,13 @@ def test_unnormalized_and_no_valid_rows():
     assert torch.all(rows == 0) and torch.all(npos == 0) and torch.all(du == 0)
 
 
+@pytest.mark.parametrize("kp,kn", [(0, 0), (3, 3)])
+def test_no_rows(kp, kn):
+    rows, npos, du, _ = _native_run(torch.zeros(0, 5, dtype=torch.float64), torch.zeros(0, dtype=torch.int64),
+                                    0.5, "supcon", kp, kn, torch.zeros(0, dtype=torch.float64))
+    assert rows.shape == (0,) and npos.shape == (0,) and du.shape == (0, 5)
+
+
 def test_deterministic_and_thread_independent():
     u, y, grad = _case(600, 24, 5, seed=9, dtype=torch.float32)
     a = _native_run(u, y, 0.1, "supcon", 5, 17, grad)
