@@ -14,6 +14,12 @@ _ROW_IGNORE = -1  # label carried by left-out patches into supcon_loss
 _MAP_FORMATS = ("NCHW", "NHWC")  # layouts of 4-D feature maps (timm's output_fmt names)
 
 
+def _check_feature_format(feature_format) -> None:
+    if feature_format not in _MAP_FORMATS:
+        raise ValueError(f"feature_format must be 'NCHW' ((B, D, h, w) maps) or 'NHWC' ((B, h, w, D) maps, as "
+                         f"timm's Swin and MambaOut give), got {feature_format!r}")
+
+
 class ProjectionHead(nn.Module):
     """Linear, GELU, Linear (the paper's projection head), applied to the last dimension.
 
@@ -24,8 +30,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, in_dim: int, out_dim: int = 128, hidden_dim: int | None = None, *,
                  feature_format: str = "NCHW"):
         super().__init__()
-        if feature_format not in _MAP_FORMATS:
-            raise ValueError(f"feature_format must be 'NCHW' or 'NHWC', got {feature_format!r}")
+        _check_feature_format(feature_format)
         hidden_dim = hidden_dim or in_dim
         self.feature_format = feature_format
         self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
@@ -113,9 +118,7 @@ class ContrastivePatchLoss(nn.Module):
             raise ValueError(f"min_purity must be a number in [0, 1], got {min_purity!r}")
         if isinstance(num_prefix_tokens, bool) or not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
-        if feature_format not in _MAP_FORMATS:
-            raise ValueError(f"feature_format must be 'NCHW' ((B, D, h, w) maps) or 'NHWC' ((B, h, w, D) maps, as "
-                             f"timm's Swin and MambaOut give), got {feature_format!r}")
+        _check_feature_format(feature_format)
         if mining not in ("similarity", "confidence"):
             raise ValueError(f"mining must be 'similarity' or 'confidence', got {mining!r}")
         if mining == "confidence":

@@ -423,11 +423,12 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
   // Each task holds its block's rows of s (kBlock x M). With one task a thread that is
   // threads x kBlock x M: N x N once threads x kBlock reaches N (64 threads at N = 16384). The
   // grain caps the tasks that run at once to what kRowsBudget holds.
-  const int64_t row_bytes = std::max<int64_t>(1, std::min(kBlock, M) * M * static_cast<int64_t>(sizeof(T)));
+  const int64_t row_elems = std::min(kBlock, M) * M;
+  const int64_t row_bytes = std::max<int64_t>(1, row_elems * static_cast<int64_t>(sizeof(T)));
   const int64_t live = std::max<int64_t>(1, kRowsBudget / row_bytes);
   const int64_t grain = std::max<int64_t>(1, (P.b_hi - P.b_lo + live - 1) / live);
   at::parallel_for(P.b_lo, P.b_hi, grain, [&](int64_t b0, int64_t b1) {
-    std::vector<T> R(static_cast<size_t>(std::min(kBlock, M) * M));
+    std::vector<T> R(static_cast<size_t>(row_elems));
     std::vector<typename KeyOf<T>::U> scratch;
     for (int64_t I = b0; I < b1; ++I) {
       const int64_t ri = P.r0(I), ni = P.r1(I) - ri;
