@@ -8,6 +8,7 @@ import torch
 
 from ct_kernels import _native
 from ct_kernels.reference import supcon_rows_reference
+from ct_kernels.selfcheck import rel_err
 
 pytestmark = pytest.mark.skipif(not _native.available() or not _native.supports("supcon_loss", torch.device("cpu")),
                                 reason="ct_kernels._C (CPU supcon) not built")
@@ -37,11 +38,6 @@ def _native_run(u, y, temp, variant, kp, kn, grad):
     rows, npos, saved = _native.supcon_forward(u, y, IGN, 1.0 / temp, variant, kp, kn, False)
     du = _native.supcon_backward(u, y, IGN, 1.0 / temp, variant, kp, kn, False, saved, grad.to(rows.dtype))
     return rows, npos, du, saved
-
-
-def _rel(a, b):
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 
 CASES = [  # (m, d, ncls, p_ignore)
@@ -81,8 +77,8 @@ def test_float32_normwise(variant, kp, kn):
     rows, npos, du, _ = _native_run(u.float(), y, temp, variant, kp, kn, grad)
     assert rows.dtype == torch.float32 and du.dtype == torch.float32
     assert torch.equal(npos.long(), rn)
-    assert _rel(rows, rr) <= 1e-5
-    assert _rel(du, rdu) <= 1e-5
+    assert rel_err(rows, rr) <= 1e-5
+    assert rel_err(du, rdu) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -93,8 +89,8 @@ def test_half_inputs_accumulate_in_float32(dtype):
     rows, npos, du, _ = _native_run(uh, y, 0.2, "supcon", 0, 0, grad)
     assert rows.dtype == torch.float32 and du.dtype == dtype
     assert torch.equal(npos.long(), rn)
-    assert _rel(rows, rr) <= 1e-5
-    assert _rel(du, rdu) <= 1e-2  # du is rounded to the input dtype
+    assert rel_err(rows, rr) <= 1e-5
+    assert rel_err(du, rdu) <= 1e-2  # du is rounded to the input dtype
 
 
 def test_unnormalized_and_no_valid_rows():
@@ -146,7 +142,7 @@ def test_exact_ties_in_mining(dtype, variant, kp, kn):
     rr, rn, rdu = _reference(u, y, 0.5, variant, kp, kn, grad)
     rows, npos, du, _ = _native_run(u.to(dtype), y, 0.5, variant, kp, kn, grad)
     assert torch.equal(npos.long(), rn)
-    assert _rel(rows, rr) <= 1e-6 and _rel(du, rdu) <= 1e-6
+    assert rel_err(rows, rr) <= 1e-6 and rel_err(du, rdu) <= 1e-6
 
 
 class _Fn(torch.autograd.Function):

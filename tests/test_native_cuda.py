@@ -9,6 +9,7 @@ from byte_masks import BYTE_CASES, assert_matches_reference, byte_mask
 from ct_kernels import _native
 from ct_kernels.precision import FP32_3XTF32_ENV, FP32_3XTF32_TOLERANCE as TOL_3XTF32
 from ct_kernels.reference import patch_labels_reference, supcon_rows_reference
+from ct_kernels.selfcheck import rel_err
 
 HAS_CUDA = torch.cuda.is_available()
 pytestmark = [
@@ -91,10 +92,6 @@ def _run(u, y, temp, variant, kp, kn, grad, allow_tf32=False):
     return rows, npos, du
 
 
-def _rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30)).item()
-
-
 CASES = [(1, 3, 2, 0.0), (2, 5, 1, 0.0), (37, 5, 3, 0.1), (61, 7, 1, 0.2), (29, 4, 1000, 0.0),
          (130, 33, 4, 0.15), (300, 100, 7, 0.05)]
 MINING = [(0, 0), (1, 0), (0, 1), (3, 7), (2, 10_000), (10_000, 10_000)]
@@ -124,8 +121,8 @@ def test_float32_normwise(variant, kp, kn, m, d, path):
     rows, npos, du = _run(u.float(), y, 0.1, variant, kp, kn, grad)
     assert rows.dtype == torch.float32 and du.dtype == torch.float32
     assert torch.equal(npos.long(), rn)
-    assert _rel(rows, rr) <= 1e-5
-    assert _rel(du, rdu) <= 1e-5
+    assert rel_err(rows, rr) <= 1e-5
+    assert rel_err(du, rdu) <= 1e-5
 
 
 @pytest.fixture(params=["wmma", "fma", "mma", "mma32"])
@@ -159,8 +156,8 @@ def test_half_inputs(dtype, variant, m, d, path):
     rows, npos, du = _run(uh, y, 0.1, variant, 0, 0, grad)
     assert rows.dtype == torch.float32 and du.dtype == dtype
     assert torch.equal(npos.long(), rn)
-    assert _rel(rows, rr) <= 1e-5
-    assert _rel(du, rdu) <= 2e-2  # du rounded to the input dtype; H rounded to it on tensor cores
+    assert rel_err(rows, rr) <= 1e-5
+    assert rel_err(du, rdu) <= 2e-2  # du rounded to the input dtype; H rounded to it on tensor cores
 
 
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
@@ -173,7 +170,7 @@ def test_fp16_backward_with_mean_reduction_weights(variant, path):
     grad = torch.full((m,), 1.0 / m, dtype=torch.float64, device=DEV)
     _, _, rdu = _reference(uh.double(), y, 0.1, variant, 0, 0, grad)
     _, _, du = _run(uh, y, 0.1, variant, 0, 0, grad)
-    assert _rel(du, rdu) <= 2e-2
+    assert rel_err(du, rdu) <= 2e-2
 
 
 @pytest.mark.parametrize("m,d", [(777, 128), (200, 150)])
@@ -183,7 +180,7 @@ def test_tf32_no_mining(m, d, path):
         rr, rn, rdu = _reference(u, y, 0.1, variant, 0, 0, grad)
         rows, npos, du = _run(u.float(), y, 0.1, variant, 0, 0, grad, allow_tf32=True)
         assert torch.equal(npos.long(), rn)
-        assert _rel(rows, rr) <= 5e-3 and _rel(du, rdu) <= 5e-3
+        assert rel_err(rows, rr) <= 5e-3 and rel_err(du, rdu) <= 5e-3
 
 
 @pytest.mark.parametrize("dtype,tf32", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, True),
@@ -205,8 +202,8 @@ def test_mma_path_large_batch_slices_and_determinism(dtype, tf32, variant, rows_
     rr, rn, rdu = _reference(uh.double() if dtype != torch.float32 else u, y, 0.1, variant, 0, 0, grad)
     rows, npos, du = _run(uh, y, 0.1, variant, 0, 0, grad, allow_tf32=tf32)
     assert torch.equal(npos.long(), rn)
-    assert _rel(rows, rr) <= (5e-3 if tf32 else 1e-5)
-    assert _rel(du, rdu) <= (5e-3 if tf32 else TOL_3XTF32 if dtype == torch.float32 else 2e-2)
+    assert rel_err(rows, rr) <= (5e-3 if tf32 else 1e-5)
+    assert rel_err(du, rdu) <= (5e-3 if tf32 else TOL_3XTF32 if dtype == torch.float32 else 2e-2)
     again = _run(uh, y, 0.1, variant, 0, 0, grad, allow_tf32=tf32)
     assert all(torch.equal(a, b) for a, b in zip((rows, npos, du), again))
     lo, n = 1000, 1500
@@ -259,7 +256,7 @@ def test_ties_in_mining():
                 rr, rn, rdu = _reference(u, y, 0.5, variant, kp, kn, grad)
                 rows, npos, du = _run(u.to(dt), y, 0.5, variant, kp, kn, grad)
                 assert torch.equal(npos.long(), rn)
-                assert _rel(rows, rr) <= 1e-5 and _rel(du, rdu) <= 1e-5
+                assert rel_err(rows, rr) <= 1e-5 and rel_err(du, rdu) <= 1e-5
 
 
 @pytest.mark.parametrize("dtype,tf32", [(torch.bfloat16, False), (torch.float16, False), (torch.float32, True)])
@@ -272,8 +269,8 @@ def test_mining_on_tensor_cores(dtype, tf32, path):
             rr, rn, rdu = _reference(u, y, 0.5, variant, kp, kn, grad)
             rows, npos, du = _run(u.to(dtype), y, 0.5, variant, kp, kn, grad, allow_tf32=tf32)
             assert torch.equal(npos.long(), rn)
-            assert _rel(rows, rr) <= 1e-5
-            assert _rel(du, rdu) <= (5e-3 if dtype == torch.float32 else 2e-2)  # H rounded on tensor cores
+            assert rel_err(rows, rr) <= 1e-5
+            assert rel_err(du, rdu) <= (5e-3 if dtype == torch.float32 else 2e-2)  # H rounded on tensor cores
 
 
 def test_current_stream_and_gradcheck():

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ct_kernels.reference import supcon_rows_reference
+from ct_kernels.selfcheck import rel_err
 
 from emu_build import build_emulator
 
@@ -86,10 +87,6 @@ def _case(m, d, ncls, seed, p_ignore=0.15):
     return u, labels, grad
 
 
-def _rel(out, ref):
-    return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
 # bf16 / fp16 round H to 16 bits before the dU product (as the WMMA path and Triton do): ~2^-9
 # relative per element; tf32 rounds H to 10 mantissa bits. The forward sees the operands exactly
 # (products of rounded values, fp32 sums), so it is held to fp32 accuracy.
@@ -121,16 +118,16 @@ def test_mma_kernels_match_reference(emu_binary, tmp_path, kind, variant, shape,
 
     ref_rows, ref_npos = supcon_rows_reference(used, labels, valid, 0.1, variant)
     assert torch.equal(out["npos_f"].long(), ref_npos)
-    assert _rel(out["loss_f"], ref_rows) < 2e-5
+    assert rel_err(out["loss_f"], ref_rows) < 2e-5
     assert torch.equal(out["npos_s"], out["npos_f"][lo:hi])  # the anchor slice is the same rows
-    assert _rel(out["loss_s"], ref_rows[lo:hi]) < 2e-5
+    assert rel_err(out["loss_s"], ref_rows[lo:hi]) < 2e-5
     assert torch.all(out["loss_f"][~valid] == 0) and torch.all(out["npos_f"][~valid] == 0)
 
     x = used.clone().requires_grad_(True)
     rows, _ = supcon_rows_reference(x, labels, valid, 0.1, variant, start=lo, count=hi - lo)
     (rows * grad[lo:hi].float().double()).sum().backward()
     ref_du = x.grad[lo:hi]
-    assert _rel(out["du"] * inv_temp, ref_du) < DU_TOL[kind]
+    assert rel_err(out["du"] * inv_temp, ref_du) < DU_TOL[kind]
     assert torch.isfinite(out["du"]).all()
 
 
@@ -153,7 +150,7 @@ def test_mma_kernels_edge_batches(emu_binary, tmp_path, variant):
         if x.grad.abs().max() == 0:
             assert torch.all(out["du"] == 0)
         else:
-            assert _rel(out["du"] * 10.0, x.grad) < DU_TOL["bf16"]
+            assert rel_err(out["du"] * 10.0, x.grad) < DU_TOL["bf16"]
 
 
 @pytest.mark.parametrize("m", [1, 2, 3])
@@ -183,4 +180,4 @@ def test_mma_fp16_backward_keeps_small_weights(emu_binary, tmp_path):
     x = used.clone().requires_grad_(True)
     rows, _ = supcon_rows_reference(x, labels, labels != IGN, 0.1, "supcon")
     (rows * grad.double()).sum().backward()
-    assert _rel(out["du"] * 10.0, x.grad) < DU_TOL["fp16"]
+    assert rel_err(out["du"] * 10.0, x.grad) < DU_TOL["fp16"]

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ct_kernels.reference import supcon_rows_reference
+from ct_kernels.selfcheck import rel_err
 
 from emu_build import build_emulator
 
@@ -94,10 +95,6 @@ def _random_case(m, d, seed):
     return u, labels, grad
 
 
-def _rel(out, ref):
-    return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-30))
-
-
 # H is rounded to the 16-bit type on the tensor-core paths (tf32: 10 mantissa bits)
 DU_TOL = {"bf16": 2e-2, "fp16": 4e-3, "tf32": 4e-3, "fp32": 1e-5, "fp64": 1e-10}
 LOSS_TOL = {"fp64": 1e-12}
@@ -120,7 +117,7 @@ def test_tile_kernels_match_reference(tiles_binary, tmp_path, kind, variant, kp,
     valid = labels != IGN
     ref_rows, ref_npos = supcon_rows_reference(used, labels, valid, temp, variant, kp or None, kn or None)
     assert torch.equal(out["npos_f"], ref_npos)
-    assert _rel(out["loss_f"], ref_rows) < LOSS_TOL.get(kind, 2e-6)
+    assert rel_err(out["loss_f"], ref_rows) < LOSS_TOL.get(kind, 2e-6)
     # the slice's rows are the whole batch's rows, to the bit (same tiles, same selection)
     assert torch.equal(out["loss_s"], out["loss_f"][lo:hi]) and torch.equal(out["npos_s"], out["npos_f"][lo:hi])
     assert torch.equal(out["stats_s"], out["stats_f"][2 * lo:2 * hi])
@@ -128,5 +125,5 @@ def test_tile_kernels_match_reference(tiles_binary, tmp_path, kind, variant, kp,
     x = used.clone().requires_grad_(True)
     rows, _ = supcon_rows_reference(x, labels, valid, temp, variant, kp or None, kn or None, lo, hi - lo)
     (rows * grad[lo:hi]).sum().backward()
-    assert _rel(out["du"] * (1 / temp), x.grad[lo:hi]) < DU_TOL[kind]
+    assert rel_err(out["du"] * (1 / temp), x.grad[lo:hi]) < DU_TOL[kind]
     assert torch.all(out["du"][~valid[lo:hi]] == 0)

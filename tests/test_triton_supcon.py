@@ -13,6 +13,7 @@ import torch
 from ct_kernels import triton_ops as T
 from ct_kernels.precision import FP32_3XTF32_ENV, FP32_3XTF32_TOLERANCE as TOL_3XTF32, fp32_matmul_precision
 from ct_kernels.reference import supcon_rows_reference
+from ct_kernels.selfcheck import rel_err
 
 pytestmark = pytest.mark.skipif(not T.AVAILABLE, reason=f"triton unavailable: {T.UNAVAILABLE_REASON}")
 
@@ -58,12 +59,6 @@ def run(u, labels, variant, kp, kn, grad_rows, temp=TEMP, tf32=False):
     loss, npos, saved = T.supcon_forward(u, labels, IGNORE, 1.0 / temp, variant, kp, kn, tf32)
     du = T.supcon_backward(u, labels, IGNORE, 1.0 / temp, variant, kp, kn, tf32, saved, grad_rows)
     return loss, npos, du
-
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    den = ref.norm()
-    return ((out - ref).norm() / den).item() if den > 0 else (out - ref).norm().item()
 
 
 def check(u, labels, variant, kp, kn, tol, seed=1, temp=TEMP, tf32=False):
