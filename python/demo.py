@@ -169,7 +169,6 @@ def main(argv=None) -> int:
     out_json = os.path.splitext(out_png)[0] + ".json"
 
     import ct_kernels as ct
-    from tqdm import tqdm
     try:
         backend = ct.backend_for(cfg.device, cfg.backend)
     except Exception as exc:  # noqa: BLE001 - report, then fail in training with the library's error
@@ -184,7 +183,7 @@ def main(argv=None) -> int:
     seeds = [cfg.seed + i for i in range(a.seeds)]
     base_runs, con_runs = [], []
     t_start = time.perf_counter()
-    bar = tqdm(total=2 * cfg.steps * len(seeds), dynamic_ncols=True, smoothing=0.1)
+    bar = T.progress_bar(2 * cfg.steps * len(seeds))
     data = None
     for s in seeds:
         bcfg = dataclasses.replace(cfg, seed=s, contrastive_weight=0.0)

@@ -380,6 +380,15 @@ def evaluate(model: nn.Module, val_x, val_y, device: str = "cpu", batch: int = 6
             "miou5": m5["miou"], "mf15": m5["mf1"], "oa": m_all["oa"], "confusion": cm.mat.tolist()}
 
 
+def progress_bar(total: int, desc: str = ""):
+    """A tqdm bar; redrawn every 30 s instead of every step when stderr is not a terminal (a log
+    file or CI would otherwise collect one line per step)."""
+    from tqdm import tqdm
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, dynamic_ncols=interactive, smoothing=0.1,
+                mininterval=0.1 if interactive else 30.0)
+
+
 def train(cfg: TrainConfig, data=None, progress=None, desc: str = "train") -> dict:
     """Train one run; returns history, final metrics and the model.
 
@@ -410,8 +419,7 @@ def train(cfg: TrainConfig, data=None, progress=None, desc: str = "train") -> di
     hist = {"step": [], "total": [], "ce": [], "con": [], "patches": []}
     own_bar = progress is None
     if own_bar:
-        from tqdm import tqdm
-        progress = tqdm(total=cfg.steps, desc=desc, dynamic_ncols=True)
+        progress = progress_bar(cfg.steps, desc)
     backend_ran = None
     t0 = time.perf_counter()
     perm = torch.randperm(n_train, generator=gen)
