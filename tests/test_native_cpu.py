@@ -81,6 +81,61 @@ def test_float32_normwise(variant, kp, kn):
     assert rel_err(du, rdu) <= 1e-5
 
 
+@pytest.mark.parametrize("m", [1, 2, 15, 16, 17, 37])
+@pytest.mark.parametrize("kp,kn", [(1, 2), (3, 7)])
+def test_float32_mining_row_tails(m, kp, kn):
+    # float32 mining compacts each row's candidates 16 columns at a time on AVX-512 machines:
+    # rows shorter than, equal to and one past a vector
+    u, y, grad = _case(m, 8, 3, seed=m, p_ignore=0.15)
+    rr, rn, rdu = _reference(u, y, 0.2, "supcon", kp, kn, grad)
+    rows, npos, du, _ = _native_run(u.float(), y, 0.2, "supcon", kp, kn, grad)
+    assert torch.equal(npos.long(), rn)
+    assert rel_err(rows, rr) <= 1e-5 and rel_err(du, rdu) <= 1e-5
+
+
+_COMPACTION_SCRIPT = r"""
+import sys, torch
+from ct_kernels import _native
+torch.manual_seed(0)
+out = []
+for m, kp, kn in ((1, 1, 1), (37, 3, 7), (300, 17, 60), (531, 5, 2)):
+    u = torch.nn.functional.normalize(torch.randn(m, 12), dim=1)
+    if m == 300:  # exact ties: entries in {-1, -0.5, 0, 0.5, 1}
+        u = torch.randint(-2, 3, (m, 12)).float() / 2
+    y = torch.randint(0, 4, (m,))
+    y[::7] = -1
+    for variant in ("supcon", "infonce"):
+        rows, npos, saved = _native.supcon_forward(u, y, -1, 5.0, variant, kp, kn, False)
+        du = _native.supcon_backward(u, y, -1, 5.0, variant, kp, kn, False, saved, torch.ones(m))
+        out.append((rows, npos, du))
+torch.save(out, sys.argv[1])
+"""
+
+
+def _has_avx512f():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx512f(), reason="one compaction path only: this CPU has no AVX-512")
+def test_scalar_and_avx512_mining_compaction_agree(tmp_path):
+    # The AVX-512 compaction replaces the scalar one on this machine; CT_KERNELS_CPU_SCALAR_MINING=1
+    # (read once per process) keeps the scalar one. The selection is exact: results are bitwise equal.
+    results = {}
+    for name, scalar in (("avx512", "0"), ("scalar", "1")):
+        path = tmp_path / f"{name}.pt"
+        env = dict(os.environ, CT_KERNELS_CPU_SCALAR_MINING=scalar)
+        out = subprocess.run([sys.executable, "-c", _COMPACTION_SCRIPT, str(path)], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert out.returncode == 0, out.stderr
+        results[name] = torch.load(path)
+    for a, b in zip(results["avx512"], results["scalar"], strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs_accumulate_in_float32(dtype):
     u, y, grad = _case(123, 16, 4, seed=11)
