@@ -112,28 +112,47 @@ torch.save(out, sys.argv[1])
 """
 
 
-def _has_avx512f():
+def _cpu_flags():
     try:
         with open("/proc/cpuinfo") as f:
-            return " avx512f" in f.read()
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
-        return False
+        return []
 
 
-@pytest.mark.skipif(not _has_avx512f(), reason="one compaction path only: this CPU has no AVX-512")
-def test_scalar_and_avx512_mining_compaction_agree(tmp_path):
-    # The AVX-512 compaction replaces the scalar one on this machine; CT_KERNELS_CPU_SCALAR_MINING=1
-    # (read once per process) keeps the scalar one. The selection is exact: results are bitwise equal.
+def _compaction_paths():
+    flags = _cpu_flags()
+    return ["scalar"] + [isa for isa, flag in (("avx2", "avx2"), ("avx512", "avx512f")) if flag in flags]
+
+
+def _run_compaction_script(path, isa):
+    env = dict(os.environ, CT_KERNELS_CPU_MINING_ISA=isa)
+    return subprocess.run([sys.executable, "-c", _COMPACTION_SCRIPT, str(path)], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64" or len(_compaction_paths()) < 2,
+                    reason="one compaction path only: no AVX2 / AVX-512 here")
+def test_mining_compaction_paths_agree(tmp_path):
+    # Mining compacts each row's candidates with AVX-512, AVX2 or a scalar loop, whichever the CPU
+    # has; CT_KERNELS_CPU_MINING_ISA picks one. The selection is exact: every path gives the same bits.
     results = {}
-    for name, scalar in (("avx512", "0"), ("scalar", "1")):
-        path = tmp_path / f"{name}.pt"
-        env = dict(os.environ, CT_KERNELS_CPU_SCALAR_MINING=scalar)
-        out = subprocess.run([sys.executable, "-c", _COMPACTION_SCRIPT, str(path)], capture_output=True, text=True,
-                             env=env, timeout=300)
+    for isa in _compaction_paths():
+        out = _run_compaction_script(tmp_path / f"{isa}.pt", isa)
         assert out.returncode == 0, out.stderr
-        results[name] = torch.load(path)
-    for a, b in zip(results["avx512"], results["scalar"], strict=True):
-        assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        results[isa] = torch.load(tmp_path / f"{isa}.pt")
+    for isa, res in results.items():
+        for a, b in zip(res, results["scalar"], strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), f"{isa} differs from scalar"
+
+
+def test_mining_compaction_switch_rejects_unknown_and_unsupported(tmp_path):
+    out = _run_compaction_script(tmp_path / "x.pt", "sse9")
+    assert out.returncode != 0 and "CT_KERNELS_CPU_MINING_ISA must be scalar, avx2 or avx512" in out.stderr
+    missing = [isa for isa in ("avx2", "avx512") if isa not in _compaction_paths()]
+    if missing:  # on a CPU with both, only the unknown value can be checked
+        out = _run_compaction_script(tmp_path / "y.pt", missing[-1])
+        assert out.returncode != 0 and "does not support it" in out.stderr
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

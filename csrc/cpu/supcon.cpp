@@ -19,10 +19,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -31,7 +33,7 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
-#define CT_HAVE_AVX512_COMPACT 1
+#define CT_HAVE_SIMD_COMPACT 1
 #endif
 
 namespace ct_kernels {
@@ -167,17 +169,22 @@ uint64_t kth_largest_key(const uint64_t* keys, int64_t n, int64_t k, int64_t& ab
 // Compaction of a row's candidate keys, one read of the row: positives (same class, not i)
 // complemented, negatives (another valid class) as they are. GCC leaves this loop scalar (a
 // compaction does not vectorize), and it was ~3/4 of the mined forward's extra time at N = 4096.
-// With AVX-512 each 16 columns take a register compress and a full 16-lane store (the memory
-// form of vpcompressd is microcoded and slow on AMD Zen 4), so both key buffers carry
+// AVX-512 compresses 16 columns in a register and stores all 16 lanes (the memory form of
+// vpcompressd is microcoded and slow on AMD Zen 4); AVX2 permutes 8 columns by a table indexed
+// by their mask. Full-width stores write past the kept keys: both key buffers carry
 // kCompactSlack entries of slack past M.
 constexpr int64_t kCompactSlack = 16;
 
+enum class Compaction { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// Columns j0 .. M of the scalar loop, appended at npk / nnk. Branch-free: every key is written,
+// the count says if it stays.
 template <typename T>
-void compact_keys_scalar(const T* srow, const int32_t* cls, int64_t M, int64_t i, typename KeyOf<T>::U* pkeys,
-                         typename KeyOf<T>::U* nkeys, int64_t& npk_out, int64_t& nnk_out) {
+__attribute__((always_inline)) inline void compact_keys_from(const T* srow, const int32_t* cls, int64_t j0, int64_t M,
+                                                             int64_t i, typename KeyOf<T>::U* pkeys,
+                                                             typename KeyOf<T>::U* nkeys, int64_t& npk, int64_t& nnk) {
   const int32_t ci = cls[i];
-  int64_t npk = 0, nnk = 0;  // branch-free: every key is written, the count says if it stays
-  for (int64_t j = 0; j < M; ++j) {
+  for (int64_t j = j0; j < M; ++j) {
     const auto key = order_key(srow[j]);
     const int32_t c = cls[j];
     pkeys[npk] = ~key;
@@ -185,11 +192,9 @@ void compact_keys_scalar(const T* srow, const int32_t* cls, int64_t M, int64_t i
     nkeys[nnk] = key;
     nnk += static_cast<int64_t>((c != ci) & (c >= 0));
   }
-  npk_out = npk;
-  nnk_out = nnk;
 }
 
-#ifdef CT_HAVE_AVX512_COMPACT
+#ifdef CT_HAVE_SIMD_COMPACT
 __attribute__((target("avx512f"))) void compact_keys_avx512(const float* srow, const int32_t* cls, int64_t M,
                                                              int64_t i, uint32_t* pkeys, uint32_t* nkeys,
                                                              int64_t& npk_out, int64_t& nnk_out) {
@@ -221,29 +226,92 @@ __attribute__((target("avx512f"))) void compact_keys_avx512(const float* srow, c
   nnk_out = nnk;
 }
 
-// CT_KERNELS_CPU_SCALAR_MINING=1 keeps the scalar compaction (for tests of that path on
-// AVX-512 machines, and for comparison); read once per process.
-bool avx512_compaction() {
-  static const bool use = [] {
-    const char* env = std::getenv("CT_KERNELS_CPU_SCALAR_MINING");
-    if (env != nullptr && *env != '\0' && std::strcmp(env, "0") != 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") != 0;
-  }();
-  return use;
+// For each 8-bit lane mask: the indices of its set lanes, packed low, one byte each.
+constexpr std::array<uint64_t, 256> make_compress_table() {
+  std::array<uint64_t, 256> table{};
+  for (int m = 0; m < 256; ++m) {
+    uint64_t packed = 0;
+    int out = 0;
+    for (int b = 0; b < 8; ++b)
+      if (m & (1 << b)) packed |= uint64_t(b) << (8 * out++);
+    table[m] = packed;
+  }
+  return table;
+}
+constexpr std::array<uint64_t, 256> kCompressTable = make_compress_table();
+
+__attribute__((target("avx2"))) void compact_keys_avx2(const float* srow, const int32_t* cls, int64_t M, int64_t i,
+                                                        uint32_t* pkeys, uint32_t* nkeys, int64_t& npk_out,
+                                                        int64_t& nnk_out) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i anchor_class = _mm256_set1_epi32(cls[i]);
+  const __m256i anchor_row = _mm256_set1_epi32(static_cast<int32_t>(i));
+  const __m256i sign = _mm256_set1_epi32(INT32_MIN);
+  const __m256i ones = _mm256_set1_epi32(-1);
+  int64_t npk = 0, nnk = 0, j = 0;
+  for (; j + 8 <= M; j += 8) {
+    const __m256i u = _mm256_castps_si256(_mm256_add_ps(_mm256_loadu_ps(srow + j), _mm256_setzero_ps()));
+    const __m256i key = _mm256_xor_si256(u, _mm256_or_si256(_mm256_srai_epi32(u, 31), sign));
+    const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cls + j));
+    const __m256i same = _mm256_cmpeq_epi32(c, anchor_class);
+    const __m256i self = _mm256_cmpeq_epi32(_mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int32_t>(j))),
+                                            anchor_row);
+    const __m256i valid = _mm256_cmpgt_epi32(c, ones);  // c >= 0
+    const int pos = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(self, same)));
+    const int neg = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(same, valid)));
+    const __m256i ppos = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kCompressTable[pos])));
+    const __m256i pneg = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(kCompressTable[neg])));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pkeys + npk),
+                        _mm256_permutevar8x32_epi32(_mm256_xor_si256(key, ones), ppos));
+    npk += __builtin_popcount(pos);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(nkeys + nnk), _mm256_permutevar8x32_epi32(key, pneg));
+    nnk += __builtin_popcount(neg);
+  }
+  compact_keys_from(srow, cls, j, M, i, pkeys, nkeys, npk, nnk);
+  npk_out = npk;
+  nnk_out = nnk;
 }
 #endif
 
-void compact_keys(const float* srow, const int32_t* cls, int64_t M, int64_t i, uint32_t* pkeys, uint32_t* nkeys,
-                  int64_t& npk, int64_t& nnk) {
-#ifdef CT_HAVE_AVX512_COMPACT
-  if (avx512_compaction()) return compact_keys_avx512(srow, cls, M, i, pkeys, nkeys, npk, nnk);
+// The fastest compaction this CPU runs, found once per process. CT_KERNELS_CPU_MINING_ISA =
+// scalar | avx2 | avx512 picks a path instead (tests run each one; comparisons); a path the CPU
+// lacks, or another value, is an error. Called before the parallel region, so it throws there.
+Compaction compaction_path() {
+  static const Compaction best = [] {
+#ifdef CT_HAVE_SIMD_COMPACT
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return Compaction::kAvx512;
+    if (__builtin_cpu_supports("avx2")) return Compaction::kAvx2;
 #endif
-  compact_keys_scalar(srow, cls, M, i, pkeys, nkeys, npk, nnk);
+    return Compaction::kScalar;
+  }();
+  const char* env = std::getenv("CT_KERNELS_CPU_MINING_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string want(env);
+  const Compaction asked = want == "scalar" ? Compaction::kScalar
+                           : want == "avx2" ? Compaction::kAvx2
+                           : want == "avx512" ? Compaction::kAvx512
+                                              : Compaction(-1);
+  TORCH_CHECK(asked != Compaction(-1), "CT_KERNELS_CPU_MINING_ISA must be scalar, avx2 or avx512 (or unset), got '",
+              want, "'");
+  TORCH_CHECK(static_cast<int>(asked) <= static_cast<int>(best), "CT_KERNELS_CPU_MINING_ISA=", want,
+              ": this CPU (or this build) does not support it");
+  return asked;
 }
-void compact_keys(const double* srow, const int32_t* cls, int64_t M, int64_t i, uint64_t* pkeys, uint64_t* nkeys,
-                  int64_t& npk, int64_t& nnk) {
-  compact_keys_scalar(srow, cls, M, i, pkeys, nkeys, npk, nnk);
+
+void compact_keys(Compaction path, const float* srow, const int32_t* cls, int64_t M, int64_t i, uint32_t* pkeys,
+                  uint32_t* nkeys, int64_t& npk, int64_t& nnk) {
+#ifdef CT_HAVE_SIMD_COMPACT
+  if (path == Compaction::kAvx512) return compact_keys_avx512(srow, cls, M, i, pkeys, nkeys, npk, nnk);
+  if (path == Compaction::kAvx2) return compact_keys_avx2(srow, cls, M, i, pkeys, nkeys, npk, nnk);
+#endif
+  npk = nnk = 0;
+  compact_keys_from(srow, cls, 0, M, i, pkeys, nkeys, npk, nnk);
+}
+void compact_keys(Compaction, const double* srow, const int32_t* cls, int64_t M, int64_t i, uint64_t* pkeys,
+                  uint64_t* nkeys, int64_t& npk, int64_t& nnk) {
+  npk = nnk = 0;
+  compact_keys_from(srow, cls, 0, M, i, pkeys, nkeys, npk, nnk);
 }
 
 // Mining thresholds of row i from its full row of s (length M): the k-th candidate in the order
@@ -252,7 +320,7 @@ void compact_keys(const double* srow, const int32_t* cls, int64_t M, int64_t i, 
 // complemented keys, so that the k-th largest key is the k-th smallest value.
 template <typename T>
 Thr<T> find_thresholds(const Problem<T>& P, int64_t i, const T* srow, const int32_t* cls,
-                       std::vector<typename KeyOf<T>::U>& keys) {
+                       std::vector<typename KeyOf<T>::U>& keys, Compaction path) {
   const T inf = std::numeric_limits<T>::infinity();
   Thr<T> t{inf, -inf, P.M, P.M};
   const int32_t ci = cls[i];
@@ -260,7 +328,7 @@ Thr<T> find_thresholds(const Problem<T>& P, int64_t i, const T* srow, const int3
   auto* pkeys = keys.data();
   auto* nkeys = keys.data() + P.M + kCompactSlack;
   int64_t npk = 0, nnk = 0;
-  compact_keys(srow, cls, P.M, i, pkeys, nkeys, npk, nnk);
+  compact_keys(path, srow, cls, P.M, i, pkeys, nkeys, npk, nnk);
   for (int side = 0; side < 2; ++side) {
     const int64_t k = side == 0 ? P.kp : P.kn, n = side == 0 ? npk : nnk;
     if (k <= 0 || n <= k) continue;  // not mined, or every candidate is kept
@@ -508,6 +576,7 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
   const int64_t row_bytes = std::max<int64_t>(1, row_elems * static_cast<int64_t>(sizeof(T)));
   const int64_t live = std::max<int64_t>(1, kRowsBudget / row_bytes);
   const int64_t grain = std::max<int64_t>(1, (P.b_hi - P.b_lo + live - 1) / live);
+  const Compaction path = P.kp > 0 || P.kn > 0 ? compaction_path() : Compaction::kScalar;
   at::parallel_for(P.b_lo, P.b_hi, grain, [&](int64_t b0, int64_t b1) {
     std::vector<T> R(static_cast<size_t>(row_elems));
     std::vector<typename KeyOf<T>::U> scratch;
@@ -526,7 +595,7 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
         int64_t np = 0;
         if (P.valid(i)) {
           const T* s = R.data() + a * M;
-          if (P.kp > 0 || P.kn > 0) t = find_thresholds(P, i, s, cls.data(), scratch);
+          if (P.kp > 0 || P.kn > 0) t = find_thresholds(P, i, s, cls.data(), scratch, path);
           Anchor<T> an{static_cast<int32_t>(i), cls[i], t.pv, t.nv, static_cast<int32_t>(t.pc),
                        static_cast<int32_t>(t.nc), T(0), T(0), T(0), T(0)};
           const int mode = P.variant == kSupCon ? 0 : 1;
