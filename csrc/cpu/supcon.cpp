@@ -9,8 +9,10 @@
 // Anchors are the rows a0 .. a1 of U (one rank's rows, or a batch before its memory-bank rows);
 // every row is a column. Only the row blocks that meet [a0, a1) run, with the whole-batch block
 // grid, so the tiles (and the bits of s) are those of a whole-batch call.
-// forward, per row block (parallel): the block's rows of s (kBlock x M, recomputed per tile
-// with at::mm) -> per-row mining thresholds (k-th key by bisection, then the column) -> loss terms.
+// forward, per row block (parallel): unmined SupCon merges each tile into per-row online
+// statistics (one kBlock x kBlock tile held a task); InfoNCE and mining take the block's rows of s
+// (kBlock x M, recomputed per tile with at::mm) -> per-row mining thresholds (k-th key by
+// bisection, then the column) -> loss terms.
 // backward, per row block (parallel): for each column block J, recompute the tile, form
 // H_ij = G_ij + G_ji from the saved per-row statistics of i and j (all M rows), and
 // dU_I += H U_J (at::mm); no atomics, one writer per row.
@@ -419,10 +421,11 @@ __attribute__((always_inline)) inline bool mined_high(T v, T tv, int32_t j, int3
   return (v > tv) | ((v == tv) & (j <= tc));
 }
 
+// Row loops over the n columns j0 .. j0 + n of anchor a's row (s and cls point at column j0).
 // kMode 0: members of A_i (positives and negatives); kMode 1: negatives only.
 // Returns max over members, and |P_i| and the sum of s over P_i.
 template <typename T, int kMode>
-__attribute__((always_inline)) inline void row_max(const T* __restrict s, int32_t M, const Anchor<T>& a,
+__attribute__((always_inline)) inline void row_max(const T* __restrict s, int32_t n, int32_t j0, const Anchor<T>& a,
                                                    const int32_t* __restrict cls, T& mx_out,
                                                    int64_t& np_out, T& psum_out) {
   const T ninf = -std::numeric_limits<T>::infinity();
@@ -431,9 +434,10 @@ __attribute__((always_inline)) inline void row_max(const T* __restrict s, int32_
   T mx = ninf, psum = 0;
   int32_t np = 0;
 #pragma omp simd reduction(max : mx) reduction(+ : psum, np)
-  for (int32_t j = 0; j < M; ++j) {
-    const int32_t c = cls[j];
-    const T v = s[j];
+  for (int32_t b = 0; b < n; ++b) {
+    const int32_t j = j0 + b;
+    const int32_t c = cls[b];
+    const T v = s[b];
     const bool same = c == ci;
     const bool ok = (c >= 0) & (j != ai);
     const bool mp = mined_low(v, tpv, j, tpc);
@@ -451,15 +455,16 @@ __attribute__((always_inline)) inline void row_max(const T* __restrict s, int32_
 }
 
 template <typename T, int kMode>
-__attribute__((always_inline)) inline T row_sumexp(const T* __restrict s, int32_t M, const Anchor<T>& a,
+__attribute__((always_inline)) inline T row_sumexp(const T* __restrict s, int32_t n, int32_t j0, const Anchor<T>& a,
                                                    const int32_t* __restrict cls, T mx) {
   const int32_t ai = a.i, ci = a.ci, tpc = a.tpc, tnc = a.tnc;
   const T tpv = a.tpv, tnv = a.tnv;
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int32_t j = 0; j < M; ++j) {
-    const int32_t c = cls[j];
-    const T v = s[j];
+  for (int32_t b = 0; b < n; ++b) {
+    const int32_t j = j0 + b;
+    const int32_t c = cls[b];
+    const T v = s[b];
     const bool same = c == ci;
     const bool ok = (c >= 0) & (j != ai);
     const bool mp = mined_low(v, tpv, j, tpc);
@@ -518,23 +523,23 @@ __attribute__((always_inline)) inline void row_grad(const T* __restrict s, T* __
   npos_seen += cnt;
 }
 
-CT_CLONES void row_max_f(const float* s, int32_t M, const Anchor<float>& a, const int32_t* cls, int mode,
-                         float& mx, int64_t& np, float& psum) {
-  if (mode == 0) row_max<float, 0>(s, M, a, cls, mx, np, psum);
-  else row_max<float, 1>(s, M, a, cls, mx, np, psum);
+CT_CLONES void row_max_f(const float* s, int32_t n, int32_t j0, const Anchor<float>& a, const int32_t* cls,
+                         int mode, float& mx, int64_t& np, float& psum) {
+  if (mode == 0) row_max<float, 0>(s, n, j0, a, cls, mx, np, psum);
+  else row_max<float, 1>(s, n, j0, a, cls, mx, np, psum);
 }
-void row_max_f(const double* s, int32_t M, const Anchor<double>& a, const int32_t* cls, int mode,
+void row_max_f(const double* s, int32_t n, int32_t j0, const Anchor<double>& a, const int32_t* cls, int mode,
                double& mx, int64_t& np, double& psum) {
-  if (mode == 0) row_max<double, 0>(s, M, a, cls, mx, np, psum);
-  else row_max<double, 1>(s, M, a, cls, mx, np, psum);
+  if (mode == 0) row_max<double, 0>(s, n, j0, a, cls, mx, np, psum);
+  else row_max<double, 1>(s, n, j0, a, cls, mx, np, psum);
 }
-CT_CLONES float row_sumexp_f(const float* s, int32_t M, const Anchor<float>& a, const int32_t* cls, int mode,
-                             float mx) {
-  return mode == 0 ? row_sumexp<float, 0>(s, M, a, cls, mx) : row_sumexp<float, 1>(s, M, a, cls, mx);
+CT_CLONES float row_sumexp_f(const float* s, int32_t n, int32_t j0, const Anchor<float>& a, const int32_t* cls,
+                             int mode, float mx) {
+  return mode == 0 ? row_sumexp<float, 0>(s, n, j0, a, cls, mx) : row_sumexp<float, 1>(s, n, j0, a, cls, mx);
 }
-double row_sumexp_f(const double* s, int32_t M, const Anchor<double>& a, const int32_t* cls, int mode,
+double row_sumexp_f(const double* s, int32_t n, int32_t j0, const Anchor<double>& a, const int32_t* cls, int mode,
                     double mx) {
-  return mode == 0 ? row_sumexp<double, 0>(s, M, a, cls, mx) : row_sumexp<double, 1>(s, M, a, cls, mx);
+  return mode == 0 ? row_sumexp<double, 0>(s, n, j0, a, cls, mx) : row_sumexp<double, 1>(s, n, j0, a, cls, mx);
 }
 CT_CLONES void row_grad_f(const float* s, float* h, int32_t n, int32_t j0, const Anchor<float>& a, bool act_i,
                           const Cols<float>& C, int variant, int32_t& npos_seen) {
@@ -563,12 +568,78 @@ std::vector<int32_t> dense_classes(const int64_t* y, int64_t M, int64_t ignore) 
   return cls;
 }
 
+// Unmined SupCon needs no whole row of s: each row's log-sum-exp (online max), positive sum and
+// count are merged tile by tile, so a task holds one kBlock x kBlock tile instead of its block's
+// rows (kBlock x M), every row block can run at once whatever M, and the tile stays in cache.
+// Mining (thresholds over the whole row) and InfoNCE (the negatives' log-sum-exp before the
+// positive terms) keep the row buffer of forward_impl.
+template <typename T>
+void forward_supcon_streamed(const Problem<T>& P, const std::vector<int32_t>& cls, T* loss, int32_t* npos_out,
+                             T* stats, T* thr_val, int64_t* thr_col) {
+  const T inf = std::numeric_limits<T>::infinity();
+  const int64_t M = P.M;
+  at::parallel_for(P.b_lo, P.b_hi, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> S(static_cast<size_t>(kBlock * kBlock));
+    std::vector<T> mx(kBlock), sum(kBlock), psum(kBlock);
+    std::vector<int64_t> np(kBlock);
+    for (int64_t I = b0; I < b1; ++I) {
+      const int64_t ri = P.r0(I), ni = P.r1(I) - ri;
+      std::fill(mx.begin(), mx.end(), -inf);
+      std::fill(sum.begin(), sum.end(), T(0));
+      std::fill(psum.begin(), psum.end(), T(0));
+      std::fill(np.begin(), np.end(), int64_t(0));
+      bool any_anchor = false;
+      for (int64_t a = 0; a < ni; ++a) any_anchor |= P.anchor(ri + a);
+      for (int64_t J = 0; any_anchor && J < P.nb; ++J) {
+        const int64_t rj = P.r0(J), nj = P.r1(J) - rj;
+        canonical_tile(P, I, J, S.data(), nj);
+        for (int64_t a = 0; a < ni; ++a) {
+          const int64_t i = ri + a;
+          if (!P.anchor(i)) continue;
+          const Anchor<T> an{static_cast<int32_t>(i), cls[i], inf, -inf, static_cast<int32_t>(M),
+                             static_cast<int32_t>(M), T(0), T(0), T(0), T(0)};
+          const T* s = S.data() + a * nj;
+          T cmx, cpsum;
+          int64_t cnp;
+          row_max_f(s, static_cast<int32_t>(nj), static_cast<int32_t>(rj), an, cls.data() + rj, 0, cmx, cnp, cpsum);
+          np[a] += cnp;
+          psum[a] += cpsum;
+          if (!(cmx > -inf)) continue;  // no member in this tile
+          const T m_new = std::max(mx[a], cmx);
+          const T carried = mx[a] > -inf ? sum[a] * std::exp(mx[a] - m_new) : T(0);
+          sum[a] = carried + row_sumexp_f(s, static_cast<int32_t>(nj), static_cast<int32_t>(rj), an, cls.data() + rj,
+                                          0, m_new);
+          mx[a] = m_new;
+        }
+      }
+      for (int64_t a = 0; a < ni; ++a) {
+        const int64_t i = ri + a;
+        if (i < P.a0 || i >= P.a1) continue;
+        const int64_t o = i - P.a0;  // outputs hold the anchor rows only
+        const bool anchor = P.valid(i);
+        const T st0 = anchor && mx[a] > -inf ? mx[a] + std::log(sum[a]) : -inf;
+        const int64_t n = anchor ? np[a] : 0;
+        loss[o] = n > 0 ? st0 - psum[a] / static_cast<T>(n) : T(0);
+        npos_out[o] = static_cast<int32_t>(n);
+        stats[2 * o] = st0;
+        stats[2 * o + 1] = 0;
+        thr_val[2 * o] = inf;
+        thr_val[2 * o + 1] = -inf;
+        thr_col[2 * o] = M;
+        thr_col[2 * o + 1] = M;
+      }
+    }
+  });
+}
+
 template <typename T>
 void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* thr_val,
                   int64_t* thr_col) {
   const T inf = std::numeric_limits<T>::infinity();
   const int64_t M = P.M;
   const std::vector<int32_t> cls = dense_classes(P.y, M, P.ignore);
+  if (P.variant == kSupCon && P.kp == 0 && P.kn == 0)
+    return forward_supcon_streamed(P, cls, loss, npos_out, stats, thr_val, thr_col);
   // Each task holds its block's rows of s (kBlock x M). With one task a thread that is
   // threads x kBlock x M: N x N once threads x kBlock reaches N (64 threads at N = 16384). The
   // grain caps the tasks that run at once to what kRowsBudget holds.
@@ -600,8 +671,8 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
                        static_cast<int32_t>(t.nc), T(0), T(0), T(0), T(0)};
           const int mode = P.variant == kSupCon ? 0 : 1;
           T mx, psum;
-          row_max_f(s, static_cast<int32_t>(M), an, cls.data(), mode, mx, np, psum);
-          if (mx > -inf) st0 = mx + std::log(row_sumexp_f(s, static_cast<int32_t>(M), an, cls.data(), mode, mx));
+          row_max_f(s, static_cast<int32_t>(M), 0, an, cls.data(), mode, mx, np, psum);
+          if (mx > -inf) st0 = mx + std::log(row_sumexp_f(s, static_cast<int32_t>(M), 0, an, cls.data(), mode, mx));
           if (P.variant == kSupCon) {
             if (np > 0) li = st0 - psum / static_cast<T>(np);
           } else {
