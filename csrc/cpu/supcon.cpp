@@ -63,6 +63,13 @@ struct Thr {
   int64_t pc, nc;
 };
 
+// Thresholds that keep every candidate (no mining on either side).
+template <typename T>
+Thr<T> all_candidates(int64_t M) {
+  const T inf = std::numeric_limits<T>::infinity();
+  return Thr<T>{inf, -inf, M, M};
+}
+
 template <typename T>
 struct Problem {
   int64_t M = 0, D = 0, nb = 0;
@@ -323,8 +330,7 @@ void compact_keys(Compaction, const double* srow, const int32_t* cls, int64_t M,
 template <typename T>
 Thr<T> find_thresholds(const Problem<T>& P, int64_t i, const T* srow, const int32_t* cls,
                        std::vector<typename KeyOf<T>::U>& keys, Compaction path) {
-  const T inf = std::numeric_limits<T>::infinity();
-  Thr<T> t{inf, -inf, P.M, P.M};
+  Thr<T> t = all_candidates<T>(P.M);
   const int32_t ci = cls[i];
   keys.resize(static_cast<size_t>(2 * (P.M + kCompactSlack)));
   auto* pkeys = keys.data();
@@ -408,6 +414,33 @@ struct Anchor {
   T tpv, tnv;
   int32_t tpc, tnc;
   T lse, w, g, gnp;
+};
+
+// The forward's anchor row i with its thresholds (backward statistics unused).
+template <typename T>
+Anchor<T> forward_anchor(int64_t i, int32_t ci, const Thr<T>& t) {
+  return Anchor<T>{static_cast<int32_t>(i), ci, t.pv, t.nv, static_cast<int32_t>(t.pc), static_cast<int32_t>(t.nc),
+                   T(0), T(0), T(0), T(0)};
+}
+
+// The forward's outputs, row o of the call's anchors: loss, |P|, (lse, InfoNCE weight), thresholds.
+template <typename T>
+struct ForwardOut {
+  T* loss;
+  int32_t* npos;
+  T* stats;
+  T* thr_val;
+  int64_t* thr_col;
+  void store(int64_t o, T li, int64_t np, T st0, T st1, const Thr<T>& t) const {
+    loss[o] = li;
+    npos[o] = static_cast<int32_t>(np);
+    stats[2 * o] = st0;
+    stats[2 * o + 1] = st1;
+    thr_val[2 * o] = t.pv;
+    thr_val[2 * o + 1] = t.nv;
+    thr_col[2 * o] = t.pc;
+    thr_col[2 * o + 1] = t.nc;
+  }
 };
 
 // Mined-set membership of column j for a row with threshold (tv, tc) (see common.h): a positive
@@ -574,10 +607,9 @@ std::vector<int32_t> dense_classes(const int64_t* y, int64_t M, int64_t ignore) 
 // Mining (thresholds over the whole row) and InfoNCE (the negatives' log-sum-exp before the
 // positive terms) keep the row buffer of forward_impl.
 template <typename T>
-void forward_supcon_streamed(const Problem<T>& P, const std::vector<int32_t>& cls, T* loss, int32_t* npos_out,
-                             T* stats, T* thr_val, int64_t* thr_col) {
+void forward_supcon_streamed(const Problem<T>& P, const std::vector<int32_t>& cls, const ForwardOut<T>& out) {
   const T inf = std::numeric_limits<T>::infinity();
-  const int64_t M = P.M;
+  const Thr<T> all = all_candidates<T>(P.M);
   at::parallel_for(P.b_lo, P.b_hi, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> S(static_cast<size_t>(kBlock * kBlock));
     std::vector<T> mx(kBlock), sum(kBlock), psum(kBlock);
@@ -596,8 +628,7 @@ void forward_supcon_streamed(const Problem<T>& P, const std::vector<int32_t>& cl
         for (int64_t a = 0; a < ni; ++a) {
           const int64_t i = ri + a;
           if (!P.anchor(i)) continue;
-          const Anchor<T> an{static_cast<int32_t>(i), cls[i], inf, -inf, static_cast<int32_t>(M),
-                             static_cast<int32_t>(M), T(0), T(0), T(0), T(0)};
+          const Anchor<T> an = forward_anchor(i, cls[i], all);
           const T* s = S.data() + a * nj;
           T cmx, cpsum;
           int64_t cnp;
@@ -619,14 +650,7 @@ void forward_supcon_streamed(const Problem<T>& P, const std::vector<int32_t>& cl
         const bool anchor = P.valid(i);
         const T st0 = anchor && mx[a] > -inf ? mx[a] + std::log(sum[a]) : -inf;
         const int64_t n = anchor ? np[a] : 0;
-        loss[o] = n > 0 ? st0 - psum[a] / static_cast<T>(n) : T(0);
-        npos_out[o] = static_cast<int32_t>(n);
-        stats[2 * o] = st0;
-        stats[2 * o + 1] = 0;
-        thr_val[2 * o] = inf;
-        thr_val[2 * o + 1] = -inf;
-        thr_col[2 * o] = M;
-        thr_col[2 * o + 1] = M;
+        out.store(o, n > 0 ? st0 - psum[a] / static_cast<T>(n) : T(0), n, st0, T(0), all);
       }
     }
   });
@@ -638,8 +662,8 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
   const T inf = std::numeric_limits<T>::infinity();
   const int64_t M = P.M;
   const std::vector<int32_t> cls = dense_classes(P.y, M, P.ignore);
-  if (P.variant == kSupCon && P.kp == 0 && P.kn == 0)
-    return forward_supcon_streamed(P, cls, loss, npos_out, stats, thr_val, thr_col);
+  const ForwardOut<T> out{loss, npos_out, stats, thr_val, thr_col};
+  if (P.variant == kSupCon && P.kp == 0 && P.kn == 0) return forward_supcon_streamed(P, cls, out);
   // Each task holds its block's rows of s (kBlock x M). With one task a thread that is
   // threads x kBlock x M: N x N once threads x kBlock reaches N (64 threads at N = 16384). The
   // grain caps the tasks that run at once to what kRowsBudget holds.
@@ -661,14 +685,13 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
         const int64_t i = ri + a;
         if (i < P.a0 || i >= P.a1) continue;
         const int64_t o = i - P.a0;  // outputs hold the anchor rows only
-        Thr<T> t{inf, -inf, M, M};
+        Thr<T> t = all_candidates<T>(M);
         T st0 = -inf, st1 = 0, li = 0;
         int64_t np = 0;
         if (P.valid(i)) {
           const T* s = R.data() + a * M;
           if (P.kp > 0 || P.kn > 0) t = find_thresholds(P, i, s, cls.data(), scratch, path);
-          Anchor<T> an{static_cast<int32_t>(i), cls[i], t.pv, t.nv, static_cast<int32_t>(t.pc),
-                       static_cast<int32_t>(t.nc), T(0), T(0), T(0), T(0)};
+          const Anchor<T> an = forward_anchor(i, cls[i], t);
           const int mode = P.variant == kSupCon ? 0 : 1;
           T mx, psum;
           row_max_f(s, static_cast<int32_t>(M), 0, an, cls.data(), mode, mx, np, psum);
@@ -692,14 +715,7 @@ void forward_impl(const Problem<T>& P, T* loss, int32_t* npos_out, T* stats, T* 
             }
           }
         }
-        loss[o] = li;
-        npos_out[o] = static_cast<int32_t>(np);
-        stats[2 * o] = st0;
-        stats[2 * o + 1] = st1;
-        thr_val[2 * o] = t.pv;
-        thr_val[2 * o + 1] = t.nv;
-        thr_col[2 * o] = t.pc;
-        thr_col[2 * o + 1] = t.nc;
+        out.store(o, li, np, st0, st1, t);
       }
     }
   });
