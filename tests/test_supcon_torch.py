@@ -120,3 +120,21 @@ def test_half_inputs_give_float32_loss():
         assert abs(out.item() - ref.item()) / ref.item() < (3e-2 if dt == torch.bfloat16 else 4e-3)
     exact = ct.supcon_loss(z, y, 0.1, backend="torch")
     torch.testing.assert_close(exact.double(), brute_loss(z.double(), y, 0.1), rtol=1e-5, atol=0)
+
+
+def test_infonce_keeps_precision_when_the_positive_dominates():
+    # One positive 20 above its negative: l = log(1 + e^-20) ~ 2e-9, and its gradient the
+    # sigmoid of -20. Written as -s + log(exp(s) + S) both cancel to ~1e-7 relative in float64;
+    # the reference (like the kernels) uses softplus(log S - s). Closed form: rows 0 and 1 are
+    # anchors with one positive (each other) and one negative (row 2).
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.1], [-1.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 0, 1])
+    loss = ct.supcon_loss(z, y, 0.1, variant="infonce", normalize=False, backend="torch")
+    loss.backward()
+    z2 = z.detach().clone().requires_grad_(True)
+    s = z2 @ z2.T / 0.1
+    expected = (torch.nn.functional.softplus(s[0, 2] - s[0, 1]) + torch.nn.functional.softplus(s[1, 2] - s[1, 0])) / 2
+    expected.backward()
+    assert 1e-9 < expected.item() < 1e-8
+    torch.testing.assert_close(loss, expected, rtol=1e-13, atol=0)
+    torch.testing.assert_close(z.grad, z2.grad, rtol=1e-12, atol=0)
