@@ -42,7 +42,7 @@ python3 -c "import ct_kernels as ct; print(ct.available_backends())" 2>&1 | tee 
 # The files with CUDA cases (the CPU-only files ran in CI); Triton compiles dominate the time.
 GPU_TESTS="tests/test_triton_supcon.py tests/test_triton_patch_labels.py tests/test_native_cuda.py \
 tests/test_native_patch_labels.py tests/test_hostile.py tests/test_supcon_errors.py tests/test_anchor_slice.py \
-tests/test_compile_cuda.py tests/test_cuda_graphs.py tests/test_oracle_pml.py"
+tests/test_compile_cuda.py tests/test_cuda_graphs.py tests/test_oracle_pml.py tests/test_random_configs.py"
 
 phase_selfcheck() {
   # over 120 s with an empty Triton cache on an H200 (2026-11-27), when it still autotuned every
