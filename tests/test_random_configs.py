@@ -1,4 +1,4 @@
-"""Random configurations, float64, every fused CPU backend against the dense reference.
+"""Random configurations, float64, every fused backend against the dense reference.
 
 The other files test each option on its own; here each case draws all of them at once (variant,
 mining on either side with k below and above the candidates, ignored rows and a non-default
@@ -9,8 +9,9 @@ of two temperature: every s is then exact whatever order a kernel sums in, so ex
 and must break as the reference does (to the lower column). On random float rows a duplicate
 would be a 1-ulp near-tie, which two GEMM calls may break either way, so those have none.
 
-The seeds are fixed (a failure names its seed, to rerun it alone);
-CT_KERNELS_RANDOM_CASES=n runs n cases per backend instead of the default. On a GPU the CUDA
+The seeds are fixed: seeds 0 .. n - 1, n per backend and device below; CT_KERNELS_RANDOM_CASES=n
+and CT_KERNELS_RANDOM_FIRST=s run seeds s .. s + n - 1 instead (a failure names its seed: rerun it
+alone with n = 1). On the CPU: the C++ kernels and the Triton interpreter; on a GPU the CUDA
 kernels take a few cases too (float64; each new configuration compiles a Triton kernel).
 """
 import math
@@ -108,8 +109,9 @@ def fused_cases():
 @pytest.mark.parametrize("backend,device", fused_cases())
 def test_random_configurations_match_the_reference(backend, device):
     n = int(os.environ.get("CT_KERNELS_RANDOM_CASES", DEFAULT_CASES[backend, device]))
+    first = int(os.environ.get("CT_KERNELS_RANDOM_FIRST", 0))
     failures = []
-    for seed in range(n):
+    for seed in range(first, first + n):
         case = draw_case(seed, backend)
         ref, gref, w = loss_and_grad(case, "torch", seed)
         out, grad, _ = loss_and_grad(case, backend, seed, device)
