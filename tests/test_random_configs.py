@@ -102,6 +102,12 @@ def floors(case: dict, w: torch.Tensor) -> tuple[float, float]:
     return loss_floor, grad_floor
 
 
+def seed_range(default: int) -> range:
+    """Seeds CT_KERNELS_RANDOM_FIRST (0) .. + CT_KERNELS_RANDOM_CASES (default) - 1."""
+    first = int(os.environ.get("CT_KERNELS_RANDOM_FIRST", 0))
+    return range(first, first + int(os.environ.get("CT_KERNELS_RANDOM_CASES", default)))
+
+
 def fused_cases():
     return [(b, dev) for b, dev in backend_devices() if b != "torch"]
 
@@ -111,10 +117,8 @@ def fused_cases():
 @pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
 @pytest.mark.parametrize("backend,device", fused_cases())
 def test_random_configurations_match_the_reference(backend, device):
-    n = int(os.environ.get("CT_KERNELS_RANDOM_CASES", DEFAULT_CASES[backend, device]))
-    first = int(os.environ.get("CT_KERNELS_RANDOM_FIRST", 0))
-    failures = []
-    for seed in range(first, first + n):
+    failures, seeds = [], seed_range(DEFAULT_CASES[backend, device])
+    for seed in seeds:
         case = draw_case(seed, backend)
         ref, gref, w = loss_and_grad(case, "torch", seed)
         out, grad, _ = loss_and_grad(case, backend, seed, device)
@@ -130,7 +134,7 @@ def test_random_configurations_match_the_reference(backend, device):
                          contrast_rows=None if case["contrast"] is None else case["contrast"][0].shape[0])
             failures.append(f"seed {seed}: {shown}: loss err {loss_err:.3g} (ref norm {float(ref.norm()):.3g}), "
                             f"grad err {grad_err:.3g} (ref norm {float(gref.norm()):.3g})")
-    assert not failures, f"{len(failures)} of {n} cases differ:\n" + "\n".join(failures[:10])
+    assert not failures, f"{len(failures)} of {len(seeds)} cases differ:\n" + "\n".join(failures[:10])
 
 
 MASK_RANGES = {torch.bool: (0, 1), torch.uint8: (0, 255), torch.int8: (-128, 127), torch.int16: (-300, 300),
@@ -182,10 +186,8 @@ def _labels_or_error(mask, patch, classes, ignore, backend):
 @pytest.mark.parametrize("backend,device", fused_cases())
 def test_random_masks_match_the_reference(backend, device):
     """Labels and purity bitwise those of the torch backend, or the same error."""
-    n = int(os.environ.get("CT_KERNELS_RANDOM_CASES", DEFAULT_MASK_CASES[backend, device]))
-    first = int(os.environ.get("CT_KERNELS_RANDOM_FIRST", 0))
-    failures = []
-    for seed in range(first, first + n):
+    failures, seeds = [], seed_range(DEFAULT_MASK_CASES[backend, device])
+    for seed in seeds:
         mask, patch, classes, ignore = draw_mask(seed)
         ref = _labels_or_error(mask, patch, classes, ignore, "torch")
         out = _labels_or_error(mask.to(device), patch, classes, ignore, backend)
@@ -195,4 +197,4 @@ def test_random_masks_match_the_reference(backend, device):
             failures.append(f"seed {seed}: {mask.dtype} {tuple(mask.shape)} patch {patch} classes {classes} "
                             f"ignore {ignore}: {'error' if isinstance(out, str) else 'labels'} vs "
                             f"{'error' if isinstance(ref, str) else 'labels'} of the reference")
-    assert not failures, f"{len(failures)} of {n} masks differ:\n" + "\n".join(failures[:10])
+    assert not failures, f"{len(failures)} of {len(seeds)} masks differ:\n" + "\n".join(failures[:10])
