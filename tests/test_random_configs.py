@@ -85,8 +85,8 @@ def floors(case: dict, w: torch.Tensor) -> tuple[float, float]:
 
     A SupCon row whose one positive stands far above its negatives has l = log(1 + tiny),
     computed by every backend (the reference too) as lse - s_p, a difference of terms ~s_max, and
-    a gradient p - 1 with p ~ 1: both keep only ~1e-16 * s_max absolute. D = 1 with normalize has an exactly zero true gradient: both
-    sides hold rounding of the same size.
+    a gradient p - 1 with p ~ 1: both keep only ~1e-16 * s_max absolute. D = 1 with normalize has
+    an exactly zero true gradient: both sides hold rounding of the same size.
     """
     rows = [case["z"]] + ([case["contrast"][0]] if case["contrast"] is not None else [])
     zs = torch.cat(rows)
