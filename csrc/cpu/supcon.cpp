@@ -173,17 +173,15 @@ void canonical_tile(const Problem<T>& P, int64_t I, int64_t J, T* S, int64_t ld)
     transpose_scaled(t.const_data_ptr<T>(), ni, S, ld, ni, nj, it);
   } else {
     // upper triangle (a <= b) from the product's rows; each row's part left of the diagonal is
-    // the transposed copy of the column above it (8 rows a band: whole blocks left of the band's
-    // diagonal block, the rest element by element)
+    // the transposed copy of the column above it. 8 rows a band: the band's columns through its
+    // diagonal block transposed, then each row from its diagonal on rewritten from its own row
     at::Tensor t = at::mm(P.U.slice(0, ri, ri + ni), P.U.slice(0, ri, ri + ni).t());
     const T* p = t.const_data_ptr<T>();
     for (int64_t a0 = 0; a0 < ni; a0 += 8) {
       const int64_t na = std::min<int64_t>(8, ni - a0);
-      transpose_scaled(p + a0, ni, S + a0 * ld, ld, na, a0, it);
-      for (int64_t a = a0; a < a0 + na; ++a) {
-        for (int64_t b = a0; b < a; ++b) S[a * ld + b] = p[b * ni + a] * it;
+      transpose_scaled(p + a0, ni, S + a0 * ld, ld, na, a0 + na, it);
+      for (int64_t a = a0; a < a0 + na; ++a)
         copy_scaled(p + a * ni + a, ni, S + a * ld + a, ld, int64_t(1), ni - a, it);
-      }
     }
   }
 }
