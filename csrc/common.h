@@ -8,6 +8,8 @@
 #include <string>
 #include <tuple>
 
+#include "variant.h"
+
 namespace ct_kernels {
 
 // Per-patch histograms live on chip in the CUDA kernel; the CPU kernel keeps the same limit
@@ -15,9 +17,6 @@ namespace ct_kernels {
 constexpr int64_t kMaxClasses = 1024;
 
 void check_patch_labels_args(const at::Tensor& mask, int64_t ph, int64_t pw, int64_t num_classes);
-
-// Variant codes for the supcon kernels.
-enum Variant : int { kSupCon = 0, kInfoNCE = 1 };
 
 int parse_variant(const std::string& v);
 
