@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 EMU = Path(__file__).resolve().parent / "emu"
+KERNELS = Path(__file__).resolve().parents[1] / "csrc" / "cuda"
 
 
-def build_emulator(tmp_path_factory, driver: str, kernel_sources: list[Path]) -> Path:
+def build_emulator(tmp_path_factory, driver: str) -> Path:
     """Compile tests/emu/<driver> (C++20, threads); skip when no compiler is at hand."""
     cxx = shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.skip("needs a C++20 host compiler (g++) to build the warp emulator")
-    sources = [EMU / driver, EMU / "warp_emu.h", EMU / "host_rules.h", EMU / "driver_io.h", *kernel_sources]
+    # the binary's name carries a digest of every file it may include
+    sources = [EMU / driver, *sorted(EMU.glob("*.h")), *sorted(KERNELS.glob("*.cuh")), *sorted(KERNELS.glob("*.h"))]
     digest = hashlib.sha1(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
     out = tmp_path_factory.mktemp("emu") / f"{Path(driver).stem}_{digest}"
     # -fno-strict-aliasing: the kernels read 16-byte pieces through uint4 pointers, as CUDA allows

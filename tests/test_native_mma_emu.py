@@ -22,15 +22,13 @@ from ct_kernels.selfcheck import rel_err
 
 from emu_build import build_emulator
 
-ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"bf16": 0, "fp16": 1, "tf32": 2, "tf32x3": 3}
 IGN = -1
 
 
 @pytest.fixture(scope="session")
 def emu_binary(tmp_path_factory) -> Path:
-    return build_emulator(tmp_path_factory, "supcon_mma_emu.cpp",
-                          [ROOT / "csrc" / "cuda" / n for n in ("supcon_mma.cuh", "launch.cuh", "supcon_kernels.h")])
+    return build_emulator(tmp_path_factory, "supcon_mma_emu.cpp")
 
 
 def _round_tf32(x: torch.Tensor) -> torch.Tensor:

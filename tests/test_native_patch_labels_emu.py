@@ -15,13 +15,11 @@ from byte_masks import BYTE_CASES, assert_matches_reference, byte_mask
 from ct_kernels.patch import ignore_byte
 from emu_build import build_emulator
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def words_binary(tmp_path_factory) -> Path:
-    return build_emulator(tmp_path_factory, "patch_labels_words_emu.cpp",
-                          [ROOT / "csrc" / "cuda" / n for n in ("patch_labels_words.cuh", "launch.cuh")])
+    return build_emulator(tmp_path_factory, "patch_labels_words_emu.cpp")
 
 
 def _run(binary, tmp_path, mask, ph, pw, num_classes, ignore):

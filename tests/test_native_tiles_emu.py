@@ -1,5 +1,6 @@
-"""The FMA / WMMA CUDA kernels (csrc/cuda/supcon_tiles.cuh: hard mining by radix select, anchor
-slices) run through their own launch sequences on the CPU warp emulator (tests/emu).
+"""The FMA / WMMA CUDA kernels (csrc/cuda/supcon_passes.cuh and the parts it includes: hard mining
+by radix select, anchor slices) run through their own launch sequences on the CPU warp emulator
+(tests/emu).
 
 What the GPU tests of tests/test_native_cuda.py check on a card, checked here without one: loss rows,
 |P_i| after mining and dU against the dense float64 reference, mined and unmined, whole batches and
@@ -22,15 +23,13 @@ from ct_kernels.selfcheck import rel_err
 
 from emu_build import build_emulator
 
-ROOT = Path(__file__).resolve().parents[1]
 KINDS = {"bf16": 0, "fp16": 1, "tf32": 2, "fp32": 3, "fp64": 4}
 IGN = -1
 
 
 @pytest.fixture(scope="session")
 def tiles_binary(tmp_path_factory) -> Path:
-    return build_emulator(tmp_path_factory, "supcon_tiles_emu.cpp",
-                          [ROOT / "csrc" / "cuda" / n for n in ("supcon_tiles.cuh", "launch.cuh", "supcon_kernels.h")])
+    return build_emulator(tmp_path_factory, "supcon_tiles_emu.cpp")
 
 
 def _operands(u: torch.Tensor, kind: str):

@@ -108,7 +108,9 @@ __attribute__((target("avx512f"))) void compact_keys_avx512(const float* srow, c
     const __mmask16 in = M - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (M - j)) - 1u);
     // order_key, 16 at a time: +0.0 folds -0.0; a negative value's key is ~bits, else bits | sign
     const __m512i u = _mm512_castps_si512(_mm512_add_ps(_mm512_maskz_loadu_ps(in, srow + j), _mm512_setzero_ps()));
-    const __m512i key = _mm512_xor_si512(u, _mm512_or_si512(_mm512_srai_epi32(u, 31), sign));
+    // (the sign lanes by a compare: GCC 12's _mm512_srai_epi32 warns -Wmaybe-uninitialized)
+    const __mmask16 negative = _mm512_cmplt_epi32_mask(u, zero);
+    const __m512i key = _mm512_xor_si512(u, _mm512_mask_mov_epi32(sign, negative, ones));
     const __m512i c = _mm512_maskz_loadu_epi32(in, cls + j);
     const __mmask16 same = _mm512_mask_cmpeq_epi32_mask(in, c, anchor_class);
     const __mmask16 self = _mm512_cmpeq_epi32_mask(_mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int32_t>(j))),

@@ -1,7 +1,7 @@
-// Launchers of the fused SupCon / InfoNCE CUDA kernels of supcon_tiles.cuh (FMA tiles for
-// float32 / float64, WMMA tiles for bf16 / fp16 / tf32, mining by radix select): launch
-// sequences, grids, launch checks. CUDA headers only.
-#include "supcon_tiles.cuh"
+// Launchers of the fused SupCon / InfoNCE CUDA kernels (FMA tiles for float32 / float64, WMMA
+// tiles for bf16 / fp16 / tf32, mining by radix select): each picks the tile policy and runs the
+// launch sequences of supcon_passes.cuh. CUDA headers only.
+#include "supcon_passes.cuh"
 
 namespace ct_kernels {
 namespace cuda {

@@ -1,4 +1,4 @@
-// Driver of the FMA / WMMA SupCon kernels (csrc/cuda/supcon_tiles.cuh: mining by radix select,
+// Driver of the FMA / WMMA SupCon kernels (csrc/cuda/supcon_passes.cuh: mining by radix select,
 // anchor slices) under the CPU warp emulator, through their own launch sequences (forward_impl,
 // backward_impl), for tests/test_native_tiles_emu.py.
 // Input file: int64 kind (0 bf16, 1 fp16, 2 tf32: WMMA; 3 fp32, 4 fp64: FMA), variant, M, D, lo, hi,
@@ -15,7 +15,7 @@
 #include "driver_io.h"
 #include "host_rules.h"
 #include "warp_emu.h"
-#include "../../csrc/cuda/supcon_tiles.cuh"
+#include "../../csrc/cuda/supcon_passes.cuh"
 
 namespace cu = ct_kernels::cuda;
 

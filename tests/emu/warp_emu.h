@@ -172,7 +172,7 @@ using cudaError_t = int;
 using cudaStream_t = void*;
 constexpr cudaError_t cudaSuccess = 0, cudaErrorInvalidValue = 1;
 
-// ---- scalar intrinsics and types of the WMMA / FMA kernels (csrc/cuda/supcon_tiles.cuh)
+// ---- scalar intrinsics and types of the WMMA / FMA kernels (csrc/cuda/supcon_tiles.cuh and the passes on it)
 struct __nv_bfloat16 {
   uint16_t bits;
 };
