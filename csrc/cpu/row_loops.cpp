@@ -5,7 +5,10 @@
 // double uses std::exp. Every helper the loops call is always_inline: GCC does not inline a
 // plain inline function into a target_clones clone (its arch differs), and one call per
 // element keeps the loop scalar. Counts add a bool converted to int, not `b ? 1 : 0`: GCC 12
-// if-converts the latter only with AVX-512's masks, leaving the AVX2 clone scalar.
+// if-converts the latter only with AVX-512's masks, leaving the AVX2 clone scalar. Each loop
+// writes out its own membership lines (same class, valid, the two threshold tests): one
+// always_inline helper returning them as a struct of two bools left all three loops scalar in
+// every clone (GCC 12; test_float_row_loops_are_vectorized_without_calls fails on it).
 
 #include "cpu/row_loops.h"
 
