@@ -8,7 +8,7 @@ CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda-13.0 /usr/local/cuda))
 export CUDA_HOME
 export MAX_JOBS ?= 2
 
-.PHONY: env build build-cuda test test-fast test-torch211 test-triton39 demo quickstart bench gpu-check clean
+.PHONY: env build build-cuda test test-fast test-torch211 test-torch212 test-torch213 test-compat test-triton39 demo quickstart bench gpu-check clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,15 +38,30 @@ quickstart: build
 bench: build
 	$(PY) -m pytest benchmarks -q --benchmark-only
 
-# The GPU machine's software (torch 2.11 + CUDA 13.0, Triton 3.6) on this CPU, before a device
-# session spends time on it: its own venv and a copy of the tree (the extension is built against
-# that torch, CUDA kernels included), tests through Triton 3.6's interpreter, which needs
-# numpy < 2.3. Not part of `make test`; the first run downloads about 3 GB.
-COMPAT_VENV := .venv-torch211
-COMPAT_DIR  := build/compat-torch211
+# The suite under the other supported torch releases, on this CPU: each in its own venv
+# (.venv-torch2NN) and a copy of the tree, the extension built against that torch with its CUDA
+# kernels, tests through that torch's Triton interpreter. test-torch211 is the GPU machine's
+# software (torch 2.11 + CUDA 13.0, Triton 3.6), worth running before a device session spends
+# time on it. numpy < 2.3 because Triton 3.6's interpreter needs it; `!=V+cpu` because the local
+# wheel folder holds CPU-only builds that pip would otherwise prefer (no CUDA kernels to build).
+# Not part of `make test`; the first run of each downloads about 3 GB.
 test-torch211:
+	$(MAKE) test-compat COMPAT_TORCH=2.11.0 COMPAT_VISION=0.26.0
+test-torch212:
+	$(MAKE) test-compat COMPAT_TORCH=2.12.1 COMPAT_VISION=0.27.1
+test-torch213:
+	$(MAKE) test-compat COMPAT_TORCH=2.13.0 COMPAT_VISION=0.28.0
+
+COMPAT_NAME = torch$(subst .,,$(basename $(COMPAT_TORCH)))
+COMPAT_VENV = .venv-$(COMPAT_NAME)
+COMPAT_DIR  = build/compat-$(COMPAT_NAME)
+test-compat:
+	test -n "$(COMPAT_TORCH)" -a -n "$(COMPAT_VISION)" || \
+		{ echo "test-compat needs COMPAT_TORCH=2.x.y and COMPAT_VISION=0.x.y" >&2; exit 2; }
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
-	$(COMPAT_VENV)/bin/pip install -q torch==2.11.0 torchvision==0.26.0 "numpy<2.3" timm pytest ninja \
+	$(COMPAT_VENV)/bin/pip install -q --upgrade pip  # a venv's own pip 23 edits installs through setup.py develop
+	$(COMPAT_VENV)/bin/pip install -q "torch==$(COMPAT_TORCH),!=$(COMPAT_TORCH)+cpu" \
+		"torchvision==$(COMPAT_VISION),!=$(COMPAT_VISION)+cpu" "numpy<2.3" timm pytest ninja \
 		setuptools wheel pytorch-metric-learning
 	rm -rf $(COMPAT_DIR) && mkdir -p $(COMPAT_DIR)
 	git ls-files -z | xargs -0 cp --parents -t $(COMPAT_DIR)
