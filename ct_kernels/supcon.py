@@ -209,14 +209,17 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
             rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(),
                                             None if uc is None else uc.contiguous(), yc, kernels,
                                             int(ignore_index), 1.0 / float(temperature), variant, kp, kn, tf32)
-            rows = _poison_non_finite(rows, finite)
+        # every backend alike, even in a batch whose loss would not read the non-finite row (no
+        # anchor with a positive): a NaN loss, not 0.0 over a NaN gradient
+        rows = _poison_non_finite(rows, finite)
         return _reduce(rows, npos, reduction)
 
 
 def _poison_non_finite(rows: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
     """The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would not.
     A non-finite valid row makes every row NaN, as it would there (checked on device, no sync;
-    ignored rows were zeroed before and cannot trigger it)."""
+    ignored rows were zeroed before and cannot trigger it). Applied to the dense reference too, so
+    that a batch without positives reports such a row as every backend does."""
     all_finite = torch.stack([_finite(t.detach()) for t in inputs]).all()
     return torch.where(all_finite, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
 

@@ -96,6 +96,10 @@ class TestHostile:
         z[4] = float("inf")
         mined = ct.supcon_loss(z.to(device), y.to(device), backend=backend, hard_positives=1, hard_negatives=2)
         assert torch.isnan(mined)
+        # a batch without positives, whose loss reads no row: reported all the same, every backend
+        lone = torch.arange(8, device=device)
+        for kw in (dict(), dict(variant="infonce"), dict(hard_negatives=2)):
+            assert torch.isnan(ct.supcon_loss(z.to(device), lone, backend=backend, **kw))
 
     def test_half_inputs_low_temperature(self, backend, device):
         if backend == "triton" and device == "cpu":
