@@ -73,40 +73,47 @@ def batch(m: int, d: int, classes: int, seed: int, device: str) -> tuple[torch.T
     return z.to(device), labels.to(device), grad.to(device)
 
 
-def _loss_and_grad(z, labels, grad, variant, mining, backend, tf32):
+def _loss_and_grad(z, labels, grad, variant, mining, backend, tf32, temperature):
     """Loss rows and dL/dz of sum(grad * rows) through the public API; mining = (kp, kn)."""
     z = z.detach().clone().requires_grad_(True)
     with fp32_matmul_precision(tf32) if z.is_cuda else contextlib.nullcontext():
-        rows = supcon_loss(z, labels, TEMPERATURE, variant=variant, hard_positives=mining[0],
+        rows = supcon_loss(z, labels, temperature, variant=variant, hard_positives=mining[0],
                            hard_negatives=mining[1], ignore_index=IGNORE, reduction="none", backend=backend)
         (rows.double() * grad.double()).sum().backward()
     return rows.detach(), z.grad
 
 
-def _same_precision_baseline(z, labels, grad, variant, tf32):
+def _same_precision_baseline(z, labels, grad, variant, tf32, temperature):
     """PyTorch at the kernel's precision: normalised in z's dtype, s = U U^T in z's dtype (tf32 if
     asked), float32 softmax."""
     z = z.detach().clone().requires_grad_(True)
     with fp32_matmul_precision(tf32) if z.is_cuda else contextlib.nullcontext():
         u = F.normalize(z, dim=1)
-        rows, _ = supcon_rows_reference(u, labels, labels != IGNORE, TEMPERATURE, variant, half_matmul=True)
+        rows, _ = supcon_rows_reference(u, labels, labels != IGNORE, temperature, variant, half_matmul=True)
         (rows.double() * grad.double()).sum().backward()
     return rows.detach(), z.grad
 
 
-def check_supcon(backend: str, device: str, prec: str, variant: str, mining: tuple = (None, None),
-                 m: int = 301, d: int = 40) -> Result:
-    dtype, tf32, _ = PRECISIONS[prec]
-    z64, labels, grad = batch(m, d, 7, seed=zlib.crc32(f"{prec} {variant} {mining}".encode()), device=device)
-    z = z64.to(dtype)
-    rows, dz = _loss_and_grad(z, labels, grad, variant, mining, backend, tf32)
-    ref_rows, ref_dz = _loss_and_grad(z.double(), labels, grad, variant, mining, "torch", False)
+def errors_and_limit(z: torch.Tensor, labels: torch.Tensor, grad: torch.Tensor, prec: str, variant: str,
+                     mining: tuple, backend: str, temperature: float = TEMPERATURE):
+    """((loss error, gradient error), limit): the backend's rows of ``z`` (already in ``prec``'s
+    dtype) and dL/dz against float64 on the same rounded input, by the tests' rule (see the module
+    docstring); ``grad`` weighs the rows. ``labels`` ignore IGNORE."""
+    tf32 = PRECISIONS[prec][1]
+    rows, dz = _loss_and_grad(z, labels, grad, variant, mining, backend, tf32, temperature)
+    ref_rows, ref_dz = _loss_and_grad(z.double(), labels, grad, variant, mining, "torch", False, temperature)
     if prec in EXACT_LIMIT:
         limit = FP32_3XTF32_TOLERANCE if prec == "fp32" and fp32_3xtf32() else EXACT_LIMIT[prec]
     else:
-        base_rows, base_dz = _same_precision_baseline(z, labels, grad, variant, tf32)
+        base_rows, base_dz = _same_precision_baseline(z, labels, grad, variant, tf32, temperature)
         limit = 2 * max(rel_err(base_rows, ref_rows), rel_err(base_dz, ref_dz)) + REDUCED_FLOOR
-    errs = rel_err(rows, ref_rows), rel_err(dz, ref_dz)
+    return (rel_err(rows, ref_rows), rel_err(dz, ref_dz)), limit
+
+
+def check_supcon(backend: str, device: str, prec: str, variant: str, mining: tuple = (None, None),
+                 m: int = 301, d: int = 40) -> Result:
+    z64, labels, grad = batch(m, d, 7, seed=zlib.crc32(f"{prec} {variant} {mining}".encode()), device=device)
+    errs, limit = errors_and_limit(z64.to(PRECISIONS[prec][0]), labels, grad, prec, variant, mining, backend)
     mined = "" if mining == (None, None) else " mined " + "/".join("-" if k is None else str(k) for k in mining)
     return Result(f"{backend} {prec} {variant}{mined}",
                   f"loss {errs[0]:.2e}, grad {errs[1]:.2e} (limit {limit:.2e})",
