@@ -504,7 +504,10 @@ def test_k_above_the_merge_limit_raises_for_float64(name, kp, kn):
 
 
 def test_k_at_the_merge_limit():
-    u, labels = make_batch(40, 5, 2, dtype=torch.float64, seed=10)
+    """k = MAX_HARD_K where the merge must drop candidates on both sides: the 280 rows of class 0
+    have 279 positives, the 20 of class 1 have 280 negatives."""
+    u, labels = make_batch(300, 5, 2, dtype=torch.float64, seed=10)
+    labels = torch.where(torch.arange(300, device=labels.device) % 15 == 7, 1, 0)
     check(u, labels, "infonce", T.MAX_HARD_K, T.MAX_HARD_K, tol=1e-10)
 
 
