@@ -147,11 +147,12 @@ def test_demo_table_and_verdict():
 
 
 def test_memory_bank_step(data32):
-    """--memory-bank: the bank is filled by the step and its rows join the next step's loss."""
+    """--memory-bank: the criterion gets a MemoryBank of that size, filled by the steps (that the
+    bank's rows join each step's loss is test_module.py's test_memory_bank_in_the_module)."""
     cfg = _cfg(contrastive_weight=0.5, memory_bank=8, steps=2, **TINY_VIT)
     res = T.train(cfg, data32, progress=_NullBar())
     bank = res["model"].criterion.memory_bank
-    assert int(bank.filled.sum()) > 0 and np.isfinite(res["history"]["con"]).all()
+    assert bank.size_per_class == 8 and int(bank.filled.sum()) > 0 and np.isfinite(res["history"]["con"]).all()
     with pytest.raises(ValueError, match="memory-bank"):
         T.Segmenter(_cfg(contrastive_weight=0.5, memory_bank=8, **TINY_CNN))
 

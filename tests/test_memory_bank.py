@@ -105,12 +105,27 @@ def test_memory_bank_update_is_deterministic():
     assert _filled(bank)[1].tolist() == [0, 0, 1]
 
 
-def test_memory_bank_feeds_the_loss():
-    bank = ct.MemoryBank(num_classes=3, size_per_class=4, dim=5)
+@pytest.mark.parametrize("backend", cpu_backends())
+def test_memory_bank_feeds_the_loss(backend):
+    """The loss with bank.contrast() is the loss with the rows the bank should hold (each class's
+    last 4 of the updates, class 3 never seen), given by hand; and not the loss without them."""
+    bank = ct.MemoryBank(num_classes=4, size_per_class=4, dim=5)
     g = torch.Generator().manual_seed(2)
+    pushed, pushed_labels = [], []
     for _ in range(3):
-        bank.update(torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g))
-    z = torch.randn(6, 5, generator=g, requires_grad=True)
-    loss = ct.supcon_loss(z, torch.tensor([0, 1, 2, 0, 1, 2]), contrast=bank.contrast(), backend="torch")
+        zb, yb = torch.randn(8, 5, generator=g), torch.randint(-1, 3, (8,), generator=g)
+        bank.update(zb, yb)
+        pushed.append(zb)
+        pushed_labels.append(yb)
+    pushed, pushed_labels = torch.cat(pushed), torch.cat(pushed_labels)
+    held = torch.cat([torch.nonzero(pushed_labels == c).flatten()[-4:] for c in range(3)])
+    z = torch.randn(6, 5, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1, 3])
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    loss = ct.supcon_loss(z1, y, contrast=bank.contrast(), backend=backend)
+    ref = ct.supcon_loss(z2, y, contrast=(pushed[held], pushed_labels[held]), backend="torch")
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     loss.backward()
-    assert loss.item() > 0 and torch.isfinite(z.grad).all()
+    ref.backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-5, atol=1e-6)
+    assert (loss - ct.supcon_loss(z, y, backend=backend)).abs() > 1e-2
