@@ -129,15 +129,32 @@ def test_gradient_flows_only_through_selected_rows():
     sel = select_confidence_rows(labels, conf, 6, 0.4, 128, 10)
     used = torch.unique(torch.cat([torch.cat([a, p, n]) for _, a, p, n in sel]))
     touched = torch.nonzero(z.grad.abs().sum(1) > 0).squeeze(1)
-    assert set(touched.tolist()) <= set(used.tolist())
+    assert touched.numel() > 0 and set(touched.tolist()) <= set(used.tolist())
     assert (labels[touched] != -1).all()
+
+
+@pytest.mark.parametrize("seed,quantize", [(0, False), (1, True)])
+def test_gradient_matches_brute_force(seed, quantize):
+    """The loss's gradient against autograd through tests/brute.py's loops on the brute selection."""
+    from brute import brute_rows
+    z, labels, conf = _case(seed, r=160, quantize=quantize)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    confidence_supcon(z1, labels, conf, 6, ref_loss_fn(0.2), 0.4, 16, 5).backward()
+    per_class = []
+    for anchors, hard_pos, hard_neg in brute_selection(labels, conf, 6, 0.4, 16, 5).values():
+        rows = sorted(set(anchors) | set(hard_pos) | set(hard_neg))
+        row_loss = brute_rows(z2[rows], labels[rows], 0.2)
+        per_class.append(sum(row_loss[i] for i, r in enumerate(rows) if r in anchors) / len(anchors))
+    assert len(per_class) > 1
+    (sum(per_class) / len(per_class)).backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_invalid_arguments():
     z, labels, conf = _case(0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="confidence_fraction must be in"):
         confidence_supcon(z, labels, conf, 6, ref_loss_fn(0.1), confidence_fraction=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="z must be"):
         confidence_supcon(z, labels[:-1], conf, 6, ref_loss_fn(0.1))
 
 
