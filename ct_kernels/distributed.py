@@ -136,11 +136,18 @@ def all_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):
     return z_all, labels_all
 
 
-def gathered_rows(u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-    """(local row losses, local |P_i|, anchors with positives on all ranks, world size)."""
+def check_group(group) -> None:
+    """process_group given to supcon_loss: torch.distributed initialised, and a group of it."""
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("process_group was given but torch.distributed is not initialised "
                            "(call torch.distributed.init_process_group first)")
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"process_group must be None or a torch.distributed.ProcessGroup (e.g. "
+                        f"dist.group.WORLD), got {type(group).__name__}")
+
+
+def gathered_rows(u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+    """(local row losses, local |P_i|, anchors with positives on all ranks, world size)."""
     rows, npos, anchors = _GatheredSupCon.apply(u, labels, uc, yc, kernels or ReferenceKernels, group,
                                                 ignore_index, inv_temp, variant, kp, kn, allow_tf32)
     return rows, npos, anchors, dist.get_world_size(group)

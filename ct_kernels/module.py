@@ -7,7 +7,8 @@ from torch import nn
 
 from .confidence import confidence_supcon, patch_confidence
 from .memory_bank import MemoryBank
-from .patch import as_patch_size, check_mask, check_num_classes, kept_row_labels, patch_labels_unchecked
+from .patch import (as_patch_size, check_label_value, check_mask, check_num_classes, kept_row_labels,
+                    patch_labels_unchecked)
 from .supcon import backend_for, check_loss_options, supcon_loss
 
 _ROW_IGNORE = -1  # label carried by left-out patches into supcon_loss
@@ -43,6 +44,14 @@ class ProjectionHead(nn.Module):
 
 def _grid_candidates(n: int, h_img: int, w_img: int) -> list[tuple[int, int]]:
     return [(h, n // h) for h in range(1, n + 1) if n % h == 0 and h_img % h == 0 and w_img % (n // h) == 0]
+
+
+def _check_grid(grid) -> None:
+    ok = grid is None or (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid))
+    if not ok:
+        raise ValueError(f"grid must be None or (h, w), two positive ints (one pair per stage for a list "
+                         f"of stages), got {grid!r}")
 
 
 def infer_grid(n: int, h_img: int, w_img: int) -> tuple[int, int]:
@@ -148,7 +157,7 @@ class ContrastivePatchLoss(nn.Module):
         self.min_per_class = min_per_class
         self.num_classes = num_classes
         self.temperature = float(temperature)
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = check_label_value("ignore_index", ignore_index)
         self.min_purity = float(min_purity)
         self.variant = variant
         self.hard_positives = hard_positives
@@ -306,6 +315,7 @@ class ContrastivePatchLoss(nn.Module):
         b, h_img, w_img = mask.shape
         losses, n_patches = [], []
         for feat, g in zip(stages, grids):
+            _check_grid(g)
             if isinstance(feat, torch.Tensor) and feat.shape[0] != b:
                 raise ValueError(f"features have batch size {feat.shape[0]} but mask has {b}")
             if isinstance(feat, torch.Tensor) and feat.device != mask.device:

@@ -45,6 +45,29 @@ def check_mask(mask: torch.Tensor, ph: int, pw: int) -> None:
         raise ValueError(f"mask height and width ({h}, {w}) must be divisible by patch_size ({ph}, {pw})")
 
 
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def as_int(name: str, value, what: str = "an int") -> int:
+    """A Python or numpy integer (anything with __index__ but a bool; never a float, which a kernel
+    would truncate) as an int; TypeError naming the argument otherwise."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return int(value.__index__())
+    except (AttributeError, TypeError):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}") from None
+
+
+def check_label_value(name: str, value) -> int:
+    """An ignore label: an integer (a label compares as an integer; the kernels would truncate 1.5
+    to 1 where the reference compares it as is) in int64's range."""
+    value = as_int(name, value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"{name} must fit in int64, got {value}")
+    return value
+
+
 def check_num_classes(num_classes) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -108,6 +131,7 @@ def patch_labels(mask: torch.Tensor, patch_size, num_classes: int, ignore_index:
     ph, pw = as_patch_size(patch_size)
     check_mask(mask, ph, pw)
     check_num_classes(num_classes)
+    ignore_index = check_label_value("ignore_index", ignore_index)
     backends.check_backend_name(backend)
     labels, purity, bad = patch_labels_unchecked(mask, ph, pw, num_classes, ignore_index, backend)
     if int(bad.item()) != 0:

@@ -6,22 +6,24 @@ import torch
 
 from . import backends
 from .normalize import normalize_rows
+from .patch import INT64_MAX, as_int, check_label_value
 from .precision import fp32_matmul_allows_tf32
 from .reference import supcon_rows_reference
 
 VARIANTS = ("supcon", "infonce")
 REDUCTIONS = ("mean", "sum", "none")
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def _check_k(name: str, k) -> int:
-    """Hard-mining k: None means every candidate (kernel code 0); otherwise an int >= 1."""
+    """Hard-mining k: None means every candidate (kernel code 0); otherwise an int >= 1 (k above the
+    candidates keeps them all; int64's range is what the operators take)."""
     if k is None:
         return 0
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"{name} must be None or a positive int, got {type(k).__name__}")
-    if k <= 0:
-        raise ValueError(f"{name} must be None or a positive int, got {k}")
+    k = as_int(name, k, "None or a positive int")
+    if not 0 < k <= INT64_MAX:
+        raise ValueError(f"{name} must be None or an int in [1, 2**63 - 1], got {k}")
     return k
 
 
@@ -32,6 +34,9 @@ def check_loss_options(temperature, variant: str, hard_positives, hard_negatives
         raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
     if not temperature > 0 or temperature == float("inf"):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if 1.0 / temperature > FLOAT32_MAX:  # the kernels take 1 / temperature as a float32
+        raise ValueError(f"temperature must be at least 1 / {FLOAT32_MAX:.4g} (its inverse a finite float32), "
+                         f"got {temperature}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if reduction not in REDUCTIONS:
@@ -181,7 +186,11 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         the rows keep the dtype they come in; accumulation is float32.
     """
     kp, kn = check_loss_options(temperature, variant, hard_positives, hard_negatives, reduction, backend)
+    ignore_index = check_label_value("ignore_index", ignore_index)
     _check_inputs(z, labels)
+    if process_group is not None:
+        from .distributed import check_group
+        check_group(process_group)
     extra = _check_contrast(contrast, z)
     tf32 = z.dtype == torch.float32 and z.is_cuda and fp32_matmul_allows_tf32()
     name, kernels = backends.resolve(backend, z.device, "supcon_loss", z.dtype, tf32)

@@ -100,6 +100,11 @@ def test_grid_inference_and_ambiguity():
     assert out.item() > 0
     with pytest.raises(ValueError, match="grid"):
         crit(torch.randn(1, 6, 4), mask, grid=(3, 3))
+    for bad in ((2.0, 3.0), (2, 3, 1), (2, True), "23"):  # floats, bools, wrong length: named, every input kind
+        with pytest.raises(ValueError, match="grid must be None or"):
+            crit(torch.randn(1, 6, 4), mask, grid=bad)
+        with pytest.raises(ValueError, match="grid must be None or"):
+            crit(torch.randn(1, 4, 2, 3), mask, grid=bad)
     wide = torch.zeros(1, 16, 32, dtype=torch.int64)
     assert crit(torch.randn(1, 8, 4), wide).item() > 0   # (2, 4) is the one grid of the mask's aspect
 

@@ -75,16 +75,20 @@ def test_out_of_range_labels_raise(backend, bad):
         ct.patch_labels(mask, 2, 4, ignore_index=255, backend=backend)
 
 
-@pytest.mark.parametrize("mask,patch,err,match", [
-    (torch.zeros(4, 4, dtype=torch.int64), 2, ValueError, "3-D"),
-    (torch.zeros(1, 4, 4), 2, TypeError, "integer or bool"),
-    (torch.zeros(1, 6, 4, dtype=torch.int64), 4, ValueError, "divisible"),
-    (torch.zeros(1, 4, 4, dtype=torch.int64), 0, ValueError, "patch_size"),
-    (torch.zeros(1, 4, 4, dtype=torch.int64), (2, 2, 2), TypeError, "patch_size"),
+@pytest.mark.parametrize("mask,patch,err,match,ignore", [
+    (torch.zeros(4, 4, dtype=torch.int64), 2, ValueError, "3-D", 255),
+    (torch.zeros(1, 4, 4), 2, TypeError, "integer or bool", 255),
+    (torch.zeros(1, 6, 4, dtype=torch.int64), 4, ValueError, "divisible", 255),
+    (torch.zeros(1, 4, 4, dtype=torch.int64), 0, ValueError, "patch_size", 255),
+    (torch.zeros(1, 4, 4, dtype=torch.int64), (2, 2, 2), TypeError, "patch_size", 255),
+    # a float ignore value compares as-is in the reference but the kernels would truncate it
+    (torch.zeros(1, 4, 4, dtype=torch.int64), 2, TypeError, "ignore_index", 1.5),
+    (torch.zeros(1, 4, 4, dtype=torch.int64), 2, TypeError, "ignore_index", None),
+    (torch.zeros(1, 4, 4, dtype=torch.int64), 2, ValueError, "ignore_index", 2 ** 63),
 ])
-def test_bad_input(mask, patch, err, match):
+def test_bad_input(mask, patch, err, match, ignore):
     with pytest.raises(err, match=match):
-        ct.patch_labels(mask, patch, 3)
+        ct.patch_labels(mask, patch, 3, ignore_index=ignore)
 
 
 def test_bad_num_classes_and_backend():

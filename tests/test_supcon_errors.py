@@ -19,6 +19,15 @@ import ct_kernels as ct
     (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(hard_negatives=True), TypeError, "hard_negatives"),
     (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(backend="gpu"), ValueError, "backend"),
     ("z", torch.zeros(4, dtype=torch.int64), {}, TypeError, "z must be a torch.Tensor"),
+    # a float label would compare as-is in the reference but truncate in the kernels
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(ignore_index=1.5), TypeError, "ignore_index"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(ignore_index=None), TypeError, "ignore_index"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(ignore_index=2 ** 63), ValueError, "ignore_index"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(hard_positives=2 ** 63), ValueError,
+     "hard_positives"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(temperature=1e-39), ValueError, "temperature"),
+    (torch.randn(4, 3), torch.zeros(4, dtype=torch.int64), dict(process_group="x"), (RuntimeError, TypeError),
+     "process_group"),
 ])
 def test_bad_input(z, y, kw, err, match):
     with pytest.raises(err, match=match):
@@ -64,3 +73,15 @@ def test_auto_on_cuda_follows_the_measured_preference():
 def test_auto_on_cpu_prefers_native_when_built():
     expected = "native" if ct.available_backends()["native"] == "ok" else "torch"
     assert ct.backend_for("cpu") == expected
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_numpy_integers_and_the_largest_k_are_taken(backend):
+    np = pytest.importorskip("numpy")
+    if backend not in ct.available_backends():
+        pytest.skip(f"{backend}: {ct.available_backends()}")
+    z, y = torch.randn(9, 3, dtype=torch.float64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 5])
+    want = ct.supcon_loss(z, y, ignore_index=5, backend="torch")
+    got = ct.supcon_loss(z, y, ignore_index=np.int64(5), hard_positives=2 ** 63 - 1, hard_negatives=np.int32(40),
+                         backend=backend)
+    torch.testing.assert_close(got, want)
