@@ -117,6 +117,18 @@ class TestHostile:
             errs, limit = errors_and_limit(zb, y, grad, "bf16", variant, (None, None), backend, temperature=0.01)
             assert max(errs) <= limit, (variant, errs, limit)
 
+    @pytest.mark.parametrize("variant", ["infonce", "supcon"])
+    def test_small_losses_keep_their_relative_accuracy(self, backend, device, variant):
+        """Well-separated classes: InfoNCE rows ~3e-7 (softplus of far-negative arguments), SupCon
+        rows ~log(10) (none small; the case shows both variants are held to float32's 1e-5)."""
+        g = torch.Generator().manual_seed(0)
+        y = torch.arange(30) % 3
+        z = torch.eye(16)[:3][y] + 0.05 * torch.randn(30, 16, generator=g)
+        grad = torch.randn(30, generator=g, dtype=torch.float64)
+        errs, limit = errors_and_limit(z.to(device), y.to(device), grad.to(device), "fp32", variant, (None, None),
+                                       backend, temperature=0.05)
+        assert max(errs) <= limit, (errs, limit)
+
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
     def test_half_inputs_with_ignored_rows_and_zero_vectors(self, backend, device, dtype):
         """Ignored rows are zeroed before normalising, and F.normalize's eps (1e-12) is 0 in

@@ -155,19 +155,31 @@ def _online_lse2(m, l, s, member):
 
 
 @triton.jit
-def _mul(a, b):
-    return a * b
+def _mul_minus_one(a, b):
+    """(1 + a)(1 + b) - 1: products of factors near 1 kept relative to their distance from 1."""
+    return a + b + a * b
 
 
 @triton.jit
-def _sum_log2(x, member, BN: tl.constexpr):
-    """Per row, the sum of log2(x) over members, for x in [1, 2]: one log2 of the product per
-    row (a tile row of at most 64 factors stays below 2**64), not one per element: log2 is a
-    software polynomial of ~12 FMAs on NVIDIA GPUs (no lg2 in the PTX of tl.log2)."""
+def _log2_1p(x):
+    """log2(1 + x), x >= 0, to a few ulp of the result also where x is below float32's ulp of 1:
+    1 + x rounds, and x / ((1 + x) - 1) undoes that rounding (the classic log1p identity)."""
+    w = 1.0 + x
+    d = w - 1.0
+    return tl.where(d == 0.0, x * 1.4426950408889634, tl.log2(w) * (x / tl.where(d == 0.0, 1.0, d)))
+
+
+@triton.jit
+def _sum_log2_1p(e, member, BN: tl.constexpr):
+    """Per row, the sum of log2(1 + e) over members, for e in [0, 1]: one log2 per row (a tile row
+    of at most 64 factors stays below 2**64), not one per element: log2 is a software polynomial
+    of ~12 FMAs on NVIDIA GPUs (no lg2 in the PTX of tl.log2). The product is carried as
+    prod(1 + e) - 1: a plain product of the rounded 1 + e lost every e below 2**-24 and the
+    relative accuracy of a small InfoNCE loss (2.3e-3 at a loss of 3.4e-7)."""
     if BN <= 64:
-        return tl.log2(tl.reduce(tl.where(member, x, 1.0), 1, _mul))
+        return _log2_1p(tl.reduce(tl.where(member, e, 0.0), 1, _mul_minus_one))
     else:
-        return tl.sum(tl.where(member, tl.log2(x), 0.0), 1)
+        return tl.sum(tl.where(member, _log2_1p(e), 0.0), 1)
 
 
 @triton.jit
@@ -482,7 +494,7 @@ def _infonce_sweep(u_ptr, stride, lab_ptr, thrp_ptr, colp_ptr, thrn_ptr, coln_pt
         t = lse[:, None] - s  # base 2
         e = tl.exp2(-tl.abs(t))
         one_e = 1.0 + e
-        sp_sum += tl.sum(tl.where(pos, tl.maximum(t, 0.0), 0.0), 1) + _sum_log2(one_e, pos, BN)
+        sp_sum += tl.sum(tl.where(pos, tl.maximum(t, 0.0), 0.0), 1) + _sum_log2_1p(e, pos, BN)
         sg_sum += tl.sum(tl.where(pos, tl.where(t >= 0, 1.0, e) / one_e, 0.0), 1)
     return sp_sum, sg_sum
 
