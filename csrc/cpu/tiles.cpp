@@ -71,27 +71,37 @@ void copy_scaled(const T* p, int64_t ldp, T* S, int64_t lds, int64_t rows, int64
 
 }  // namespace
 
+// A block's rows as a GEMM operand: at least kMinRows of them where the matrix has that many, the
+// block's own rows last. A trailing block of 1 or 2 rows made at::mm take another BLAS path whose
+// sums round differently (a float64 row and its exact copy then had s_i,a != s_i,b, and mining
+// broke their tie away from the lower column); widened to the rows before it, every operand is a
+// GEMM panel and each s_ij the same bits whichever tile holds it. Returns the first row used.
+constexpr int64_t kMinRows = 16;
+inline int64_t operand_start(int64_t r, int64_t n) { return r + n - std::min(r + n, std::max(n, kMinRows)); }
+
 template <typename T>
 void canonical_tile(const Problem<T>& P, int64_t I, int64_t J, T* S, int64_t ld) {
   const int64_t ri = P.r0(I), ni = P.r1(I) - ri, rj = P.r0(J), nj = P.r1(J) - rj;
+  const int64_t li = operand_start(ri, ni), lj = operand_start(rj, nj);
+  const int64_t wi = ri + ni - li, wj = rj + nj - lj;  // operand rows; the block's are the last ones
   const T it = P.inv_temp;
   if (I < J) {
-    at::Tensor t = at::mm(P.U.slice(0, ri, ri + ni), P.U.slice(0, rj, rj + nj).t());
-    copy_scaled(t.const_data_ptr<T>(), nj, S, ld, ni, nj, it);
+    at::Tensor t = at::mm(P.U.slice(0, li, ri + ni), P.U.slice(0, lj, rj + nj).t());  // wi x wj
+    copy_scaled(t.const_data_ptr<T>() + (ri - li) * wj + (rj - lj), wj, S, ld, ni, nj, it);
   } else if (I > J) {
-    at::Tensor t = at::mm(P.U.slice(0, rj, rj + nj), P.U.slice(0, ri, ri + ni).t());  // nj x ni
-    transpose_scaled(t.const_data_ptr<T>(), ni, S, ld, ni, nj, it);
+    at::Tensor t = at::mm(P.U.slice(0, lj, rj + nj), P.U.slice(0, li, ri + ni).t());  // wj x wi
+    transpose_scaled(t.const_data_ptr<T>() + (rj - lj) * wi + (ri - li), wi, S, ld, ni, nj, it);
   } else {
     // upper triangle (a <= b) from the product's rows; each row's part left of the diagonal is
     // the transposed copy of the column above it. 8 rows a band: the band's columns through its
     // diagonal block transposed, then each row from its diagonal on rewritten from its own row
-    at::Tensor t = at::mm(P.U.slice(0, ri, ri + ni), P.U.slice(0, ri, ri + ni).t());
-    const T* p = t.const_data_ptr<T>();
+    at::Tensor t = at::mm(P.U.slice(0, li, ri + ni), P.U.slice(0, li, ri + ni).t());  // wi x wi
+    const T* p = t.const_data_ptr<T>() + (ri - li) * wi + (ri - li);
     for (int64_t a0 = 0; a0 < ni; a0 += 8) {
       const int64_t na = std::min<int64_t>(8, ni - a0);
-      transpose_scaled(p + a0, ni, S + a0 * ld, ld, na, a0 + na, it);
+      transpose_scaled(p + a0, wi, S + a0 * ld, ld, na, a0 + na, it);
       for (int64_t a = a0; a < a0 + na; ++a)
-        copy_scaled(p + a * ni + a, ni, S + a * ld + a, ld, int64_t(1), ni - a, it);
+        copy_scaled(p + a * wi + a, wi, S + a * ld + a, ld, int64_t(1), ni - a, it);
     }
   }
 }
