@@ -116,7 +116,7 @@ if available():
 def patch_labels(mask: torch.Tensor, ph: int, pw: int, num_classes: int, ignore_index: int):
     if num_classes > MAX_CLASSES:
         raise ValueError(f"num_classes={num_classes} is above the native backend's limit of "
-                         f"{MAX_CLASSES}; use backend='torch' or 'triton'")
+                         f"{MAX_CLASSES}; use backend='torch' (triton has the same limit)")
     # Checked here as well as in C++: on the GPU machine (torch 2.11) a TORCH_CHECK thrown from
     # this op's CPU kernel crashed the process (see tests/test_native_patch_labels.py), so the
     # user-facing path never relies on the C++ throw.
