@@ -206,7 +206,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         if process_group is not None:
             from .distributed import gathered_rows
             rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), uc, yc, kernels,
-                                                       process_group, int(ignore_index), 1.0 / float(temperature),
+                                                       process_group, ignore_index, 1.0 / float(temperature),
                                                        variant, kp, kn, tf32)
             return _reduce_distributed(_poison_non_finite(rows, finite), anchors, world, reduction)
         if kernels is None:
@@ -217,7 +217,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         else:
             rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(),
                                             None if uc is None else uc.contiguous(), yc, kernels,
-                                            int(ignore_index), 1.0 / float(temperature), variant, kp, kn, tf32)
+                                            ignore_index, 1.0 / float(temperature), variant, kp, kn, tf32)
         # every backend alike, even in a batch whose loss would not read the non-finite row (no
         # anchor with a positive): a NaN loss, not 0.0 over a NaN gradient
         rows = _poison_non_finite(rows, finite)
