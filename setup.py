@@ -121,7 +121,7 @@ setup(
     version="0.1.0",
     description="Fused supervised patch-level contrastive loss kernels for PyTorch (O(N*D) memory)",
     packages=find_packages(include=["ct_kernels", "ct_kernels.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=["torch"],
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -45,3 +45,26 @@ def test_runs_without_the_extension_and_says_how_to_build_it():
     assert len(lines) == 2
     for line in lines:
         assert "ct_kernels._C" in line and "pip install --no-build-isolation -e ." in line, line
+
+
+def test_source_distribution_holds_every_source_file(tmp_path):
+    # An sdist built on a machine without nvcc must still carry the CUDA sources, and every
+    # header (setuptools packs only the extension's compiled sources unless MANIFEST.in says so).
+    import shutil
+    import tarfile
+    for name in ("setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc")
+    for name in ("csrc", "ct_kernels"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=skip)
+    env = {**__import__("os").environ, "CT_KERNELS_BUILD_CUDA": "0"}
+    r = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "--dist-dir", "dist"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    (archive,) = (tmp_path / "dist").glob("ct_kernels-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        packed = {Path(*Path(m).parts[1:]).as_posix() for m in tar.getnames()}
+    wanted = {p.relative_to(tmp_path).as_posix() for d in ("csrc", "ct_kernels") for p in (tmp_path / d).rglob("*")
+              if p.is_file()}
+    assert any(w.endswith(".cu") for w in wanted) and any(w.endswith(".cuh") for w in wanted)
+    assert wanted - packed == set()
