@@ -49,6 +49,22 @@ def place_rows(saved: tuple, start: int, total: int) -> tuple:
     return tuple(out)
 
 
+def first_order_only(grad: torch.Tensor, u_in: torch.Tensor, what: str) -> torch.Tensor:
+    """A fused backward's gradient, made to raise if it is differentiated again.
+
+    The kernels compute dU outside autograd: under ``create_graph=True`` (a gradient penalty, say)
+    a second derivative would silently miss this loss's part. ``once_differentiable`` raises only
+    when the incoming gradient itself requires grad, which a gradient penalty's does not. Here,
+    with grad mode on (create_graph), the gradient passes through an error node whose inputs
+    include ``u_in``, the Function's input as saved for backward (its graph then reaches z), so
+    any second derivative through this loss runs into it; first derivatives are unchanged.
+    ``what``: the computation that gives first derivatives only, and what to use instead."""
+    if not torch.is_grad_enabled() or not u_in.requires_grad:
+        return grad
+    err = torch._C._functions.DelayedError(f"ct_kernels: {what}".encode(), 2)
+    return err(grad.detach().requires_grad_(), u_in)[0]
+
+
 def anchor_slice(m: int, start: int, count: int | None) -> int:
     """The number of anchor rows of the slice start .. start + count of u's m rows (count None:
     to the end); ValueError if it does not lie inside them. Every fused backend checks this in

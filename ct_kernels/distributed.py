@@ -93,6 +93,11 @@ def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Te
     return (valid & (counts[inverse] > 1)).sum()
 
 
+_FIRST_ORDER = ("supcon_loss with process_group gives first derivatives only, on every backend; for a second "
+                "derivative (backward with create_graph=True) compute it without process_group, with "
+                "backend='torch'")
+
+
 class _GatheredSupCon(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
@@ -102,7 +107,7 @@ class _GatheredSupCon(torch.autograd.Function):
             u_all, labels_all = torch.cat([u_all, uc]), torch.cat([labels_all, yc])
         rows, npos, saved = kernels.supcon_forward(u_all, labels_all, ignore_index, inv_temp, variant,
                                                    kp, kn, allow_tf32, start, u.shape[0])
-        ctx.save_for_backward(u_all, labels_all, *saved)
+        ctx.save_for_backward(u_all, labels_all, u, *saved)  # u: for first_order_only
         ctx.args = (kernels, group, sizes, start, ignore_index, inv_temp, variant, kp, kn, allow_tf32)
         if uc is None:
             anchors_all = _anchors_with_positives(labels_all, ignore_index)
@@ -114,7 +119,7 @@ class _GatheredSupCon(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_rows, _grad_npos, _grad_anchors):
-        u_all, labels_all, *saved = ctx.saved_tensors
+        u_all, labels_all, u, *saved = ctx.saved_tensors
         kernels, group, sizes, start, ignore_index, inv_temp, variant, kp, kn, allow_tf32 = ctx.args
         # every rank's row weights and per-row statistics (O(N) each, one collective): the columns'
         # side of G; padding rows arrive as zeros, i.e. npos 0: not anchors
@@ -126,7 +131,7 @@ class _GatheredSupCon(torch.autograd.Function):
         g_all = backends.place_rows((g_all,), 0, u_all.shape[0])[0]
         du = kernels.supcon_backward(u_all, labels_all, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
                                      saved_all, g_all, start, sizes[dist.get_rank(group)])
-        return du, None, None, None, None, None, None, None, None, None, None, None
+        return backends.first_order_only(du, u, _FIRST_ORDER), None, None, None, None, None, None, None, None, None, None, None
 
 
 def all_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):

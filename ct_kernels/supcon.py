@@ -64,6 +64,10 @@ def _check_inputs(z: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels must be on z's device ({z.device}), got {labels.device}")
 
 
+_FIRST_ORDER = ("the fused backends of supcon_loss (native, triton) give first derivatives only; for a "
+                "second derivative (backward with create_graph=True) use backend='torch'")
+
+
 class _FusedSupCon(torch.autograd.Function):
     """Row losses from a fused backend; the mining selection is a constant for autograd.
 
@@ -72,19 +76,21 @@ class _FusedSupCon(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, labels, uc, yc, kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-        m = u.shape[0]
+        m, u_in = u.shape[0], u
         if uc is not None:
             u, labels = torch.cat([u, uc]), torch.cat([labels, yc])
         loss_rows, npos, saved = kernels.supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn,
                                                         allow_tf32, 0, m)
-        ctx.save_for_backward(u, labels, *saved)
+        # u_in only to reach z's graph under create_graph (first_order_only); the same tensor as
+        # u without extra contrast rows
+        ctx.save_for_backward(u, labels, u_in, *saved)
         ctx.args = (kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, m)
         ctx.mark_non_differentiable(npos)
         return loss_rows, npos
 
     @staticmethod
     def backward(ctx, grad_rows, _grad_npos):
-        u, labels, *saved = ctx.saved_tensors
+        u, labels, u_in, *saved = ctx.saved_tensors
         kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, m = ctx.args
         total = u.shape[0]
         grad = grad_rows.contiguous()
@@ -92,7 +98,7 @@ class _FusedSupCon(torch.autograd.Function):
             grad = torch.cat([grad, grad.new_zeros(total - m)])
         du = kernels.supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
                                      backends.place_rows(tuple(saved), 0, total), grad, 0, m)
-        return du, None, None, None, None, None, None, None, None, None, None
+        return backends.first_order_only(du, u_in, _FIRST_ORDER), None, None, None, None, None, None, None, None, None, None
 
 
 def _reduce(rows: torch.Tensor, npos: torch.Tensor, reduction: str) -> torch.Tensor:

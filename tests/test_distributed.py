@@ -55,6 +55,15 @@ def _worker(rank, world, init_file, backend, out_dir):
             loss = ct.supcon_loss(zr, y[lo:hi], 0.2, backend=backend, process_group=dist.group.WORLD, **_kwargs(kw))
             loss.backward()
             results.append((loss.detach(), zr.grad))
+        # a second derivative through the gathered loss: an error, not a silently partial result
+        zr = z[lo:hi].clone().requires_grad_()
+        grad, = torch.autograd.grad(ct.supcon_loss(zr, y[lo:hi], 0.2, backend=backend,
+                                                   process_group=dist.group.WORLD), zr, create_graph=True)
+        try:
+            torch.autograd.grad(grad.square().sum(), zr, allow_unused=True)
+            results.append("second derivative")
+        except RuntimeError as exc:
+            results.append(str(exc))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
         # every rank done before any tears down: a rank leaving while a peer's gloo sends are in
         # flight aborted the process now and then ("terminate called without an active exception")
@@ -82,6 +91,9 @@ def test_gloo_matches_single_process(tmp_path, world, backend):
     bounds = [0]
     for n in SPLITS[world]:
         bounds.append(bounds[-1] + n)
+    for r in range(world):  # every backend: the gathered loss's dU is computed outside autograd
+        if SPLITS[world][r]:
+            assert "process_group gives first derivatives only" in per_rank[r][-1]
     for c, kw in enumerate(CASES):
         zz = z.clone().requires_grad_()
         ref = ct.supcon_loss(zz, y, 0.2, backend=backend, **_kwargs(kw))
