@@ -85,8 +85,9 @@ class ContrastivePatchLoss(nn.Module):
     timm's Swin and MambaOut (``from_timm`` sets it from the model's ``output_fmt``).
 
     ``memory_bank=ct.MemoryBank(num_classes, size, D)`` (one feature stage): each forward adds the
-    bank's rows to the contrast set (columns only) and then pushes the step's kept patch rows into
-    it, detached. It is a submodule: ``.to(device)`` moves it, the state dict holds it. With
+    bank's rows to the contrast set (columns only) and then, in training mode (``.train()``, as
+    BatchNorm updates its statistics; ``.eval()`` leaves the bank as it is, for validation
+    losses), pushes the step's kept patch rows into it, detached. It is a submodule: ``.to(device)`` moves it, the state dict holds it. With
     ``process_group`` the kept rows of every rank are gathered into it (one more all_gather of
     N x D), so every rank holds the same bank, as ContrastiveSeg's queues do, and the loss stays
     the single-process loss of the concatenated batch.
@@ -288,7 +289,9 @@ class ContrastivePatchLoss(nn.Module):
                                process_group=self.process_group, contrast=contrast)
         if self.mining == "similarity":
             loss = loss_fn(rows, row_labels)
-            if self.memory_bank is not None:  # after the loss: a row is never its own positive
+            # after the loss (a row is never its own positive), and in training mode only: like
+            # BatchNorm's running statistics, a validation pass under .eval() leaves the bank as it was
+            if self.memory_bank is not None and self.training:
                 new_rows, new_labels = rows.detach(), row_labels
                 if self.process_group is not None:
                     from .distributed import all_rows

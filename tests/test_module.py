@@ -324,6 +324,19 @@ def test_memory_bank_in_the_module(backend):
     assert int(crit.memory_bank.filled.sum()) > 0 and "memory_bank.store" in crit.state_dict()
 
 
+def test_memory_bank_is_left_alone_in_eval_mode():
+    # a validation loss must not push validation patches into the bank (BatchNorm's rule)
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.5, backend="torch", memory_bank=ct.MemoryBank(3, 8, 16))
+    crit(torch.randn(2, 16, 4, 4), _mask(2, 16, 16, seed=0))
+    before = {k: v.clone() for k, v in crit.state_dict().items()}
+    fmap, mask = torch.randn(2, 16, 4, 4), _mask(2, 16, 16, seed=1)
+    in_eval = crit.eval()(fmap, mask)
+    for k, v in crit.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    torch.testing.assert_close(crit.train()(fmap, mask), in_eval)  # the same loss, and now an update
+    assert not torch.equal(crit.memory_bank.store, before["memory_bank.store"])
+
+
 def test_memory_bank_bad_uses():
     bank = ct.MemoryBank(3, 4, 16)
     with pytest.raises(TypeError, match="memory_bank"):
