@@ -2,6 +2,8 @@
 backend shares (the kernels follow the contract in ``backends.py``)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from . import backends
@@ -30,8 +32,11 @@ def _check_k(name: str, k) -> int:
 def check_loss_options(temperature, variant: str, hard_positives, hard_negatives, reduction: str = "mean",
                        backend: str = "auto") -> tuple[int, int]:
     """Validate the options shared by supcon_loss and ContrastivePatchLoss; returns (kp, kn)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        hint = " (a tensor would be read back to the host each step: pass float(t))" if isinstance(
+            temperature, torch.Tensor) else ""
+        raise TypeError(f"temperature must be a real number (Python or NumPy), got {type(temperature).__name__}{hint}")
+    temperature = float(temperature)
     if not temperature > 0 or temperature == float("inf"):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if 1.0 / temperature > FLOAT32_MAX:  # the kernels take 1 / temperature as a float32
@@ -77,8 +82,11 @@ class _FusedSupCon(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, labels, uc, yc, kernels, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
         m, u_in = u.shape[0], u
+        # a copy, not the caller's tensor: saving that would fail for an inference-mode tensor and
+        # make an in-place change of the labels before backward an error (O(M))
+        labels = labels.clone() if uc is None else torch.cat([labels, yc])
         if uc is not None:
-            u, labels = torch.cat([u, uc]), torch.cat([labels, yc])
+            u = torch.cat([u, uc])
         loss_rows, npos, saved = kernels.supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn,
                                                         allow_tf32, 0, m)
         # u_in only to reach z's graph under create_graph (first_order_only); the same tensor as
@@ -172,7 +180,8 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         variant: ``"supcon"`` or ``"infonce"``.
         hard_positives, hard_negatives: k of hard mining per anchor (None: all).
         ignore_index: label of the rows to leave out.
-        normalize: L2-normalise the rows first (the loss assumes it; False for rows you normalised).
+        normalize: L2-normalise the rows first (the loss assumes it; False for rows you normalised;
+            then rows with max ||z||^2 / T past float32's range give NaN, as PyTorch would).
         reduction: ``"mean"`` over the anchors that have a positive, ``"sum"``, or ``"none"``
             (per row, 0.0 for rows without a loss). A batch without any positive pair gives 0.0,
             still connected to ``z`` (zero gradient).
@@ -208,35 +217,61 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         if extra is not None:
             uc, yc = _prepared_rows(extra[0], extra[1], ignore_index, normalize)
         finite = [u] if uc is None else [u, uc]
+        in_range = None if normalize else _similarities_in_range(finite, 1.0 / float(temperature))
 
         if process_group is not None:
             from .distributed import gathered_rows
             rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), uc, yc, kernels,
                                                        process_group, ignore_index, 1.0 / float(temperature),
                                                        variant, kp, kn, tf32)
-            return _reduce_distributed(_poison_non_finite(rows, finite), anchors, world, reduction)
+            return _reduce_distributed(_poison_non_finite(rows, finite, in_range), anchors, world, reduction)
         if kernels is None:
             u_all = u if uc is None else torch.cat([u, uc])
             labels_all = labels if yc is None else torch.cat([labels, yc])
             rows, npos = supcon_rows_reference(u_all, labels_all, labels_all != ignore_index, float(temperature),
                                                variant, kp or None, kn or None, 0, u.shape[0])
         else:
+            _check_no_functorch(name)
             rows, npos = _FusedSupCon.apply(u.contiguous(), labels.contiguous(),
                                             None if uc is None else uc.contiguous(), yc, kernels,
                                             ignore_index, 1.0 / float(temperature), variant, kp, kn, tf32)
         # every backend alike, even in a batch whose loss would not read the non-finite row (no
         # anchor with a positive): a NaN loss, not 0.0 over a NaN gradient
-        rows = _poison_non_finite(rows, finite)
+        rows = _poison_non_finite(rows, finite, in_range)
         return _reduce(rows, npos, reduction)
 
 
-def _poison_non_finite(rows: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+def _poison_non_finite(rows: torch.Tensor, inputs: list[torch.Tensor], in_range: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would not.
     A non-finite valid row makes every row NaN, as it would there (checked on device, no sync;
     ignored rows were zeroed before and cannot trigger it). Applied to the dense reference too, so
-    that a batch without positives reports such a row as every backend does."""
-    all_finite = torch.stack([_finite(t.detach()) for t in inputs]).all()
-    return torch.where(all_finite, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
+    that a batch without positives reports such a row as every backend does. ``in_range``
+    (normalize=False): whether no similarity can overflow (``_similarities_in_range``)."""
+    ok = torch.stack([_finite(t.detach()) for t in inputs] + ([] if in_range is None else [in_range])).all()
+    return torch.where(ok, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
+
+
+def _similarities_in_range(inputs: list[torch.Tensor], inv_temp: float) -> torch.Tensor:
+    """normalize=False: whether every |s_ij| <= max ||u||^2 / T stays inside the float32 the
+    kernels compute s in (float64 for float64 rows). Past it an overflowing s made one backend's
+    loss -inf or 0.0 where PyTorch's dense loss gives NaN (which it does even when only a masked
+    self-similarity overflows): every backend now gives NaN (O(M) on device, no sync)."""
+    acc = torch.float64 if inputs[0].dtype == torch.float64 else torch.float32
+    norms = torch.cat([torch.linalg.vector_norm(t.detach(), dim=1, dtype=acc) for t in inputs])
+    if norms.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=norms.device)
+    top = norms.amax()
+    return top * top * inv_temp <= torch.finfo(acc).max
+
+
+def _check_no_functorch(name: str) -> None:
+    """torch.func transforms (grad, vjp, jacrev, vmap) need a setup_context / vmap rule, which the
+    fused backends' Function does not define: say which backend does work, before PyTorch's
+    generic error. (Not under torch.compile, which traces the Function itself.)"""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        raise RuntimeError(f"supcon_loss with backend={name!r} does not support torch.func transforms (grad, vjp, "
+                           "jacrev, vmap); use backend='torch' inside them")
 
 
 def _finite(t: torch.Tensor) -> torch.Tensor:

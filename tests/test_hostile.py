@@ -102,6 +102,23 @@ class TestHostile:
         for kw in (dict(), dict(variant="infonce"), dict(hard_negatives=2)):
             assert torch.isnan(ct.supcon_loss(z.to(device), lone, backend=backend, **kw))
 
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_overflowing_similarities_give_nan(self, backend, device, dtype):
+        # normalize=False with finite rows whose similarities pass the float range: NaN as PyTorch's
+        # dense loss gives, never a finite number or -inf (triton gave -inf / 0.0 here)
+        scale = 1e20 if dtype == torch.float32 else 1e160
+        z = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]], dtype=dtype) * scale
+        y = torch.tensor([0, 0, 1, 1])
+        for kw in (dict(), dict(variant="infonce"), dict(hard_negatives=1)):
+            out = ct.supcon_loss(z.to(device), y.to(device), 1.0, normalize=False, backend=backend, **kw)
+            assert torch.isnan(out), kw
+        # only the largest row's (masked) self-similarity passes the range: NaN in PyTorch's dense
+        # loss all the same, and so on every backend
+        z = torch.tensor([[3e19, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0]], dtype=torch.float32)
+        assert torch.isnan(ct.supcon_loss(z.to(device), y.to(device), 1.0, normalize=False, backend=backend))
+        z[0, 0] = 1e19  # s_00 = 1e38 / T fits float32 at T = 1: finite and right
+        _check(z.double(), y, backend, device, temperature=1.0, dtype=torch.float32, normalize=False)
+
     def test_half_inputs_low_temperature(self, backend, device):
         if backend == "triton" and device == "cpu":
             pytest.skip("the Triton interpreter mis-computes bf16 tl.dot; bf16 runs on GPUs")

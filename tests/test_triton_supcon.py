@@ -510,7 +510,8 @@ def test_deterministic():
 @pytest.mark.parametrize("name,kp,kn", [("hard_positives", T.MAX_HARD_K + 1, 0),
                                         ("hard_negatives", 0, T.MAX_HARD_K + 1), ("hard_negatives", 0, -1)])
 def test_k_above_the_merge_limit_raises_for_float64(name, kp, kn):
-    u, labels = make_batch(4, 3, 2, dtype=torch.float64)
+    # 300 rows: a k of M - 1 or more keeps every candidate and is not mined at all (no limit then)
+    u, labels = make_batch(300, 3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=name):
         T.supcon_forward(u, labels, IGNORE, 10.0, "supcon", kp, kn, False)
 

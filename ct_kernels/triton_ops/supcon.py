@@ -400,8 +400,15 @@ def _count(u: torch.Tensor, start: int, count: int | None) -> int:
     return u.shape[0] - int(start) if count is None else int(count)
 
 
+def _every_candidate(k, m: int) -> int:
+    """k, or 0 ("all") where k >= m - 1 keeps every candidate of a row anyway: the same loss without
+    the mining passes, and no float64 merge limit for a k that only exceeds the batch."""
+    return 0 if int(k) >= m - 1 else int(k)
+
+
 def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start=0, count=None):
     """-> (loss_rows (count,), npos (count,) int32, saved): see backends.py."""
+    kp, kn = _every_candidate(kp, u.shape[0]), _every_candidate(kn, u.shape[0])
     _check_args(u, labels, variant, kp, kn)
     # unpacked by name, not list surgery: torch 2.11's dynamo sees the op's output as a tuple
     loss, npos, a, q, thr_pos, col_pos, thr_neg, col_neg = _forward_op(
@@ -414,5 +421,6 @@ def supcon_forward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf3
 def supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, saved, grad_rows,
                     start=0, count=None):
     """-> du (count, D) in u's dtype: rows start .. start + count of d(sum_i grad_rows_i * l_i) / du."""
+    kp, kn = _every_candidate(kp, u.shape[0]), _every_candidate(kn, u.shape[0])
     return _backward_op(u, labels, int(ignore_index), float(inv_temp), variant, int(kp), int(kn), bool(allow_tf32),
                         list(saved), grad_rows, int(start), _count(u, start, count))
