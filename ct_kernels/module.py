@@ -8,7 +8,7 @@ from torch import nn
 from .confidence import confidence_supcon, patch_confidence
 from .memory_bank import MemoryBank
 from .patch import (as_patch_size, check_label_value, check_mask, check_num_classes, kept_row_labels,
-                    patch_labels_unchecked)
+                    patch_labels_unchecked, purity_ratio)
 from .supcon import backend_for, check_loss_options, supcon_loss
 
 _ROW_IGNORE = -1  # label carried by left-out patches into supcon_loss
@@ -159,7 +159,7 @@ class ContrastivePatchLoss(nn.Module):
         self.num_classes = num_classes
         self.temperature = float(temperature)
         self.ignore_index = check_label_value("ignore_index", ignore_index)
-        self.min_purity = float(min_purity)
+        self.min_purity = min_purity
         self.variant = variant
         self.hard_positives = hard_positives
         self.hard_negatives = hard_negatives
@@ -174,6 +174,15 @@ class ContrastivePatchLoss(nn.Module):
         # With mining="confidence" it counts the kept patches the selection draws from.
         self.last_backend: str | None = None
         self.last_num_patches: torch.Tensor | None = None
+
+    @property
+    def min_purity(self) -> float:
+        return self._min_purity
+
+    @min_purity.setter
+    def min_purity(self, value: float) -> None:
+        self._min_purity = float(value)
+        self._purity_ratio = purity_ratio(value)  # ints: no float formatting inside a compiled step
 
     def extra_repr(self) -> str:
         """What print(criterion) shows: the settings that change the loss (defaults left out)."""
@@ -268,7 +277,7 @@ class ContrastivePatchLoss(nn.Module):
             torch._assert_async(bad[0] == 0, msg)
         elif int(bad[0]) != 0:
             raise ValueError(msg)
-        return kept_row_labels(labels, purity, ph, pw, self.ignore_index, self.min_purity, _ROW_IGNORE)
+        return kept_row_labels(labels, purity, ph, pw, self.ignore_index, self._purity_ratio, _ROW_IGNORE)
 
     # -- forward --------------------------------------------------------------------------------
     def _bank_contrast(self, rows: torch.Tensor):

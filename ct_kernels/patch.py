@@ -1,7 +1,7 @@
 """``patch_labels``: the majority class of the mask under each patch, and its purity."""
 from __future__ import annotations
 
-import math
+from fractions import Fraction
 
 import torch
 
@@ -73,17 +73,25 @@ def check_num_classes(num_classes) -> None:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
 
 
-def min_count(min_purity: float, ph: int, pw: int) -> int:
-    """Pixels the majority class needs for a patch to pass ``min_purity``: ceil(min_purity * area).
+def purity_ratio(min_purity: float) -> tuple[int, int]:
+    """min_purity as the decimal it rounds to at 9 significant digits, (numerator, denominator):
+    0.1 + 0.2 is 3/10, and 0.7 of 10 pixels is 7, not 8."""
+    frac = Fraction(f"{float(min_purity):.9g}")
+    return frac.numerator, frac.denominator
 
-    Rounded through a decimal string first so that e.g. 0.7 * 10 does not become 7.000000000000001
-    and demand 8 pixels; every backend then compares integer counts.
-    """
-    return int(math.ceil(float(f"{min_purity * ph * pw:.9g}")))
+
+def min_count(min_purity, ph: int, pw: int) -> int:
+    """Pixels the majority class needs for a patch to pass ``min_purity`` (a float, or its
+    ``purity_ratio``): ceil(min_purity * area), in integers, which every backend compares alike
+    and which hold for symbolic sizes (torch.compile with dynamic shapes, where a patch size read
+    off the mask's shape is a SymInt and a float attribute may be symbolic too: the module keeps
+    the ratio, computed once)."""
+    num, den = min_purity if isinstance(min_purity, tuple) else purity_ratio(min_purity)
+    return -((-num * (ph * pw)) // den)
 
 
 def kept_row_labels(labels: torch.Tensor, purity: torch.Tensor, ph: int, pw: int, ignore_index: int,
-                    min_purity: float, left_out: int = -1) -> torch.Tensor:
+                    min_purity, left_out: int = -1) -> torch.Tensor:
     """(B*h*w,) row labels: the patch's majority class, or ``left_out`` for patches without a valid
     pixel or whose majority count is below ceil(min_purity * ph * pw) (compared in integers, so
     every backend keeps the same patches). Rows ordered (batch, row, column)."""

@@ -281,6 +281,21 @@ def test_confidence_mining_module_matches_function():
         ct.ContrastivePatchLoss(3, mining="confidence", process_group=object())
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_torch_compile_with_dynamic_shapes_follows_the_image_size(backend):
+    """Multi-scale training, or validation at another size through the same compiled criterion:
+    the patch size becomes symbolic (min_purity's pixel count once failed to format it)."""
+    if backend not in cpu_backends():
+        pytest.skip(f"backend {backend!r} does not run on CPU tensors in this session")
+    torch._dynamo.reset()
+    crit = ct.ContrastivePatchLoss(3, min_purity=0.7, backend=backend, num_prefix_tokens=1)
+    compiled = torch.compile(crit, dynamic=True)
+    for side in (16, 24):
+        tokens = torch.randn(2, 1 + (side // 4) ** 2, 8, generator=torch.Generator().manual_seed(side))
+        mask = _mask(2, side, side, seed=side)
+        torch.testing.assert_close(compiled(tokens, mask), crit(tokens, mask), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("backend", ["torch", "native", "triton"])
 def test_torch_compile_fullgraph_matches_eager(backend):
     """The fused backends are torch.library custom ops with fake kernels: no graph break."""
