@@ -2,6 +2,8 @@
 the paper's ``ProjectionHead``."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -34,9 +36,19 @@ class ProjectionHead(nn.Module):
         _check_feature_format(feature_format)
         hidden_dim = hidden_dim or in_dim
         self.feature_format = feature_format
+        self.in_dim = in_dim
         self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1] if x.dim() == 4 and self.feature_format == "NCHW" else x.shape[-1]
+        if channels != self.in_dim:
+            hint = ""
+            if x.dim() == 4:
+                other = "NHWC" if self.feature_format == "NCHW" else "NCHW"
+                if (x.shape[-1] if other == "NHWC" else x.shape[1]) == self.in_dim:
+                    hint = f" (a {other} map: pass feature_format={other!r}, as from_timm set on the loss)"
+            raise ValueError(f"ProjectionHead(in_dim={self.in_dim}, feature_format={self.feature_format!r}) got "
+                             f"{channels} features in shape {tuple(x.shape)}{hint}")
         if x.dim() == 4 and self.feature_format == "NCHW":
             return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return self.net(x)
@@ -46,12 +58,14 @@ def _grid_candidates(n: int, h_img: int, w_img: int) -> list[tuple[int, int]]:
     return [(h, n // h) for h in range(1, n + 1) if n % h == 0 and h_img % h == 0 and w_img % (n // h) == 0]
 
 
-def _check_grid(grid) -> None:
+def _check_grid(grid):
+    """None, or (h, w) as a tuple of ints (NumPy ints and a torch.Size accepted)."""
     ok = grid is None or (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid))
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in grid))
     if not ok:
         raise ValueError(f"grid must be None or (h, w), two positive ints (one pair per stage for a list "
                          f"of stages), got {grid!r}")
+    return None if grid is None else (int(grid[0]), int(grid[1]))
 
 
 def infer_grid(n: int, h_img: int, w_img: int) -> tuple[int, int]:
@@ -256,15 +270,31 @@ class ContrastivePatchLoss(nn.Module):
             raise ValueError(f"features must be (B, N, D) tokens or a 4-D map ((B, D, h, w), or (B, h, w, D) "
                              f"with feature_format='NHWC'), got shape {tuple(feat.shape)}")
         if h <= 0 or w <= 0 or h_img % h or w_img % w:
-            if feat.dim() == 3:
-                hint = " (pad the mask with ignore_index to a whole number of patches)"
-            elif self.feature_format == "NCHW":
-                hint = (" (read as feature_format='NCHW', (B, D, h, w); a (B, h, w, D) map, as timm's Swin "
-                        "gives, needs feature_format='NHWC')")
-            else:
-                hint = " (read as feature_format='NHWC', (B, h, w, D); a (B, D, h, w) map needs feature_format='NCHW')"
-            raise ValueError(f"the patch grid ({h}, {w}) does not divide the mask's ({h_img}, {w_img}){hint}")
+            raise ValueError(f"the patch grid ({h}, {w}) does not divide the mask's ({h_img}, {w_img})"
+                             f"{self._grid_hint(feat, h_img, w_img)}")
+        if feat.dim() == 4 and self.reductions:
+            ph, pw = h_img // h, w_img // w
+            if not any(ph * rw == pw * rh for rh, rw in self.reductions):
+                raise ValueError(f"the feature map's grid ({h}, {w}) gives {ph} x {pw} pixel patches of the "
+                                 f"({h_img}, {w_img}) mask, not the shape of the model's reductions "
+                                 f"{self.reductions}{self._grid_hint(feat, h_img, w_img, other_layout_only=True)}")
         return rows, h, w
+
+    def _grid_hint(self, feat: torch.Tensor, h_img: int, w_img: int, other_layout_only: bool = False) -> str:
+        """Why a grid may not fit: the map read in the wrong layout (said only where the other
+        layout's grid would divide the mask), or an image that is not a whole number of patches."""
+        if feat.dim() == 3:
+            return " (pad the mask with ignore_index to a whole number of patches)"
+        other = "NCHW" if self.feature_format == "NHWC" else "NHWC"
+        h2, w2 = (feat.shape[2], feat.shape[3]) if other == "NCHW" else (feat.shape[1], feat.shape[2])
+        if h2 > 0 and w2 > 0 and h_img % h2 == 0 and w_img % w2 == 0:
+            return (f" (read as feature_format={self.feature_format!r}; with feature_format={other!r} its grid "
+                    f"would be ({h2}, {w2}): timm's Swin and MambaOut give NHWC from forward_features, while "
+                    f"forward_intermediates and features_only give NCHW)")
+        if other_layout_only:
+            return ""
+        return (" (an image that is not a multiple of the model's stride gives such a grid: crop or pad the "
+                "image, and pad the mask with ignore_index)")
 
     def _row_labels(self, mask: torch.Tensor, h: int, w: int) -> torch.Tensor:
         ph, pw = mask.shape[1] // h, mask.shape[2] // w
@@ -315,19 +345,32 @@ class ContrastivePatchLoss(nn.Module):
     def forward(self, features, mask: torch.Tensor, grid=None, logits: torch.Tensor | None = None) -> torch.Tensor:
         if self.mining == "confidence" and logits is None:
             raise ValueError("mining='confidence' needs logits=(B, C, H', W') from the segmentation head")
+        if self.mining != "confidence" and logits is not None:
+            raise ValueError("logits are read only with mining='confidence'; this loss mines by similarity "
+                             "(hard_positives / hard_negatives): leave logits out")
         stages = list(features) if isinstance(features, (list, tuple)) else [features]
         if not stages:
             raise ValueError("features must hold at least one stage")
         if self.memory_bank is not None and len(stages) > 1:
             raise ValueError(f"memory_bank serves one feature stage, got {len(stages)}: use one loss per stage")
         check_mask(mask, 1, 1)
+        if logits is not None and (not isinstance(logits, torch.Tensor) or logits.dim() != 4
+                                   or logits.shape[:2] != (mask.shape[0], self.num_classes)
+                                   or logits.device != mask.device):
+            raise ValueError(f"logits must be (B, num_classes, H', W') = ({mask.shape[0]}, {self.num_classes}, "
+                             f"H', W') on the mask's device ({mask.device}), got "
+                             f"{tuple(getattr(logits, 'shape', ()))} on {getattr(logits, 'device', None)}")
         grids = grid if (grid is not None and len(stages) > 1) else [grid] * len(stages)
         if len(grids) != len(stages):
             raise ValueError(f"grid must give one (h, w) per stage ({len(stages)}), got {len(grids)}")
         b, h_img, w_img = mask.shape
         losses, n_patches = [], []
         for feat, g in zip(stages, grids):
-            _check_grid(g)
+            g = _check_grid(g)
+            if isinstance(feat, torch.Tensor) and feat.dim() not in (3, 4):
+                raise ValueError(f"features must be (B, N, D) tokens or a 4-D map ((B, D, h, w), or (B, h, w, D) "
+                                 f"with feature_format='NHWC'), got shape {tuple(feat.shape)}; rows already "
+                                 f"flattened to (M, D) go to ct_kernels.supcon_loss with their labels")
             if isinstance(feat, torch.Tensor) and feat.shape[0] != b:
                 raise ValueError(f"features have batch size {feat.shape[0]} but mask has {b}")
             if isinstance(feat, torch.Tensor) and feat.device != mask.device:

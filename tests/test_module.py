@@ -250,6 +250,46 @@ def test_feature_format_errors():
         ct.ContrastivePatchLoss(3, backend="torch", feature_format="NHWC")(torch.randn(1, 24, 8, 8), mask)
 
 
+def test_map_errors_say_what_is_wrong():
+    mask = torch.zeros(2, 50, 50, dtype=torch.int64)
+    # a CNN's 13 x 13 map of a 50 x 50 image: not a layout question, so no layout hint
+    with pytest.raises(ValueError, match="not a multiple of the model's stride") as err:
+        ct.ContrastivePatchLoss(3, backend="torch")(torch.randn(2, 8, 13, 13), mask)
+    assert "NHWC" not in str(err.value)
+    crit = ct.ContrastivePatchLoss(3, backend="torch")
+    with pytest.raises(ValueError, match=r"\(M, D\) go to ct_kernels.supcon_loss"):  # not "batch size 32"
+        crit(torch.randn(32, 8), mask)
+    with pytest.raises(ValueError, match="logits are read only with mining='confidence'"):
+        crit(torch.randn(2, 8, 5, 5), mask, logits=torch.randn(2, 3, 50, 50))
+    conf = ct.ContrastivePatchLoss(3, backend="torch", mining="confidence")
+    with pytest.raises(ValueError, match=r"logits must be \(B, num_classes, H', W'\) = \(2, 3"):
+        conf(torch.randn(2, 8, 5, 5), mask, logits=torch.randn(1, 3, 50, 50))
+    np = pytest.importorskip("numpy")
+    tokens, blocks = torch.randn(2, 25, 8), _mask(2, 40, 40, seed=2)
+    assert torch.equal(crit(tokens, blocks, grid=(np.int64(5), np.int64(5))), crit(tokens, blocks, grid=(5, 5)))
+
+
+def test_projection_head_names_the_layout():
+    head = ct.ProjectionHead(32, 16)
+    assert head(torch.randn(2, 32, 4, 4)).shape == (2, 16, 4, 4)
+    with pytest.raises(ValueError, match="pass feature_format='NHWC'"):  # a Swin map
+        head(torch.randn(2, 4, 4, 32))
+    with pytest.raises(ValueError, match=r"in_dim=32.*got 8 features"):
+        head(torch.randn(2, 5, 8))
+
+
+def test_map_layout_is_checked_against_the_model():
+    """A Swin stage-0 map from forward_intermediates (NCHW) given to a criterion that from_timm set
+    to NHWC: (B, 32, 16, 16) read as NHWC divides a 64 x 64 mask (2 x 4 pixel patches) and gave a
+    wrong loss; the model's square reductions rule it out."""
+    crit = ct.ContrastivePatchLoss(3, backend="torch", feature_format="NHWC")
+    crit.reductions = [(4, 4), (8, 8)]
+    mask = _mask(2, 64, 64, seed=4)
+    with pytest.raises(ValueError, match=r"2 x 4 pixel patches.*with feature_format='NCHW' its grid would be \(16, 16\)"):
+        crit(torch.randn(2, 32, 16, 16), mask)
+    assert torch.isfinite(crit(torch.randn(2, 16, 16, 32), mask))  # the NHWC map it expects
+
+
 def test_from_timm_rejects_other_models():
     with pytest.raises(TypeError, match="from_timm"):
         ct.ContrastivePatchLoss.from_timm(torch.nn.Linear(3, 3), 3)
