@@ -264,6 +264,12 @@ class ContrastivePatchLoss(nn.Module):
             else:
                 known = [(h_img // rh, w_img // rw) for rh, rw in self.reductions
                          if (h_img // rh) * (w_img // rw) == n]
+                if not known and self.num_prefix_tokens and any(
+                        (h_img // rh) * (w_img // rw) == n_tok for rh, rw in self.reductions):
+                    raise ValueError(f"features hold {n_tok} tokens, the model's patch grid without prefix tokens, "
+                                     f"but the loss skips num_prefix_tokens={self.num_prefix_tokens} (timm's "
+                                     f"forward_intermediates returns the patch tokens only): use a loss with "
+                                     f"num_prefix_tokens=0 for them")
                 h, w = known[0] if known else infer_grid(n, h_img, w_img)
             rows = feat[:, self.num_prefix_tokens:, :].reshape(b * n, d)
         else:

@@ -269,6 +269,14 @@ def test_map_errors_say_what_is_wrong():
     assert torch.equal(crit(tokens, blocks, grid=(np.int64(5), np.int64(5))), crit(tokens, blocks, grid=(5, 5)))
 
 
+def test_tokens_without_prefix_are_named():
+    crit = ct.ContrastivePatchLoss(3, backend="torch", num_prefix_tokens=1)
+    crit.reductions = [(8, 8)]
+    with pytest.raises(ValueError, match="num_prefix_tokens=0"):  # forward_intermediates' NLC tokens
+        crit(torch.randn(2, 16, 8), _mask(2, 32, 32, seed=3))
+    assert torch.isfinite(crit(torch.randn(2, 17, 8), _mask(2, 32, 32, seed=3)))
+
+
 def test_projection_head_names_the_layout():
     head = ct.ProjectionHead(32, 16)
     assert head(torch.randn(2, 32, 4, 4)).shape == (2, 16, 4, 4)
