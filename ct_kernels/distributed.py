@@ -131,7 +131,8 @@ class _GatheredSupCon(torch.autograd.Function):
         g_all = backends.place_rows((g_all,), 0, u_all.shape[0])[0]
         du = kernels.supcon_backward(u_all, labels_all, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
                                      saved_all, g_all, start, sizes[dist.get_rank(group)])
-        return backends.first_order_only(du, u, _FIRST_ORDER), None, None, None, None, None, None, None, None, None, None, None
+        du = backends.first_order_only(du, u, _FIRST_ORDER)
+        return du, None, None, None, None, None, None, None, None, None, None, None
 
 
 def all_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):

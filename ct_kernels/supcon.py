@@ -106,7 +106,8 @@ class _FusedSupCon(torch.autograd.Function):
             grad = torch.cat([grad, grad.new_zeros(total - m)])
         du = kernels.supcon_backward(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
                                      backends.place_rows(tuple(saved), 0, total), grad, 0, m)
-        return backends.first_order_only(du, u_in, _FIRST_ORDER), None, None, None, None, None, None, None, None, None, None
+        du = backends.first_order_only(du, u_in, _FIRST_ORDER)
+        return du, None, None, None, None, None, None, None, None, None, None
 
 
 def _reduce(rows: torch.Tensor, npos: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -293,7 +293,7 @@ def test_map_layout_is_checked_against_the_model():
     crit = ct.ContrastivePatchLoss(3, backend="torch", feature_format="NHWC")
     crit.reductions = [(4, 4), (8, 8)]
     mask = _mask(2, 64, 64, seed=4)
-    with pytest.raises(ValueError, match=r"2 x 4 pixel patches.*with feature_format='NCHW' its grid would be \(16, 16\)"):
+    with pytest.raises(ValueError, match=r"2 x 4 pixel patches.*feature_format='NCHW' its grid would be \(16, 16\)"):
         crit(torch.randn(2, 32, 16, 16), mask)
     assert torch.isfinite(crit(torch.randn(2, 16, 16, 32), mask))  # the NHWC map it expects
 
