@@ -194,7 +194,8 @@ class PotsdamDataset(Dataset):
             pad = ((0, c - im.shape[0]), (0, c - im.shape[1]))
             im = np.pad(im, pad + ((0, 0),))
             lb = np.pad(lb, pad, constant_values=IGNORE_INDEX)
-        image = torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float().div_(255.0)
+        # writable too: a decoded PIL image is a read-only buffer, which torch warns about
+        image = torch.from_numpy(np.require(im, requirements=['C', 'W'])).permute(2, 0, 1).float().div_(255.0)
         mask = torch.from_numpy(lb.astype(np.int64))
         return image, mask
 

@@ -96,6 +96,7 @@ def verdict(summary: dict, n: int) -> str:
 
 
 def save_figure(path: str, base: dict, con: dict, val_x, val_y, n_show: int = 4, device: str = "cpu") -> None:
+    n_show = min(n_show, len(val_x))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -115,7 +116,9 @@ def save_figure(path: str, base: dict, con: dict, val_x, val_y, n_show: int = 4,
     ax.legend(lines, [line.get_label() for line in lines], loc="upper right", fontsize=8)
     mb, mc = base["metrics"], con["metrics"]
     ax.set_title(f"mIoU (5 classes): baseline {mb['miou5'] * 100:.1f}, contrastive {mc['miou5'] * 100:.1f}")
-    # a few validation scenes: image, ground truth, baseline, contrastive
+    # a few validation scenes: image, ground truth, baseline, contrastive (val_y None: a dataset)
+    if val_y is None:
+        val_x, val_y = T.stack_items(val_x, range(n_show))
     x = val_x[:n_show].to(device)
     preds = []
     for r in (base, con):
@@ -152,7 +155,7 @@ def save_figure(path: str, base: dict, con: dict, val_x, val_y, n_show: int = 4,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=T.HelpFormatter)
     T.add_arguments(p, DEMO_DEFAULTS)
     p.add_argument("--seeds", type=int, default=1, help="number of seeds (seed, seed+1, ...)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
@@ -163,16 +166,19 @@ def main(argv=None) -> int:
         print("note: the demo is meant for synthetic data; using", cfg.dataset)
     if cfg.contrastive_weight <= 0:
         p.error("--contrastive-weight must be > 0 for the contrastive run")
+    if a.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {a.seeds}")
+    try:  # before any training: a bad option or a missing backend must not cost the baseline run
+        T.check_config(cfg)
+    except ValueError as exc:
+        p.error(str(exc))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out_png = a.out if a.out.lower().endswith(".png") else os.path.join(a.out, "demo.png")
     out_json = os.path.splitext(out_png)[0] + ".json"
 
     import ct_kernels as ct
-    try:
-        backend = ct.backend_for(cfg.device, cfg.backend)
-    except Exception as exc:  # noqa: BLE001 - report, then fail in training with the library's error
-        backend = f"unavailable ({exc})"
+    backend = ct.backend_for(cfg.device, cfg.backend)  # check_config made sure it resolves
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {cfg.device}; "
           f"ct_kernels backends: {ct.available_backends()}")
     print(f"backbone {cfg.backbone} {cfg.model_kwargs} patch {cfg.patch_size}, crops {cfg.crop}x{cfg.crop}, "
@@ -214,14 +220,16 @@ def main(argv=None) -> int:
     print(f"training time per run: baseline {tb:.0f} s ({tb / cfg.steps * 1000:.0f} ms/step), contrastive "
           f"{tc:.0f} s ({tc / cfg.steps * 1000:.0f} ms/step); total {total_s:.0f} s")
     print(verdict(summary, len(seeds)))
-    if val := data:
-        save_figure(out_png, base_runs[-1], con_runs[-1], val[2], val[3], device=cfg.device)
-        print(f"figure: {out_png}")
+    # the numbers first: a figure that fails must not lose the runs
+    os.makedirs(os.path.dirname(os.path.abspath(out_json)) or ".", exist_ok=True)
     with open(out_json, "w") as f:
-        json.dump({"config": dataclasses.asdict(cfg), "seeds": seeds, "summary": summary, "total_s": total_s,
-                   "runs": [{k: v for k, v in r.items() if k != "model"} for r in base_runs + con_runs]},
+        json.dump(T.json_safe({"config": dataclasses.asdict(cfg), "seeds": seeds, "summary": summary,
+                               "total_s": total_s,
+                               "runs": [{k: v for k, v in r.items() if k != "model"} for r in base_runs + con_runs]}),
                   f, indent=1, default=float)
     print(f"results: {out_json}")
+    save_figure(out_png, base_runs[-1], con_runs[-1], data[2], data[3], device=cfg.device)
+    print(f"figure: {out_png}")
     return 0
 
 

@@ -102,7 +102,9 @@ def parse_kwargs(text: str | None) -> dict:
     for part in text.split(","):
         if not part.strip():
             continue
-        k, _, v = part.partition("=")
+        k, eq, v = part.partition("=")
+        if not eq or not k.strip():
+            raise ValueError(f"--model-kwargs: expected key=value pairs separated by commas, got {part.strip()!r}")
         try:
             out[k.strip()] = ast.literal_eval(v.strip())
         except (ValueError, SyntaxError):
@@ -110,22 +112,69 @@ def parse_kwargs(text: str | None) -> dict:
     return out
 
 
-def _int_list(text: str | None):
-    if text is None or text == "":
-        return None
-    return [int(t) for t in text.split(",")]
+def _int_list(text):
+    if text is None or text == "" or isinstance(text, list):
+        return text or None
+    try:
+        return [int(t) for t in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints (negative counts from the end), "
+                                         f"got {text!r}") from None
+
+
+def _kwargs_arg(text: str) -> str:
+    try:
+        parse_kwargs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Reject option values that would fail (or silently mean something else) only after the data
+    is built or the baseline is trained: a ValueError naming the option."""
+    for name in ("steps", "batch_size", "train_size", "val_size", "eval_batch", "crop", "patch_size",
+                 "decoder_dim", "proj_dim"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("warmup", "memory_bank", "threads", "boundary_ignore"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.dataset == "synthetic" and cfg.batch_size > cfg.train_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than --train-size {cfg.train_size}")
+    if cfg.contrastive_weight < 0:
+        raise ValueError(f"--contrastive-weight must be >= 0 (0: the baseline), got {cfg.contrastive_weight}")
+    try:
+        torch.device(cfg.device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device: {exc}") from None
+    if cfg.contrastive_weight == 0:
+        return
+    if cfg.mining == "confidence" and cfg.hard_k is not None:
+        raise ValueError("--hard-k mines by similarity; --mining confidence selects its own hard rows: leave it out")
+    if cfg.memory_bank and cfg.mining != "similarity":
+        raise ValueError("--memory-bank takes --mining similarity")
+    try:
+        build_criterion(cfg)  # the library's own checks of temperature, min_purity, k, ...
+        ct.backend_for(cfg.device, cfg.backend)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ValueError(f"contrastive options: {exc}") from None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default in --help."""
 
 
 def add_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None = None) -> None:
     d = defaults or TrainConfig()
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default=d.backbone, help="any timm model name")
-    g.add_argument("--model-kwargs", default=",".join(f"{k}={v}" for k, v in d.model_kwargs.items()),
+    g.add_argument("--model-kwargs", type=_kwargs_arg, default=",".join(f"{k}={v}" for k, v in d.model_kwargs.items()),
                    help="extra timm.create_model kwargs, e.g. depth=4,embed_dim=96 ('' for none)")
     g.add_argument("--patch-size", type=int, default=d.patch_size, help="ViT patch size")
-    g.add_argument("--stages", default=None,
+    g.add_argument("--stages", type=_int_list, default=None,
                    help="ViT block indices / hierarchical levels, e.g. 1,2,3 or --stages=-1 (use = before a negative)")
-    g.add_argument("--con-stages", default=None,
+    g.add_argument("--con-stages", type=_int_list, default=None,
                    help="indices into --stages for the contrastive loss (default all), e.g. --con-stages=-2,-1")
     g.add_argument("--pretrained", action="store_true", help="load timm weights (needs a download)")
     g.add_argument("--decoder-dim", type=int, default=d.decoder_dim)
@@ -163,6 +212,9 @@ def add_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None = Non
     g.add_argument("--device", default=d.device)
     g.add_argument("--threads", type=int, default=d.threads)
     g.add_argument("--eval-batch", type=int, default=d.eval_batch)
+    for action in p._actions:  # so that HelpFormatter shows every default, not only the described ones
+        if action.help is None and action.default not in (None, argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
@@ -188,6 +240,14 @@ def is_vit_name(name: str) -> bool:
     return name.lower().startswith(VIT_PREFIXES)
 
 
+def _index(option: str, i: int, n: int) -> int:
+    """A Python index into n things (negative from the end), or a ValueError naming the option."""
+    if not -n <= i < n:
+        raise ValueError(f"{option}: index {i} is out of range for {n} "
+                         f"{'blocks' if option == '--stages' else 'stages'} (use 0..{n - 1} or -{n}..-1)")
+    return i % n
+
+
 class SegModel(nn.Module):
     """timm backbone + light decoder; ``forward`` returns (logits at the finest stage's
     resolution, list of stage feature maps (B, D_s, h_s, w_s))."""
@@ -204,7 +264,7 @@ class SegModel(nn.Module):
                                           patch_size=patch_size, **kw)
             depth = len(self.body.blocks)
             idx = stages if stages is not None else [-1]
-            self.stage_ids = sorted({i % depth for i in idx})
+            self.stage_ids = sorted({_index("--stages", i, depth) for i in idx})
             dims = [self.body.embed_dim] * len(self.stage_ids)
             self.reductions = [patch_size] * len(self.stage_ids)
             self.channels_last = False
@@ -212,7 +272,7 @@ class SegModel(nn.Module):
             self.body = timm.create_model(backbone, pretrained=pretrained, features_only=True, **kw)
             n = len(self.body.feature_info.channels())
             idx = stages if stages is not None else list(range(n))
-            self.stage_ids = sorted({i % n for i in idx})
+            self.stage_ids = sorted({_index("--stages", i, n) for i in idx})
             dims = [self.body.feature_info.channels()[i] for i in self.stage_ids]
             self.reductions = [self.body.feature_info.reduction()[i] for i in self.stage_ids]
             fmt = getattr(self.body, "output_fmt", None)
@@ -282,7 +342,8 @@ class Segmenter(nn.Module):
         self.model = SegModel(cfg.backbone, NUM_CLASSES, cfg.crop, cfg.patch_size, cfg.stages, cfg.decoder_dim,
                               cfg.pretrained, cfg.model_kwargs)
         n = len(self.model.dims)
-        self.con_ids = sorted({i % n for i in (cfg.con_stages if cfg.con_stages is not None else range(n))})
+        self.con_ids = sorted({_index("--con-stages", i, n)
+                               for i in (cfg.con_stages if cfg.con_stages is not None else range(n))})
         # Built after the model, so the backbone/decoder initialisation is the same with or
         # without the contrastive term (same seed).
         self.heads = nn.ModuleList()
@@ -319,7 +380,8 @@ class Segmenter(nn.Module):
 # data
 # ----------------------------------------------------------------------------------------------
 
-def _stack(ds, indices) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_items(ds, indices) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, masks) of the dataset items at ``indices``, stacked."""
     items = [ds[int(i)] for i in indices]
     return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
 
@@ -331,11 +393,18 @@ def load_data(cfg: TrainConfig):
         train = SyntheticAerial(cfg.train_size, cfg.crop, seed=1000 + cfg.seed, boundary_ignore=cfg.boundary_ignore)
         # The validation scenes do not depend on the run seed: every run is scored on the same set.
         val = SyntheticAerial(cfg.val_size, cfg.crop, seed=987654321, boundary_ignore=cfg.boundary_ignore)
-        return (*_stack(train, range(len(train))), *_stack(val, range(len(val))))
+        return (*stack_items(train, range(len(train))), *stack_items(val, range(len(val))))
     from datasets import _tile_key, find_potsdam_pairs
     keys = sorted(_tile_key(p) for p, _ in find_potsdam_pairs(cfg.dataset))
-    val_keys = cfg.val_tiles or ([keys[-1]] if len(keys) > 1 else keys)
-    train_keys = [k for k in keys if k not in set(val_keys)] or keys
+    unknown = sorted(set(cfg.val_tiles or ()) - set(keys))
+    if unknown:
+        raise ValueError(f"--val-tiles: {unknown} not in {cfg.dataset}, which holds {keys}")
+    if len(keys) < 2:
+        raise ValueError(f"{cfg.dataset} holds one tile ({keys}): training and validation need two or more")
+    val_keys = cfg.val_tiles or [keys[-1]]
+    train_keys = [k for k in keys if k not in set(val_keys)]
+    if not train_keys:
+        raise ValueError(f"--val-tiles takes every tile of {cfg.dataset}: none is left for training")
     train = PotsdamDataset(cfg.dataset, cfg.crop, tiles=train_keys, cache_tiles=len(train_keys))
     val = PotsdamDataset(cfg.dataset, cfg.crop, tiles=val_keys, cache_tiles=len(val_keys))
     return train, None, val, None
@@ -343,7 +412,7 @@ def load_data(cfg: TrainConfig):
 
 def _batch(train_x, train_y, idx: torch.Tensor, flips: torch.Tensor):
     if train_y is None:
-        x, y = _stack(train_x, idx.tolist())
+        x, y = stack_items(train_x, idx.tolist())
     else:
         x, y = train_x[idx], train_y[idx]
     # flips (same random draws in every run of a seed)
@@ -367,7 +436,7 @@ def evaluate(model: nn.Module, val_x, val_y, device: str = "cpu", batch: int = 6
     n = len(val_x)
     for s in range(0, n, batch):
         if val_y is None:
-            x, y = _stack(val_x, range(s, min(n, s + batch)))
+            x, y = stack_items(val_x, range(s, min(n, s + batch)))
         else:
             x, y = val_x[s:s + batch], val_y[s:s + batch]
         logits, _ = model(x.to(device))
@@ -416,6 +485,8 @@ def train(cfg: TrainConfig, data=None, progress=None, desc: str = "train") -> di
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     gen = torch.Generator().manual_seed(cfg.seed)  # batch order and flips: same in every run of a seed
     n_train = len(train_x)
+    if cfg.batch_size > n_train:
+        raise ValueError(f"--batch-size {cfg.batch_size} is larger than the training set ({n_train} crops)")
     hist = {"step": [], "total": [], "ce": [], "con": [], "patches": []}
     own_bar = progress is None
     if own_bar:
@@ -468,6 +539,20 @@ def _rows_per_step(net: Segmenter, cfg: TrainConfig) -> int:
     return sum(cfg.batch_size * (cfg.crop // net.model.reductions[i]) ** 2 for i in net.con_ids)
 
 
+def json_safe(obj):
+    """obj with non-finite floats as None: JSON has no NaN (json.dump would write a bare NaN,
+    which strict parsers reject)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return json_safe(obj.item())
+    return obj
+
+
 def format_metrics(m: dict) -> str:
     lines = [f"{'class':<12} {'IoU':>7} {'F1':>7}"]
     for c, name in enumerate(CLASSES):
@@ -479,21 +564,27 @@ def format_metrics(m: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     add_arguments(p)
     p.add_argument("--out", default=None, help="write metrics and loss history as JSON here")
     a = p.parse_args(argv)
     cfg = config_from_args(a)
+    try:
+        check_config(cfg)
+    except ValueError as exc:
+        p.error(str(exc))
     res = train(cfg)
     print(f"trained {cfg.steps} steps in {res['train_s']:.1f} s (eval {res['eval_s']:.1f} s)")
     if cfg.contrastive_weight > 0:
-        print(f"contrastive backend: {res['backend']}; patches in the loss per step: "
+        what = ("kept patches per step, before the confidence selection" if cfg.mining == "confidence"
+                else "patches in the loss per step")
+        print(f"contrastive backend: {res['backend']}; {what}: "
               f"{res['patches_per_step']:.0f} of {res['rows_per_step']} rows")
     print(format_metrics(res["metrics"]))
     if a.out:
         os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
         with open(a.out, "w") as f:
-            json.dump({k: v for k, v in res.items() if k != "model"}, f, indent=1)
+            json.dump(json_safe({k: v for k, v in res.items() if k != "model"}), f, indent=1)
     return 0
 
 

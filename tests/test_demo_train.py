@@ -156,3 +156,83 @@ def test_memory_bank_step(data32):
     with pytest.raises(ValueError, match="memory-bank"):
         T.Segmenter(_cfg(contrastive_weight=0.5, memory_bank=8, **TINY_CNN))
 
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(steps=0), "--steps must be >= 1"),
+    (dict(batch_size=16, train_size=8), "--batch-size 16 is larger than --train-size 8"),
+    (dict(eval_batch=0), "--eval-batch must be >= 1"),
+    (dict(memory_bank=-5, contrastive_weight=0.1), "--memory-bank must be >= 0"),
+    (dict(contrastive_weight=0.1, mining="confidence", hard_k=8), "--hard-k"),
+    (dict(contrastive_weight=0.1, min_purity=1.5), "contrastive options: min_purity"),
+    (dict(contrastive_weight=0.1, temperature=0.0), "contrastive options: temperature"),
+    (dict(device="gpu0"), "--device"),
+])
+def test_bad_options_fail_before_any_training(kw, match):
+    if kw.get("backend") == "triton" and torch.cuda.is_available():
+        pytest.skip("triton runs here")
+    with pytest.raises(ValueError, match=match):
+        T.check_config(_cfg(**kw))
+    T.check_config(_cfg())  # the defaults pass
+
+
+def test_a_missing_backend_fails_before_any_training(monkeypatch):
+    def missing(device, backend):
+        raise RuntimeError(f"backend={backend!r} was requested ... pip install ...")
+    monkeypatch.setattr(T.ct, "backend_for", missing)
+    with pytest.raises(ValueError, match="contrastive options: backend='native' was requested"):
+        T.check_config(_cfg(contrastive_weight=0.1, backend="native"))
+    T.check_config(_cfg(backend="native"))  # the baseline does not need it
+
+
+def test_cli_value_errors_name_the_option():
+    import argparse
+    p = argparse.ArgumentParser()
+    T.add_arguments(p)
+    for argv in (["--stages", "a"], ["--model-kwargs", "depth"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(argv)
+    with pytest.raises(ValueError, match="--stages: index 7 is out of range for 2 blocks"):
+        T.Segmenter(_cfg(**dict(TINY_VIT, stages=[7])))
+    with pytest.raises(ValueError, match="--con-stages: index 5 is out of range for 3 stages"):
+        T.Segmenter(_cfg(**dict(TINY_CNN, con_stages=[5]), contrastive_weight=0.1))
+
+
+def test_json_outputs_hold_no_nan(tmp_path):
+    import json
+    out = T.json_safe({"a": [float("nan"), 1.0, np.float32(2.0)], "b": (float("inf"),), "c": {"d": np.nan}})
+    assert out == {"a": [None, 1.0, 2.0], "b": [None], "c": {"d": None}}
+    json.loads(json.dumps(out, allow_nan=False))
+
+
+def test_potsdam_tiles_are_checked(tmp_path):
+    from test_datasets import _classes, _write_tile
+    root = tmp_path / "potsdam"
+    for i, name in enumerate(["2_10", "2_11"]):
+        _write_tile(str(root / "images"), str(root / "labels"), name, _classes(40, 40, i), seed=i)
+    with pytest.raises(ValueError, match=r"--val-tiles: \['typo'\] not in .* which holds \['top_potsdam_2_10'"):
+        T.load_data(_cfg(dataset=str(root), val_tiles=["top_potsdam_2_10", "typo"]))
+    with pytest.raises(ValueError, match="none is left for training"):
+        T.load_data(_cfg(dataset=str(root), val_tiles=["top_potsdam_2_10", "top_potsdam_2_11"]))
+    train, _, val, _ = T.load_data(_cfg(dataset=str(root), crop=32))
+    assert len(train) == len(val) == 4  # one tile each, four 32 x 32 crops covering 40 x 40
+
+
+def test_demo_writes_its_results_with_a_potsdam_folder_and_few_scenes(tmp_path):
+    """The figure came after the JSON was due and crashed on a dataset (Potsdam) or on fewer than four
+    validation scenes, losing both runs: now the JSON is written first and the figure copes."""
+    pytest.importorskip("matplotlib")
+    import json
+    import demo
+    from test_datasets import _classes, _write_tile
+    root = tmp_path / "potsdam"
+    for i, name in enumerate(["2_10", "2_11"]):
+        _write_tile(str(root / "images"), str(root / "labels"), name, _classes(32, 32, i), seed=i)
+    common = ["--backbone", "vit_tiny_patch16_224", "--model-kwargs", "depth=1,embed_dim=48,num_heads=2",
+              "--patch-size", "8", "--crop", "32", "--steps", "1", "--batch-size", "1", "--decoder-dim", "16",
+              "--proj-dim", "16", "--backend", "torch", "--min-purity", "0.5", "--eval-batch", "4"]
+    for extra, name in ((["--dataset", str(root)], "potsdam"), (["--train-size", "2", "--val-size", "2"], "two")):
+        assert demo.main(common + extra + ["--out", str(tmp_path / name)]) == 0
+        with open(tmp_path / name / "demo.json") as f:
+            json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
+        assert (tmp_path / name / "demo.png").stat().st_size > 0
