@@ -50,8 +50,11 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4, help="images per rank")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--patch", type=int, default=4)
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", choices=("auto", "torch", "triton", "native"), default="auto")
     a = p.parse_args(argv)
+    if "RANK" not in os.environ:  # init_process_group would only say "environment variable RANK expected"
+        p.error("start it with torchrun, which sets RANK and WORLD_SIZE: "
+                "torchrun --nproc_per_node 2 python/ddp_train.py ...")
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
