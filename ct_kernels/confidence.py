@@ -68,12 +68,18 @@ def select_confidence_rows(labels: torch.Tensor, conf: torch.Tensor, num_classes
         raise ValueError(f"confidence_fraction must be in (0, 1], got {confidence_fraction}")
     if max_per_class < 1 or min_per_class < 1:
         raise ValueError("max_per_class and min_per_class must be >= 1")
+    if min_per_class > max_per_class:
+        raise ValueError(f"min_per_class={min_per_class} > max_per_class={max_per_class} would skip every class")
     out = []
     with torch.no_grad():
         labels = labels.to(torch.int64)
         kept = labels != -1
-        counts = torch.bincount(labels[kept].clamp(0, num_classes - 1) if kept.any() else labels[:0],
-                                minlength=num_classes)[:num_classes].tolist()  # one host sync
+        # one host sync: the counts, and with them whether every label is -1 or a class
+        counts = torch.bincount(torch.where(kept & (labels >= 0) & (labels < num_classes), labels, num_classes),
+                                minlength=num_classes + 1).tolist()
+        if counts[num_classes] != int((~kept).sum()):
+            raise ValueError(f"labels must be -1 (left out) or a class in [0, num_classes={num_classes})")
+        counts = counts[:num_classes]
         for c in range(num_classes):
             n_c = int(counts[c])
             # floor(n * f), the product rounded to 9 significant digits first so that float noise
@@ -110,8 +116,8 @@ def confidence_supcon(z: torch.Tensor, labels: torch.Tensor, conf: torch.Tensor,
         raise ValueError(f"z must be (R, D) with R = len(labels), got {tuple(z.shape)} and {tuple(labels.shape)}")
     selection = select_confidence_rows(labels, conf, num_classes, confidence_fraction, max_per_class,
                                        min_per_class)
-    if not selection:
-        return z.sum() * 0.0
+    if not selection:  # 0.0 connected to z, in the dtype the loss has otherwise (float32 for 16-bit z)
+        return z.sum().to(torch.float64 if z.dtype == torch.float64 else torch.float32) * 0.0
     per_class = []
     for _c, anchors, hard_pos, hard_neg in selection:
         rows = torch.unique(torch.cat([anchors, hard_pos, hard_neg]))  # sorted, each row once

@@ -8,6 +8,8 @@ deterministic ``index_put_`` and ``contrast`` returns every slot, the empty ones
 step, as ``ContrastivePatchLoss`` promises)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -20,17 +22,24 @@ class MemoryBank(nn.Module):
     ``ignore_index``, are skipped, as patches left out of the loss are; when a batch holds more
     rows of a class than the ring, its last ones are kept). ``contrast()`` returns ``(zc, yc)``
     of all num_classes x size_per_class slots, ``yc = ignore_index`` where a slot is still empty:
-    give the loss the same ``ignore_index``. Buffers follow ``.to(device)`` and the state dict.
+    give the loss the same ``ignore_index``; ``zc`` is a view of the store (no copy per step), so
+    use the pair before the next ``update``, as ``supcon_loss`` does (it copies what it keeps).
+    Buffers follow ``.to(device)`` and the state dict.
     """
 
     def __init__(self, num_classes: int, size_per_class: int, dim: int, dtype=torch.float32, ignore_index: int = -1):
         super().__init__()
         for name, v in (("num_classes", num_classes), ("size_per_class", size_per_class), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int) or 0 <= ignore_index < num_classes:
+        num_classes, size_per_class, dim = int(num_classes), int(size_per_class), int(dim)
+        if (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
+                or 0 <= ignore_index < num_classes):
             raise ValueError(f"ignore_index must be an int outside [0, num_classes={num_classes}), "
                              f"got {ignore_index!r}")
+        ignore_index = int(ignore_index)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype (the rows' storage), got {dtype!r}")
         self.num_classes, self.size_per_class, self.dim = num_classes, size_per_class, dim
         self.ignore_index = ignore_index
         # all slots, class-major, plus one scratch row that receives the rows a batch does not keep
@@ -52,8 +61,12 @@ class MemoryBank(nn.Module):
     def update(self, z: torch.Tensor, labels: torch.Tensor) -> None:
         if not isinstance(z, torch.Tensor) or z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"z must be (M, {self.dim}), got {tuple(getattr(z, 'shape', ()))}")
+        if not z.dtype.is_floating_point:
+            raise TypeError(f"z must be floating point rows, got {z.dtype}")
         if not isinstance(labels, torch.Tensor) or labels.shape != z.shape[:1]:
             raise ValueError(f"labels must be (M,) = ({z.shape[0]},), got {tuple(getattr(labels, 'shape', ()))}")
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
         if z.device != self.store.device or labels.device != self.store.device:
             raise ValueError(f"z and labels must be on the bank's device ({self.store.device}), got "
                              f"{z.device} and {labels.device}")

@@ -136,7 +136,7 @@ class ContrastivePatchLoss(nn.Module):
                  max_per_class: int = 128, min_per_class: int = 10, memory_bank: MemoryBank | None = None,
                  feature_format: str = "NCHW"):
         super().__init__()
-        check_num_classes(num_classes)
+        num_classes = check_num_classes(num_classes)
         check_loss_options(temperature, variant, hard_positives, hard_negatives, "mean", backend)
         if isinstance(min_purity, bool) or not isinstance(min_purity, (int, float)) or not 0.0 <= min_purity <= 1.0:
             raise ValueError(f"min_purity must be a number in [0, 1], got {min_purity!r}")
@@ -157,6 +157,9 @@ class ContrastivePatchLoss(nn.Module):
             for name, v in (("max_per_class", max_per_class), ("min_per_class", min_per_class)):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+            if min_per_class > max_per_class:
+                raise ValueError(f"min_per_class={min_per_class} > max_per_class={max_per_class} would skip every "
+                                 f"class (k = min(n_c * confidence_fraction, max_per_class) never reaches it)")
         if memory_bank is not None:
             if not isinstance(memory_bank, MemoryBank):
                 raise TypeError(f"memory_bank must be a ct_kernels.MemoryBank, got {type(memory_bank).__name__}")
@@ -318,9 +321,12 @@ class ContrastivePatchLoss(nn.Module):
     # -- forward --------------------------------------------------------------------------------
     def _bank_contrast(self, rows: torch.Tensor):
         bank = self.memory_bank
-        if rows.shape[1] != bank.dim or rows.device != bank.store.device:
-            raise ValueError(f"memory_bank holds ({bank.dim},) rows on {bank.store.device}, the features are "
-                             f"({rows.shape[1]},) on {rows.device} (move the loss with .to(): the bank is a submodule)")
+        if rows.shape[1] != bank.dim:
+            raise ValueError(f"memory_bank holds ({bank.dim},) rows, the features are ({rows.shape[1]},): give the "
+                             f"bank the projection's width")
+        if rows.device != bank.store.device:
+            raise ValueError(f"memory_bank is on {bank.store.device}, the features on {rows.device} (move the loss "
+                             f"with .to(): the bank is a submodule)")
         zc, yc = bank.contrast()
         return zc, torch.where(yc == bank.ignore_index, torch.full_like(yc, _ROW_IGNORE), yc)
 

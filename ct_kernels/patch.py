@@ -1,6 +1,7 @@
 """``patch_labels``: the majority class of the mask under each patch, and its purity."""
 from __future__ import annotations
 
+import numbers
 from fractions import Fraction
 
 import torch
@@ -21,11 +22,11 @@ def ignore_byte(dtype: torch.dtype, ignore_index: int) -> int:
 def as_patch_size(patch_size) -> tuple[int, int]:
     if isinstance(patch_size, bool):
         raise TypeError("patch_size must be an int or a pair (ph, pw), got bool")
-    if isinstance(patch_size, int):
-        ph = pw = patch_size
+    if isinstance(patch_size, numbers.Integral):
+        ph = pw = int(patch_size)
     elif isinstance(patch_size, (tuple, list)) and len(patch_size) == 2 and all(
-            isinstance(p, int) and not isinstance(p, bool) for p in patch_size):
-        ph, pw = patch_size
+            isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in patch_size):
+        ph, pw = int(patch_size[0]), int(patch_size[1])
     else:
         raise TypeError(f"patch_size must be an int or a pair of ints (ph, pw), got {patch_size!r}")
     if ph <= 0 or pw <= 0:
@@ -68,9 +69,11 @@ def check_label_value(name: str, value) -> int:
     return value
 
 
-def check_num_classes(num_classes) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+def check_num_classes(num_classes) -> int:
+    """num_classes as an int (NumPy ints too); ValueError unless a positive integer."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return int(num_classes)
 
 
 def purity_ratio(min_purity: float) -> tuple[int, int]:
@@ -138,7 +141,7 @@ def patch_labels(mask: torch.Tensor, patch_size, num_classes: int, ignore_index:
     """
     ph, pw = as_patch_size(patch_size)
     check_mask(mask, ph, pw)
-    check_num_classes(num_classes)
+    num_classes = check_num_classes(num_classes)
     ignore_index = check_label_value("ignore_index", ignore_index)
     backends.check_backend_name(backend)
     labels, purity, bad = patch_labels_unchecked(mask, ph, pw, num_classes, ignore_index, backend)

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import ct_kernels as ct
 from ct_kernels.confidence import (confidence_supcon, kept_patch_labels, patch_confidence,
                                    select_confidence_rows)
 
@@ -191,3 +192,22 @@ def test_kept_patch_labels():
     assert labels.tolist() == [-1, -1, 2, 0]
     labels = kept_patch_labels(mask, 2, 2, 3, min_purity=0.75, backend="torch")
     assert labels.tolist() == [0, -1, 2, 0]
+
+
+def test_confidence_selection_checks_its_labels_and_limits():
+    from ct_kernels.confidence import select_confidence_rows
+    conf = torch.rand(4, 3)
+    # a label of 5 was clamped into class 2, which then qualified with no anchor: a NaN loss
+    with pytest.raises(ValueError, match=r"labels must be -1 \(left out\) or a class"):
+        select_confidence_rows(torch.tensor([0, 5, 1, 1]), conf, 3, 1.0, 128, 1)
+    with pytest.raises(ValueError, match="min_per_class=10 > max_per_class=5"):
+        select_confidence_rows(torch.tensor([0, 0, 1, 1]), conf, 3, 1.0, 5, 10)
+    with pytest.raises(ValueError, match="min_per_class=10 > max_per_class=5"):
+        ct.ContrastivePatchLoss(3, mining="confidence", max_per_class=5, min_per_class=10)
+    # no class qualifies: 0.0 in the loss's dtype (float32 for bf16 rows), as when one does
+    z = torch.randn(4, 8, dtype=torch.bfloat16, requires_grad=True)
+    fn = lambda zz, yy, reduction: ct.supcon_loss(zz, yy, 0.1, reduction=reduction, backend="torch")  # noqa: E731
+    out = confidence_supcon(z, torch.tensor([0, -1, 1, -1]), conf, 3, fn, 1.0, 128, 2)
+    assert out.dtype == torch.float32 and out.item() == 0.0
+    out.backward()
+    assert z.grad is not None and not z.grad.any()

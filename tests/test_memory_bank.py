@@ -129,3 +129,16 @@ def test_memory_bank_feeds_the_loss(backend):
     ref.backward()
     torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-5, atol=1e-6)
     assert (loss - ct.supcon_loss(z, y, backend=backend)).abs() > 1e-2
+
+
+def test_memory_bank_rejects_what_the_loss_would():
+    # float labels would be truncated into classes, integer storage would truncate the rows
+    with pytest.raises(TypeError, match="dtype must be a floating"):
+        ct.MemoryBank(2, 2, 2, dtype=torch.int64)
+    bank = ct.MemoryBank(2, 2, 2)
+    with pytest.raises(TypeError, match="labels must be an integer"):
+        bank.update(torch.randn(2, 2), torch.tensor([0.9, 1.9]))
+    with pytest.raises(TypeError, match="z must be floating"):
+        bank.update(torch.ones(2, 2, dtype=torch.int64), torch.tensor([0, 1]))
+    np = pytest.importorskip("numpy")
+    assert ct.MemoryBank(np.int64(3), np.int64(2), np.int64(4), ignore_index=np.int64(-1)).store.shape == (7, 4)

@@ -97,3 +97,12 @@ def test_bad_num_classes_and_backend():
         ct.patch_labels(mask, 2, 0)
     with pytest.raises(ValueError, match="backend"):
         ct.patch_labels(mask, 2, 3, backend="cuda")
+
+
+def test_numpy_integers_are_sizes_and_counts():
+    np = pytest.importorskip("numpy")
+    mask = torch.randint(0, 3, (2, 8, 8))
+    ref = ct.patch_labels(mask, 4, 3, backend="torch")
+    for ps, nc in ((np.int64(4), np.int64(3)), ((np.int32(4), np.int32(4)), 3)):
+        out = ct.patch_labels(mask, ps, nc, backend="torch")
+        assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
