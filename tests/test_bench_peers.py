@@ -28,3 +28,17 @@ def test_dense_peers_compute_the_library_loss(peer):
     torch.testing.assert_close(out.double(), ref, rtol=1e-6, atol=1e-6)
     err = (z1.grad - z2.grad).norm() / z2.grad.norm()
     assert err < 1e-6, err
+
+
+def test_results_md_is_what_make_results_writes_from_the_records(tmp_path, monkeypatch):
+    """benchmarks/RESULTS.md is generated, never edited: regenerating it from the committed
+    records (into a copy) gives the committed text, so a change to make_results.py that would
+    rewrite the recorded numbers shows up here."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    import make_results
+    bench = Path(gpu_bench.__file__).parent
+    shutil.copytree(bench / "results", tmp_path / "results")
+    monkeypatch.setattr(make_results, "HERE", tmp_path)
+    make_results.main(sorted(str(p) for p in (tmp_path / "results").glob("*.json")))
+    assert (tmp_path / "RESULTS.md").read_text() == (bench / "RESULTS.md").read_text()
