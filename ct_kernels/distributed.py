@@ -17,6 +17,7 @@ rank's own bank may give its anchors positives).
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 import torch.distributed as dist
@@ -74,14 +75,34 @@ def _gather_rows_packed(tensors: list[torch.Tensor], sizes: list[int], group) ->
     return out
 
 
-def _gather_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):
-    """(every rank's rows, their labels, rows per rank), in rank order; the counts are read on the
-    host (one synchronisation) to pad the gathers and drop the padding."""
-    count = torch.tensor([z.shape[0]], dtype=torch.int64, device=z.device)
-    counts = [torch.empty_like(count) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(counts, count, group=group)
-    sizes = [int(c.item()) for c in counts]
-    return _gather_padded(z.detach(), sizes, group, 0.0), _gather_padded(labels, sizes, group, ignore_index), sizes
+def _dtype_code(dtype: torch.dtype) -> int:
+    return zlib.crc32(str(dtype).encode())  # the same on every rank (str hashes are salted per process)
+
+
+_DTYPE_NAMES = {_dtype_code(t): str(t).replace("torch.", "") for t in
+                (torch.float32, torch.float64, torch.bfloat16, torch.float16)}
+
+
+def _gather_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int, ok: torch.Tensor | None = None):
+    """(every rank's rows, their labels, rows per rank, every rank's ``ok`` flag combined), in rank
+    order. One small all_gather first, read on the host (one synchronisation): each rank's row
+    count (to pad the gathers and drop the padding), width, dtype and ``ok``. Rows of another
+    width or dtype would be gathered as raw bytes (a wrong number, or a crash inside the
+    collective): every rank raises the same error instead, before any row moves."""
+    flag = torch.ones(1, dtype=torch.int64, device=z.device) if ok is None else ok.to(torch.int64).reshape(1)
+    shape = torch.tensor([z.shape[0], z.shape[1], _dtype_code(z.dtype)], dtype=torch.int64, device=z.device)
+    head = torch.cat([shape, flag])
+    heads = [torch.empty_like(head) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(heads, head, group=group)
+    table = torch.stack(heads).cpu().tolist()
+    if len({(d, code) for _, d, code, _ in table}) > 1:
+        ranks = [f"({n}, {d}) {_DTYPE_NAMES.get(code, 'other')}" for n, d, code, _ in table]
+        raise ValueError(f"process_group: every rank must give rows of the same width and dtype; the ranks "
+                         f"give {ranks}")
+    sizes = [n for n, _, _, _ in table]
+    ok_all = torch.tensor(all(f for _, _, _, f in table), device=z.device)
+    return (_gather_padded(z.detach(), sizes, group, 0.0), _gather_padded(labels, sizes, group, ignore_index), sizes,
+            ok_all)
 
 
 def _anchors_with_positives(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -100,8 +121,8 @@ _FIRST_ORDER = ("supcon_loss with process_group gives first derivatives only, on
 
 class _GatheredSupCon(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-        u_all, labels_all, sizes = _gather_rows(u, labels, group, ignore_index)
+    def forward(ctx, u, labels, uc, yc, ok, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+        u_all, labels_all, sizes, ok_all = _gather_rows(u, labels, group, ignore_index, ok)
         start = sum(sizes[:dist.get_rank(group)])
         if uc is not None:  # this rank's extra contrast rows: columns after every rank's rows
             u_all, labels_all = torch.cat([u_all, uc]), torch.cat([labels_all, yc])
@@ -114,11 +135,11 @@ class _GatheredSupCon(torch.autograd.Function):
         else:
             anchors_all = (npos > 0).sum()
             dist.all_reduce(anchors_all, group=group)
-        ctx.mark_non_differentiable(npos, anchors_all)
-        return rows, npos, anchors_all
+        ctx.mark_non_differentiable(npos, anchors_all, ok_all)
+        return rows, npos, anchors_all, ok_all
 
     @staticmethod
-    def backward(ctx, grad_rows, _grad_npos, _grad_anchors):
+    def backward(ctx, grad_rows, _grad_npos, _grad_anchors, _grad_ok):
         u_all, labels_all, u, *saved = ctx.saved_tensors
         kernels, group, sizes, start, ignore_index, inv_temp, variant, kp, kn, allow_tf32 = ctx.args
         # every rank's row weights and per-row statistics (O(N) each, one collective): the columns'
@@ -132,13 +153,13 @@ class _GatheredSupCon(torch.autograd.Function):
         du = kernels.supcon_backward(u_all, labels_all, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
                                      saved_all, g_all, start, sizes[dist.get_rank(group)])
         du = backends.first_order_only(du, u, _FIRST_ORDER)
-        return du, None, None, None, None, None, None, None, None, None, None, None
+        return du, None, None, None, None, None, None, None, None, None, None, None, None
 
 
 def all_rows(z: torch.Tensor, labels: torch.Tensor, group, ignore_index: int):
     """Every rank's (rows, labels) concatenated in rank order, uneven counts padded and dropped
     (no gradient): what a memory bank takes so that every rank holds the same bank."""
-    z_all, labels_all, _ = _gather_rows(z, labels, group, ignore_index)
+    z_all, labels_all, _, _ = _gather_rows(z, labels, group, ignore_index)
     return z_all, labels_all
 
 
@@ -147,13 +168,17 @@ def check_group(group) -> None:
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("process_group was given but torch.distributed is not initialised "
                            "(call torch.distributed.init_process_group first)")
+    if isinstance(group, int) and not isinstance(group, bool) and group == dist.GroupMember.NON_GROUP_MEMBER:
+        raise ValueError("process_group: this rank is not a member of the group (dist.new_group returns "
+                         "NON_GROUP_MEMBER on the other ranks): call the loss with it only on its members")
     if not isinstance(group, dist.ProcessGroup):
         raise TypeError(f"process_group must be None or a torch.distributed.ProcessGroup (e.g. "
                         f"dist.group.WORLD), got {type(group).__name__}")
 
 
-def gathered_rows(u, labels, uc, yc, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
-    """(local row losses, local |P_i|, anchors with positives on all ranks, world size)."""
-    rows, npos, anchors = _GatheredSupCon.apply(u, labels, uc, yc, kernels or ReferenceKernels, group,
-                                                ignore_index, inv_temp, variant, kp, kn, allow_tf32)
-    return rows, npos, anchors, dist.get_world_size(group)
+def gathered_rows(u, labels, uc, yc, ok, kernels, group, ignore_index, inv_temp, variant, kp, kn, allow_tf32):
+    """(local row losses, local |P_i|, anchors with positives on all ranks, world size, ``ok``: this
+    rank's input check combined with every other rank's)."""
+    rows, npos, anchors, ok_all = _GatheredSupCon.apply(u, labels, uc, yc, ok, kernels or ReferenceKernels, group,
+                                                        ignore_index, inv_temp, variant, kp, kn, allow_tf32)
+    return rows, npos, anchors, dist.get_world_size(group), ok_all

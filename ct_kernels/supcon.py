@@ -191,7 +191,8 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
             install.
         process_group: torch.distributed group: local anchors against every rank's rows, scaled so
             that DDP's gradient averaging gives the single-process gradient of the whole batch; log
-            the mean over ranks.
+            the mean over ranks. Every rank of the group runs the loss and its backward (both
+            gather), with rows of the same width and dtype.
         contrast: ``(zc, yc)`` detached extra rows (a memory bank, ``ct_kernels.MemoryBank``):
             columns only, never anchors, no gradient. With ``process_group`` give every rank the
             same ones (a bank updated with gathered rows); the result is then the single-process
@@ -222,10 +223,11 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
 
         if process_group is not None:
             from .distributed import gathered_rows
-            rows, npos, anchors, world = gathered_rows(u.contiguous(), labels.contiguous(), uc, yc, kernels,
-                                                       process_group, ignore_index, 1.0 / float(temperature),
-                                                       variant, kp, kn, tf32)
-            return _reduce_distributed(_poison_non_finite(rows, finite, in_range), anchors, world, reduction)
+            # ok comes back combined over the ranks: a non-finite row anywhere makes every loss NaN
+            rows, npos, anchors, world, ok = gathered_rows(
+                u.contiguous(), labels.contiguous(), uc, yc, _inputs_ok(finite, in_range), kernels, process_group,
+                ignore_index, 1.0 / float(temperature), variant, kp, kn, tf32)
+            return _reduce_distributed(_poison(rows, ok), anchors, world, reduction)
         if kernels is None:
             u_all = u if uc is None else torch.cat([u, uc])
             labels_all = labels if yc is None else torch.cat([labels, yc])
@@ -238,18 +240,22 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
                                             ignore_index, 1.0 / float(temperature), variant, kp, kn, tf32)
         # every backend alike, even in a batch whose loss would not read the non-finite row (no
         # anchor with a positive): a NaN loss, not 0.0 over a NaN gradient
-        rows = _poison_non_finite(rows, finite, in_range)
+        rows = _poison(rows, _inputs_ok(finite, in_range))
         return _reduce(rows, npos, reduction)
 
 
-def _poison_non_finite(rows: torch.Tensor, inputs: list[torch.Tensor], in_range: torch.Tensor | None = None
-                       ) -> torch.Tensor:
+def _inputs_ok(inputs: list[torch.Tensor], in_range: torch.Tensor | None = None) -> torch.Tensor:
+    """0-d bool: every valid row finite and, with normalize=False, ``in_range``
+    (``_similarities_in_range``). Checked on device, no sync; ignored rows were zeroed before and
+    cannot make it False. With process_group every rank's flag is combined (distributed.py)."""
+    return torch.stack([_finite(t.detach()) for t in inputs] + ([] if in_range is None else [in_range])).all()
+
+
+def _poison(rows: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     """The kernels' online max / masked sums can step over a NaN; PyTorch's dense loss would not.
-    A non-finite valid row makes every row NaN, as it would there (checked on device, no sync;
-    ignored rows were zeroed before and cannot trigger it). Applied to the dense reference too, so
-    that a batch without positives reports such a row as every backend does. ``in_range``
-    (normalize=False): whether no similarity can overflow (``_similarities_in_range``)."""
-    ok = torch.stack([_finite(t.detach()) for t in inputs] + ([] if in_range is None else [in_range])).all()
+    Where an input row is not finite (``_inputs_ok``) every row is NaN, as it would be there.
+    Applied to the dense reference too, so that a batch without positives reports such a row as
+    every backend does."""
     return torch.where(ok, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
 
 

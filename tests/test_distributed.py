@@ -4,6 +4,7 @@ The mean over ranks of the returned losses must equal the single-process loss of
 batch, and each rank's gradient divided by the world size (what DDP's averaging does to the
 parameters' gradients) must equal the single-process gradient of its rows.
 """
+import math
 import os
 
 import pytest
@@ -107,6 +108,56 @@ def test_gloo_matches_single_process(tmp_path, world, backend):
                 assert want.numel() == 0
                 continue
             torch.testing.assert_close(grad / world, want, rtol=1e-9, atol=1e-12)
+
+
+def _edge_worker(rank, world, init_file, backend, scenario, out_dir):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    z, y = _batch()
+    z, y = z[rank * 11:(rank + 1) * 11].clone(), y[rank * 11:(rank + 1) * 11]
+    if scenario == "dtype" and rank == 1:
+        z = z.float()  # the other rank sends float64 rows of the same width
+    if scenario == "width" and rank == 1:
+        z = z[:, :4]
+    if scenario == "nan" and rank == 0:
+        z[2, 0] = float("nan")  # a valid row (label != -1)
+    if scenario == "overflow" and rank == 0:
+        z[3] *= 1e200
+    try:
+        if scenario == "subgroup":
+            g = dist.new_group([1])
+            out = ct.supcon_loss(z, y, 0.2, backend=backend, process_group=g) if rank == 1 else None
+            if rank == 0:
+                ct.supcon_loss(z, y, 0.2, backend=backend, process_group=g)
+        else:
+            out = ct.supcon_loss(z.requires_grad_(), y, 0.2, backend=backend, process_group=dist.group.WORLD,
+                                 normalize=scenario != "overflow")
+        result = ("loss", None if out is None else float(out))
+    except ValueError as exc:
+        result = ("error", str(exc))
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.barrier()
+    _leave()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+@pytest.mark.parametrize("scenario", ["dtype", "width", "nan", "overflow", "subgroup"])
+@pytest.mark.parametrize("backend", cpu_backends(with_triton=False))
+def test_ranks_agree_on_bad_rows(tmp_path, backend, scenario):
+    """Rows of another dtype or width on one rank were all-gathered as raw bytes (a wrong loss, or
+    gloo aborting); a NaN or an overflowing row on one rank left the other ranks' losses finite
+    (DDP then averaged finite gradients of a NaN step); a rank outside a subgroup got a TypeError
+    about an int. Every rank now raises the same error, or every loss is NaN."""
+    mp.spawn(_edge_worker, args=(2, str(tmp_path / "init"), backend, scenario, str(tmp_path)), nprocs=2, join=True)
+    kind = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    if scenario in ("dtype", "width"):
+        for what, msg in kind:
+            assert what == "error" and "every rank must give rows of the same width and dtype" in msg, msg
+    elif scenario == "subgroup":
+        assert kind[0][0] == "error" and "not a member of the group" in kind[0][1]
+        assert kind[1][0] == "loss"
+    else:
+        assert all(what == "loss" and math.isnan(value) for what, value in kind), kind
 
 
 def test_process_group_without_init_is_an_error():
