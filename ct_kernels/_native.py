@@ -86,8 +86,24 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 if available():
+    # The fake kernels also serve as the ops' Meta kernels, and Meta outranks CPU in dispatch: one
+    # meta tensor among CPU ones would reach them, not the C++ checks, and hand back uninitialised
+    # CPU memory as the result. So they check what C++ checks about devices, ranks and the slice.
+    def _check_supcon(u, labels, tensors, row_start, row_count):
+        torch._check(u.dim() == 2 and labels.dim() == 1 and labels.shape[0] == u.shape[0],
+                     lambda: f"ct_kernels: u must be (M, D) and labels (M,), got {tuple(u.shape)}, {tuple(labels.shape)}")
+        for t in (labels,) + tuple(tensors):
+            torch._check(t.device == u.device,
+                         lambda: f"ct_kernels: every tensor must be on u's device ({u.device}), got {t.device}")
+        m = u.shape[0] - row_start if row_count < 0 else row_count
+        torch._check(0 <= row_start <= u.shape[0] and 0 <= m <= u.shape[0] - row_start,
+                     lambda: f"ct_kernels: anchor rows {row_start}..{row_start + m} not inside the {u.shape[0]} rows")
+        return m
+
     @torch.library.register_fake("ct_kernels::patch_labels")
     def _patch_labels_fake(mask, ph, pw, num_classes, ignore_index):
+        torch._check(mask.dim() == 3 and ph > 0 and pw > 0 and mask.shape[1] % ph == 0 and mask.shape[2] % pw == 0,
+                     lambda: f"ct_kernels: mask must be (B, H, W) with H, W divisible by ({ph}, {pw})")
         b, h, w = mask.shape
         labels = mask.new_empty((b, h // ph, w // pw), dtype=torch.int64)
         purity = mask.new_empty((b, h // ph, w // pw), dtype=torch.float32)
@@ -97,7 +113,7 @@ if available():
     @torch.library.register_fake("ct_kernels::supcon_forward")
     def _supcon_forward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, row_start=0,
                              row_count=-1):
-        m = u.shape[0] - row_start if row_count < 0 else row_count
+        m = _check_supcon(u, labels, (), row_start, row_count)
         acc = _acc_dtype(u.dtype)
         return (u.new_empty((m,), dtype=acc), u.new_empty((m,), dtype=torch.int32),
                 u.new_empty((m, 2), dtype=acc), u.new_empty((m, 2), dtype=acc),
@@ -106,7 +122,8 @@ if available():
     @torch.library.register_fake("ct_kernels::supcon_backward")
     def _supcon_backward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32,
                               npos, stats, thr_val, thr_col, grad_rows, row_start=0, row_count=-1):
-        m = u.shape[0] - row_start if row_count < 0 else row_count
+        saved = tuple(t for t in (npos, stats, thr_val, thr_col, grad_rows) if t is not None)
+        m = _check_supcon(u, labels, saved, row_start, row_count)
         return u.new_empty((m, u.shape[1]))
 
 

@@ -297,6 +297,23 @@ def test_fake_kernels():
         assert du.shape == (10, 4) and du.dtype == torch.bfloat16
 
 
+def test_a_meta_tensor_among_cpu_ones_is_an_error():
+    """The fake kernels are the ops' Meta kernels too, and Meta outranks CPU in dispatch: one meta
+    argument sent the call there, past the C++ device checks, and uninitialised CPU memory came
+    back as the loss. They check devices, shapes and the slice as the C++ kernels do."""
+    u, y, _ = _case(40, 8, 3, seed=2)
+    with pytest.raises(RuntimeError, match="on u's device"):
+        torch.ops.ct_kernels.supcon_forward(u, y.to("meta"), IGN, 10.0, "supcon", 0, 0, False, 0, -1)
+    out = torch.ops.ct_kernels.supcon_forward(u, y, IGN, 10.0, "supcon", 0, 0, False, 0, -1)
+    with pytest.raises(RuntimeError, match="on u's device"):
+        torch.ops.ct_kernels.supcon_backward(u, y, IGN, 10.0, "supcon", 0, 0, False, *out[1:],
+                                             torch.ones(40, device="meta"), 0, -1)
+    rows = torch.ops.ct_kernels.supcon_forward(u.to("meta"), y.to("meta"), IGN, 10.0, "supcon", 0, 0, False, 0, -1)[0]
+    assert rows.shape == (40,) and rows.device.type == "meta"  # all meta: shape inference, as before
+    with pytest.raises(RuntimeError, match="not inside the 40 rows"):
+        torch.ops.ct_kernels.supcon_forward(u.to("meta"), y.to("meta"), IGN, 10.0, "supcon", 0, 0, False, 10, 100)
+
+
 def test_torch_compile_traces_native_ops():
     u, y, grad = _case(40, 8, 3, seed=4, dtype=torch.float32)
 
