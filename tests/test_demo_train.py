@@ -236,3 +236,9 @@ def test_demo_writes_its_results_with_a_potsdam_folder_and_few_scenes(tmp_path):
         with open(tmp_path / name / "demo.json") as f:
             json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON"))
         assert (tmp_path / name / "demo.png").stat().st_size > 0
+
+
+def test_the_shipped_defaults_pass_the_checks():
+    import demo
+    T.check_config(demo.DEMO_DEFAULTS)  # what `make demo` runs
+    T.check_config(T.TrainConfig())
