@@ -297,6 +297,32 @@ def test_fake_kernels():
         assert du.shape == (10, 4) and du.dtype == torch.bfloat16
 
 
+_HUGE_EXPANDED = r"""
+import resource
+resource.setrlimit(resource.RLIMIT_DATA, (4 << 30, 4 << 30))  # a regression fails to allocate, fast
+import torch, ct_kernels._native
+u = torch.ones(1, 2).expand(2 ** 31, 2)  # stride 0: no memory behind 2^31 rows
+y = torch.zeros(1, dtype=torch.int64).expand(2 ** 31)
+for call in (lambda: torch.ops.ct_kernels.supcon_forward(u, y, -1, 10.0, "supcon", 0, 0, False, 0, 0),
+             lambda: torch.ops.ct_kernels.supcon_backward(u, y, -1, 10.0, "supcon", 0, 0, False, None, None,
+                                                          None, None, None, 0, 0)):
+    try:
+        call()
+    except RuntimeError as e:
+        print(str(e).splitlines()[0])
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_DATA bounds mmap'd memory on Linux")
+def test_too_many_rows_is_refused_before_any_allocation():
+    # the M < 2^31 check of the CPU kernels came after labels.contiguous() and the outputs: 16 GiB
+    # for an expanded 2^31-row input before the error
+    r = subprocess.run([sys.executable, "-c", _HUGE_EXPANDED], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("too many rows (M >= 2^31)" in line for line in lines), r.stdout
+
+
 def test_a_meta_tensor_among_cpu_ones_is_an_error():
     """The fake kernels are the ops' Meta kernels too, and Meta outranks CPU in dispatch: one meta
     argument sent the call there, past the C++ device checks, and uninitialised CPU memory came

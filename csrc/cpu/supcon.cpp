@@ -281,11 +281,17 @@ void backward_impl(const Problem<T>& P, const int32_t* npos, const T* stats, con
                     "forward's (saved tensors do not belong to these inputs?)");
 }
 
+// Before anything is allocated: labels.contiguous() or the outputs of an expanded 2^31-row u
+// would take gigabytes before a later check said no.
+void check_cpu_rows(const at::Tensor& u, const char* op) {
+  TORCH_CHECK(u.device().is_cpu(), op, " (CPU kernel): u must be on CPU");
+  TORCH_CHECK(u.size(0) < (int64_t(1) << 31), op, " (CPU kernel): too many rows (M >= 2^31)");
+}
+
 template <typename T>
 Problem<T> make_problem(const at::Tensor& u, const at::Tensor& labels, int64_t ignore_index,
                         double inv_temp, const std::string& variant, int64_t kp, int64_t kn,
                         int64_t a0, int64_t a1) {
-  TORCH_CHECK(u.size(0) < (int64_t(1) << 31), "supcon (CPU kernel): too many rows (M >= 2^31)");
   Problem<T> P;
   P.U = u.detach().to(acc_type_of(u.scalar_type())).contiguous();
   P.M = u.size(0);
@@ -310,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> supcon_fo
     int64_t row_count) {
   (void)allow_tf32;
   check_supcon_args(u, labels_in, kp, kn);
-  TORCH_CHECK(u.device().is_cpu(), "supcon_forward (CPU kernel): u must be on CPU");
+  check_cpu_rows(u, "supcon_forward");
   const at::Tensor labels = labels_in.contiguous();
   const int64_t R = anchor_count(u.size(0), row_start, row_count);
   const auto acc = acc_type_of(u.scalar_type());
@@ -336,7 +342,7 @@ at::Tensor supcon_backward_cpu(const at::Tensor& u, const at::Tensor& labels_in,
                                int64_t row_start, int64_t row_count) {
   (void)allow_tf32;
   check_supcon_args(u, labels_in, kp, kn);
-  TORCH_CHECK(u.device().is_cpu(), "supcon_backward (CPU kernel): u must be on CPU");
+  check_cpu_rows(u, "supcon_backward");
   const int64_t M = u.size(0), D = u.size(1);
   const int64_t count = anchor_count(M, row_start, row_count);
   const auto acc = acc_type_of(u.scalar_type());
