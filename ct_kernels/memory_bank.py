@@ -8,10 +8,10 @@ deterministic ``index_put_`` and ``contrast`` returns every slot, the empty ones
 step, as ``ContrastivePatchLoss`` promises)."""
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
+
+from .patch import check_integer_labels, is_int
 
 
 class MemoryBank(nn.Module):
@@ -30,11 +30,10 @@ class MemoryBank(nn.Module):
     def __init__(self, num_classes: int, size_per_class: int, dim: int, dtype=torch.float32, ignore_index: int = -1):
         super().__init__()
         for name, v in (("num_classes", num_classes), ("size_per_class", size_per_class), ("dim", dim)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            if not is_int(v) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         num_classes, size_per_class, dim = int(num_classes), int(size_per_class), int(dim)
-        if (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
-                or 0 <= ignore_index < num_classes):
+        if not is_int(ignore_index) or 0 <= ignore_index < num_classes:
             raise ValueError(f"ignore_index must be an int outside [0, num_classes={num_classes}), "
                              f"got {ignore_index!r}")
         ignore_index = int(ignore_index)
@@ -65,8 +64,7 @@ class MemoryBank(nn.Module):
             raise TypeError(f"z must be floating point rows, got {z.dtype}")
         if not isinstance(labels, torch.Tensor) or labels.shape != z.shape[:1]:
             raise ValueError(f"labels must be (M,) = ({z.shape[0]},), got {tuple(getattr(labels, 'shape', ()))}")
-        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+        check_integer_labels(labels)
         if z.device != self.store.device or labels.device != self.store.device:
             raise ValueError(f"z and labels must be on the bank's device ({self.store.device}), got "
                              f"{z.device} and {labels.device}")

@@ -2,14 +2,12 @@
 the paper's ``ProjectionHead``."""
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import nn
 
 from .confidence import confidence_supcon, patch_confidence
 from .memory_bank import MemoryBank
-from .patch import (as_patch_size, check_label_value, check_mask, check_num_classes, kept_row_labels,
+from .patch import (as_patch_size, check_label_value, check_mask, check_num_classes, is_int, kept_row_labels,
                     patch_labels_unchecked, purity_ratio)
 from .supcon import backend_for, check_loss_options, supcon_loss
 
@@ -60,12 +58,26 @@ def _grid_candidates(n: int, h_img: int, w_img: int) -> list[tuple[int, int]]:
 
 def _check_grid(grid):
     """None, or (h, w) as a tuple of ints (NumPy ints and a torch.Size accepted)."""
-    ok = grid is None or (isinstance(grid, (tuple, list)) and len(grid) == 2 and all(
-        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in grid))
+    ok = grid is None or (isinstance(grid, (tuple, list)) and len(grid) == 2
+                          and all(is_int(v) and v > 0 for v in grid))
     if not ok:
         raise ValueError(f"grid must be None or (h, w), two positive ints (one pair per stage for a list "
                          f"of stages), got {grid!r}")
     return None if grid is None else (int(grid[0]), int(grid[1]))
+
+
+def _check_stage(feat, mask: torch.Tensor) -> None:
+    """One stage of features: a 3-D or 4-D tensor of the mask's batch, on its device."""
+    if not isinstance(feat, torch.Tensor):
+        raise TypeError(f"features must be a tensor or a list/tuple of tensors, got {type(feat).__name__}")
+    if feat.dim() not in (3, 4):  # before the batch: (M, D) rows would read as a batch of M
+        raise ValueError(f"features must be (B, N, D) tokens or a 4-D map ((B, D, h, w), or (B, h, w, D) "
+                         f"with feature_format='NHWC'), got shape {tuple(feat.shape)}; rows already "
+                         f"flattened to (M, D) go to ct_kernels.supcon_loss with their labels")
+    if feat.shape[0] != mask.shape[0]:
+        raise ValueError(f"features have batch size {feat.shape[0]} but mask has {mask.shape[0]}")
+    if feat.device != mask.device:
+        raise ValueError(f"features are on {feat.device} but mask is on {mask.device}")
 
 
 def infer_grid(n: int, h_img: int, w_img: int) -> tuple[int, int]:
@@ -241,9 +253,8 @@ class ContrastivePatchLoss(nn.Module):
 
     # -- shapes ---------------------------------------------------------------------------------
     def _stage_rows(self, feat: torch.Tensor, h_img: int, w_img: int, grid) -> tuple[torch.Tensor, int, int]:
-        """(rows (B*h*w, D), h, w) of one stage, rows in (batch, row, column) order."""
-        if not isinstance(feat, torch.Tensor):
-            raise TypeError(f"features must be a tensor or a list/tuple of tensors, got {type(feat).__name__}")
+        """(rows (B*h*w, D), h, w) of one stage (checked by _check_stage), rows in (batch, row, column)
+        order."""
         if feat.dim() == 4:
             if self.feature_format == "NHWC":
                 b, h, w, d = feat.shape
@@ -253,7 +264,7 @@ class ContrastivePatchLoss(nn.Module):
                 rows = feat.permute(0, 2, 3, 1).reshape(b * h * w, d)
             if grid is not None and tuple(grid) != (h, w):
                 raise ValueError(f"grid={tuple(grid)} does not match the feature map's (h, w)=({h}, {w})")
-        elif feat.dim() == 3:
+        else:
             b, n_tok, d = feat.shape
             n = n_tok - self.num_prefix_tokens
             if n <= 0:
@@ -275,9 +286,6 @@ class ContrastivePatchLoss(nn.Module):
                                      f"num_prefix_tokens=0 for them")
                 h, w = known[0] if known else infer_grid(n, h_img, w_img)
             rows = feat[:, self.num_prefix_tokens:, :].reshape(b * n, d)
-        else:
-            raise ValueError(f"features must be (B, N, D) tokens or a 4-D map ((B, D, h, w), or (B, h, w, D) "
-                             f"with feature_format='NHWC'), got shape {tuple(feat.shape)}")
         if h <= 0 or w <= 0 or h_img % h or w_img % w:
             raise ValueError(f"the patch grid ({h}, {w}) does not divide the mask's ({h_img}, {w_img})"
                              f"{self._grid_hint(feat, h_img, w_img)}")
@@ -375,18 +383,11 @@ class ContrastivePatchLoss(nn.Module):
         grids = grid if (grid is not None and len(stages) > 1) else [grid] * len(stages)
         if len(grids) != len(stages):
             raise ValueError(f"grid must give one (h, w) per stage ({len(stages)}), got {len(grids)}")
-        b, h_img, w_img = mask.shape
+        _, h_img, w_img = mask.shape
         losses, n_patches = [], []
         for feat, g in zip(stages, grids):
             g = _check_grid(g)
-            if isinstance(feat, torch.Tensor) and feat.dim() not in (3, 4):
-                raise ValueError(f"features must be (B, N, D) tokens or a 4-D map ((B, D, h, w), or (B, h, w, D) "
-                                 f"with feature_format='NHWC'), got shape {tuple(feat.shape)}; rows already "
-                                 f"flattened to (M, D) go to ct_kernels.supcon_loss with their labels")
-            if isinstance(feat, torch.Tensor) and feat.shape[0] != b:
-                raise ValueError(f"features have batch size {feat.shape[0]} but mask has {b}")
-            if isinstance(feat, torch.Tensor) and feat.device != mask.device:
-                raise ValueError(f"features are on {feat.device} but mask is on {mask.device}")
+            _check_stage(feat, mask)
             rows, h, w = self._stage_rows(feat, h_img, w_img, g)
             row_labels = self._row_labels(mask, h, w)
             losses.append(self._stage_loss(rows, row_labels, mask, h, w, logits))

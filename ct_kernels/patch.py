@@ -22,10 +22,9 @@ def ignore_byte(dtype: torch.dtype, ignore_index: int) -> int:
 def as_patch_size(patch_size) -> tuple[int, int]:
     if isinstance(patch_size, bool):
         raise TypeError("patch_size must be an int or a pair (ph, pw), got bool")
-    if isinstance(patch_size, numbers.Integral):
+    if is_int(patch_size):
         ph = pw = int(patch_size)
-    elif isinstance(patch_size, (tuple, list)) and len(patch_size) == 2 and all(
-            isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in patch_size):
+    elif isinstance(patch_size, (tuple, list)) and len(patch_size) == 2 and all(is_int(p) for p in patch_size):
         ph, pw = int(patch_size[0]), int(patch_size[1])
     else:
         raise TypeError(f"patch_size must be an int or a pair of ints (ph, pw), got {patch_size!r}")
@@ -60,6 +59,17 @@ def as_int(name: str, value, what: str = "an int") -> int:
         raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}") from None
 
 
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool (which Python counts as one)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_integer_labels(labels: torch.Tensor) -> None:
+    """Labels compare as integers: a float, complex or bool tensor is a TypeError."""
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+
+
 def check_label_value(name: str, value) -> int:
     """An ignore label: an integer (a label compares as an integer; the kernels would truncate 1.5
     to 1 where the reference compares it as is) in int64's range."""
@@ -71,7 +81,7 @@ def check_label_value(name: str, value) -> int:
 
 def check_num_classes(num_classes) -> int:
     """num_classes as an int (NumPy ints too); ValueError unless a positive integer."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
+    if not is_int(num_classes) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     return int(num_classes)
 

@@ -8,7 +8,7 @@ import torch
 
 from . import backends
 from .normalize import normalize_rows
-from .patch import INT64_MAX, as_int, check_label_value
+from .patch import INT64_MAX, as_int, check_integer_labels, check_label_value
 from .precision import fp32_matmul_allows_tf32
 from .reference import supcon_rows_reference
 
@@ -63,8 +63,7 @@ def _check_inputs(z: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError("z must have at least one feature column (D >= 1)")
     if labels.dim() != 1 or labels.shape[0] != z.shape[0]:
         raise ValueError(f"labels must be 1-D with z.shape[0]={z.shape[0]} entries, got shape {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    check_integer_labels(labels)
     if labels.device != z.device:
         raise ValueError(f"labels must be on z's device ({z.device}), got {labels.device}")
 

@@ -112,9 +112,10 @@ def parse_kwargs(text: str | None) -> dict:
     return out
 
 
-def _int_list(text):
-    if text is None or text == "" or isinstance(text, list):
-        return text or None
+def _int_list(text: str):
+    """--stages / --con-stages: "1,-1" -> [1, -1]; "" -> None (the default stages)."""
+    if not text:
+        return None
     try:
         return [int(t) for t in text.split(",")]
     except ValueError:
@@ -122,12 +123,12 @@ def _int_list(text):
                                          f"got {text!r}") from None
 
 
-def _kwargs_arg(text: str) -> str:
+def _kwargs_arg(text: str) -> dict:
+    """--model-kwargs: parse_kwargs, its error as argparse's (argparse would replace a ValueError's text)."""
     try:
-        parse_kwargs(text)
+        return parse_kwargs(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -219,8 +220,8 @@ def add_arguments(p: argparse.ArgumentParser, defaults: TrainConfig | None = Non
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
-        backbone=a.backbone, model_kwargs=parse_kwargs(a.model_kwargs), patch_size=a.patch_size,
-        stages=_int_list(a.stages), con_stages=_int_list(a.con_stages), pretrained=a.pretrained,
+        backbone=a.backbone, model_kwargs=a.model_kwargs, patch_size=a.patch_size,
+        stages=a.stages, con_stages=a.con_stages, pretrained=a.pretrained,
         decoder_dim=a.decoder_dim, proj_dim=a.proj_dim, dataset=a.dataset, crop=a.crop,
         train_size=a.train_size, val_size=a.val_size,
         val_tiles=a.val_tiles.split(",") if a.val_tiles else None, boundary_ignore=a.boundary_ignore,
