@@ -1,8 +1,11 @@
 """Building and not building: setup.py outside the pinned environment, and the package without
 its compiled extension (it runs the torch backend and says how to build the rest)."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +53,6 @@ def test_runs_without_the_extension_and_says_how_to_build_it():
 def test_source_distribution_holds_every_source_file(tmp_path):
     # An sdist built on a machine without nvcc must still carry the CUDA sources, and every
     # header (setuptools packs only the extension's compiled sources unless MANIFEST.in says so).
-    import shutil
     import tarfile
     for name in ("setup.py", "MANIFEST.in", "README.md"):
         shutil.copy(ROOT / name, tmp_path / name)
@@ -68,3 +70,30 @@ def test_source_distribution_holds_every_source_file(tmp_path):
               if p.is_file()}
     assert any(w.endswith(".cu") for w in wanted) and any(w.endswith(".cuh") for w in wanted)
     assert wanted - packed == set()
+
+
+_CROSS_CXX = "aarch64-linux-gnu-g++"
+
+
+@pytest.mark.skipif(shutil.which(_CROSS_CXX) is None,
+                    reason=f"needs the {_CROSS_CXX} cross compiler (Debian: g++-aarch64-linux-gnu; .ci/run installs it)")
+def test_cpu_sources_compile_for_aarch64():
+    # The C++ half of the extension is built on every machine, Grace Hopper's aarch64 host too:
+    # the x86-64 paths (AVX intrinsics, target_clones of the row loops) must stay behind their
+    # guards there. A target_clones("arch=x86-64-v4") outside them stopped the build on aarch64.
+    from concurrent.futures import ThreadPoolExecutor
+    import sysconfig
+    from torch.utils.cpp_extension import include_paths
+    includes = [ROOT / "csrc", *include_paths(), sysconfig.get_paths()["include"]]
+    flags = ["-std=c++20", "-O0", "-fopenmp", "-fno-trapping-math", "-fPIC", "-c", "-o", "/dev/null",
+             "-DTORCH_EXTENSION_NAME=_C"] + [f"-I{d}" for d in includes]
+    sources = sorted((ROOT / "csrc").glob("*.cpp")) + sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))
+    assert any(p.name == "row_loops.cpp" for p in sources)
+
+    def compile_one(src):
+        r = subprocess.run([_CROSS_CXX, *flags, str(src)], capture_output=True, text=True)
+        return src.relative_to(ROOT).as_posix(), r.returncode, r.stderr[-2000:]
+
+    with ThreadPoolExecutor(2) as pool:
+        failed = [(name, err) for name, rc, err in pool.map(compile_one, sources) if rc != 0]
+    assert not failed, failed

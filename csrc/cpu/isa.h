@@ -9,7 +9,13 @@
 
 // A float loop compiled three times (AVX-512, AVX2, baseline), the widest the CPU runs chosen
 // when the library loads. GCC inlines into a clone only helpers marked always_inline.
+// target_clones needs x86-64 and ELF's ifunc (glibc): elsewhere (aarch64, e.g. a Grace Hopper
+// host) the loops are compiled once, for the baseline of the target.
+#if defined(CT_HAVE_X86_SIMD) && defined(__ELF__) && defined(__linux__)
 #define CT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CT_CLONES
+#endif
 
 namespace ct_kernels::cpu {
 
