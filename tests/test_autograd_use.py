@@ -1,5 +1,6 @@
 """How the loss behaves inside autograd machinery users reach for: second derivatives, torch.func,
-labels that the caller changes or made under inference mode, and k above the candidates."""
+labels that the caller changes or made under inference mode, k above the candidates, activation
+checkpointing and saved-tensor hooks."""
 import pytest
 import torch
 
@@ -80,3 +81,24 @@ def test_k_above_the_candidates_is_the_unmined_loss(backend, device, k):
             torch.testing.assert_close(loss, want, rtol=1e-9, atol=1e-12)
     grad, = torch.autograd.grad(ct.supcon_loss(z, y, 0.5, backend=backend, hard_positives=k), z)
     torch.testing.assert_close(grad, ref, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend,device", CASES, ids=IDS)
+@pytest.mark.parametrize("wrap", ["checkpoint-reentrant", "checkpoint", "save_on_cpu"])
+def test_activation_checkpointing_and_saved_tensor_hooks(backend, device, wrap):
+    # Memory savers users wrap a training step in: the loss recomputed inside
+    # torch.utils.checkpoint (the non-reentrant one checks that the recomputation saves the same
+    # tensors), or its saved tensors moved to the host. Same loss and gradient as a plain call.
+    from torch.utils.checkpoint import checkpoint
+    z, y = _batch(device, m=17)
+    y[4] = -1
+    kw = dict(hard_negatives=3, backend=backend)
+    plain, = torch.autograd.grad(ct.supcon_loss(z, y, 0.5, **kw), z)
+    step = lambda t: ct.supcon_loss(t * 1.0, y, 0.5, **kw)  # noqa: E731
+    if wrap == "save_on_cpu":
+        with torch.autograd.graph.save_on_cpu():
+            loss = step(z)
+    else:
+        loss = checkpoint(step, z, use_reentrant=wrap == "checkpoint-reentrant")
+    loss.backward()  # (the reentrant checkpoint refuses autograd.grad)
+    torch.testing.assert_close(z.grad, plain, rtol=0, atol=0)
