@@ -45,7 +45,7 @@ from ct_kernels.triton_ops import tuning  # noqa: E402
 P = importlib.import_module("ct_kernels.triton_ops.patch_labels")  # the package's attribute is the function
 
 # opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): H100 / H200, A100
-MAX_SHARED = {90: 232448, 80: 166912}
+MAX_SHARED = {90: 232448, 80: 166912, 86: 101376, 89: 101376, 100: 232448, 120: 101376}
 MAX_GRID_YZ = 65535
 # input dtypes by name: (torch dtype, tf32 allowed); "3xtf32" is float32 without tf32 under
 # CT_KERNELS_FP32_3XTF32=1 (split3 dots), "fp32" the exact default ("ieee" dots)
@@ -163,13 +163,44 @@ CHECK_SUPCON = (
        ("fp32", 1024, "supcon", 8, 8)])
 
 
+# --check on cards with less shared memory than sm_90's 227 KB a block, where the first candidates
+# can be refused (tuning._first_that_launches takes the next): (arch, input dtype, D, variant, k).
+# sm_89 stands for every 99 KB card (sm_86 / sm_89 / sm_120: RTX 3090 / 4090 / 5090, A10, L4, L40S),
+# sm_80 for the A100's 163 KB. The deepest fallbacks seen (Triton 3.8): bf16 D = 256 takes the
+# sixth candidate on sm_89, the second on sm_80; tf32 D = 128 mined the fourth on sm_89.
+CHECK_FIT = [(89, "bf16", 128, "infonce", 0), (89, "bf16", 256, "supcon", 0), (89, "tf32", 128, "supcon", 64),
+             (80, "bf16", 256, "supcon", 0)]
+
+
+def first_fitting_step(arch: int, dtype: str, d: int, variant: str, k: int) -> None:
+    """The candidates in the tuner's order, each compiled for sm_<arch> (forward + backward) until
+    every kernel of one fits the card's shared memory, as the untimed pick on such a card takes
+    them; raises if none does."""
+    torch_dtype, tf32 = DTYPES[dtype]
+    with _fp32_mode(dtype):
+        prec = S._dot_precision(torch_dtype, tf32)
+    needs = []
+    for i, cfg in enumerate(tuning.gpu_candidates(d, torch_dtype, k > 0, prec)):
+        with compiling_launches(arch) as launches:
+            supcon_step(dtype, d, variant, k, k, cfg)
+        problems = [p for launch in launches for p in launch_problems(launch, arch)]
+        if not problems:
+            print(f"     sm_{arch} {dtype} D={d} {variant} k={k}: candidate {i} {tuple(cfg)} fits after {needs}")
+            return
+        needs.append(max(launch.compiled.metadata.shared for launch in launches))
+    raise RuntimeError(f"no candidate fits sm_{arch}'s {MAX_SHARED[arch]} bytes of shared memory: {needs}")
+
+
 def check_scenarios() -> list[Scenario]:
-    """What --check compiles: CHECK_SUPCON for sm_90, the headline bf16 step for sm_80, and the
-    patch-label kernel for every mask dtype."""
+    """What --check compiles: CHECK_SUPCON for sm_90, the headline bf16 step for sm_80, CHECK_FIT,
+    and the patch-label kernel for every mask dtype."""
     out = [Scenario(f"{dt} D={d} {v}" + (f" mined {kp}/{kn}" if kp or kn else ""), 90,
                     lambda a=(dt, d, v, kp, kn): supcon_step(*a))
            for dt, d, v, kp, kn in CHECK_SUPCON]
     out.append(Scenario("bf16 D=128 supcon", 80, lambda: supcon_step("bf16", 128)))
+    out += [Scenario(f"{dt} D={d} {v}" + (f" mined {k}/{k}" if k else "") + ", first candidate that fits", arch,
+                     lambda a=(arch, dt, d, v, k): first_fitting_step(*a))
+            for arch, dt, d, v, k in CHECK_FIT]
     for mdt in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool):
         for ph, pw in ((16, 16), (8, 14)):
             out.append(Scenario(f"patch labels {str(mdt)[6:]} {ph}x{pw}", 90,

@@ -1,4 +1,5 @@
-"""The Triton kernels compile for sm_90 / sm_80 as the host wrappers launch them, without a GPU.
+"""The Triton kernels compile for sm_90 / sm_80 as the host wrappers launch them, without a GPU (and on
+sm_80 / sm_89 some configuration fits the card's shared memory where the first does not).
 
 CI runs the Triton kernels through the interpreter, which never compiles them: a lowering error,
 shared memory over the card's limit or a grid over CUDA's limits would first show on a GPU.

@@ -81,3 +81,51 @@ def test_gpu_bench_records_the_pick(gpu_tuner):
     assert fields["tune_ms"][tuning.format_config(cands[1])] is None
     assert fields["tune_ms"][tuning.format_config(cands[0])] == 1.0
     assert len(fields["tune_ms"]) == len(cands)
+
+
+def _refusing(ran, refused, error=None):
+    """A trial that records each candidate and raises Triton's launch-time OutOfResources (or
+    `error`) for those in `refused`."""
+    from triton.runtime.errors import OutOfResources
+
+    def trial(cfg):
+        ran.append(cfg)
+        if cfg in refused:
+            raise error or OutOfResources(232448, 101376, "shared memory")
+    return trial
+
+
+@pytest.mark.parametrize("untimed", ["timed=False", "CT_KERNELS_TRITON_AUTOTUNE=0"])
+def test_untimed_pick_skips_what_the_device_refuses(gpu_tuner, monkeypatch, caplog, untimed):
+    # The candidates are ordered for 227 KB of shared memory a block; on a 99 KB card (sm_89) the
+    # first bf16 D = 256 one needs 182 KB (benchmarks/offline_compile.py --arch 89) and Triton
+    # refuses its launch. The untimed pick (a mined anchor slice under process_group,
+    # autotuning off) took the first candidate regardless and failed at the launch.
+    cands, _, ran = gpu_tuner
+    if untimed.startswith("CT_"):
+        monkeypatch.setenv("CT_KERNELS_TRITON_AUTOTUNE", "0")
+    trial = _refusing(ran, set(cands[:2]))
+    with caplog.at_level(logging.INFO, logger=tuning.__name__):
+        cfg = tuning.pick(KEY, 4096, 128, torch.bfloat16, trial, timed=untimed.startswith("CT_"))
+    assert cfg == cands[2] and ran == cands[:3]  # in order, untimed, stopping at the first that runs
+    assert "refused by the device" in caplog.text and tuning.format_config(cands[0]) in caplog.text
+    assert tuning.pick(KEY, 4096, 128, torch.bfloat16, trial, timed=False) == cfg and len(ran) == 3  # cached
+
+
+def test_untimed_pick_raises_when_nothing_fits_and_passes_other_errors(gpu_tuner, monkeypatch):
+    cands, _, ran = gpu_tuner
+    monkeypatch.setenv("CT_KERNELS_TRITON_AUTOTUNE", "0")
+    with pytest.raises(RuntimeError, match="no Triton configuration of .* fits this GPU"):
+        tuning.pick(KEY, 4096, 128, torch.bfloat16, _refusing(ran, set(cands)))
+    assert ran == cands and KEY not in tuning._CACHE
+    ran.clear()
+    with pytest.raises(ValueError, match="a bug"):  # not a resource refusal: not hidden
+        tuning.pick(KEY, 4096, 128, torch.bfloat16, _refusing(ran, {cands[0]}, ValueError("a bug")))
+    assert ran == cands[:1]
+
+
+def test_pick_runs_nothing_inside_a_capture(gpu_tuner, monkeypatch):
+    cands, _, ran = gpu_tuner
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert tuning.pick(KEY, 4096, 128, torch.bfloat16, ran.append) == cands[0] and ran == []

@@ -165,7 +165,8 @@ def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
          run_fwd_bwd: Callable[[Config], None], mined: bool = False, prec: str = "ieee",
          timed: bool = True) -> Config:
     """Config for ``key``; on a GPU miss, time ``run_fwd_bwd`` for each candidate once
-    (``timed=False``: the first candidate, the same on every process).
+    (``timed=False``: the first candidate the device can launch, the same on every process of
+    the same GPU model; see _first_that_launches).
     CT_KERNELS_TRITON_CONFIG="bm,bn,bd,bdo,warps,stages" forces one (tests); mined calls
     then use bn = bm."""
     forced = os.environ.get("CT_KERNELS_TRITON_CONFIG")
@@ -178,9 +179,10 @@ def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
     if cfg is not None:
         return cfg
     cands = gpu_candidates(d, dtype, mined, prec)
-    if (not timed or os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1
-            or torch.cuda.is_current_stream_capturing()):
-        cfg = cands[0]
+    if _capturing():
+        cfg = cands[0]  # nothing may run inside a capture (a warm-up call before it fills the cache)
+    elif not timed or os.environ.get("CT_KERNELS_TRITON_AUTOTUNE", "1") == "0" or len(cands) == 1:
+        cfg = _first_that_launches(key, cands, run_fwd_bwd)
     else:
         import triton.testing
         best, best_ms, last_err, times = None, float("inf"), None, []
@@ -202,3 +204,30 @@ def pick(key: tuple, n_pow2: int, d: int, dtype: torch.dtype,
         cfg = best
     _CACHE[key] = cfg
     return cfg
+
+
+def _capturing() -> bool:
+    # (asked only where CUDA is there: without a driver the question itself raises)
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
+def _first_that_launches(key: tuple, cands: list[Config], run_fwd_bwd: Callable[[Config], None]) -> Config:
+    """The first candidate whose forward + backward launches on this device, untimed. The
+    candidates are ordered for an H100 / H200 (227 KB of shared memory a block); on an A100
+    (163 KB) or a card with 99 KB (RTX 3090 / 4090 / 5090, A10, L4, L40S) the first ones can need
+    more than the card has (benchmarks/offline_compile.py --arch 89 shows which), and Triton
+    refuses the launch with OutOfResources before it runs: take the next one. One trial call on the
+    first miss of a key; every kernel of the step must fit, since one configuration serves every
+    pass (the mining thresholds)."""
+    from triton.runtime.errors import OutOfResources
+    refused = []
+    for c in cands:
+        try:
+            run_fwd_bwd(c)
+        except OutOfResources as exc:
+            refused.append(f"{format_config(c)}: {exc}")
+            continue
+        if refused:
+            _log.info("%s: took %s; refused by the device: %s", key, format_config(c), "; ".join(refused))
+        return c
+    raise RuntimeError(f"no Triton configuration of {key} fits this GPU: " + "; ".join(refused))
