@@ -44,8 +44,9 @@ from ct_kernels.triton_ops import tuning  # noqa: E402
 
 P = importlib.import_module("ct_kernels.triton_ops.patch_labels")  # the package's attribute is the function
 
-# opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): H100 / H200, A100
-MAX_SHARED = {90: 232448, 80: 166912, 86: 101376, 89: 101376, 100: 232448, 120: 101376}
+# opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin): H100 / H200 (90), A100 (80),
+# RTX 3090 / A10 (86), RTX 4090 / L4 / L40S (89), B200 (100), RTX 5090 (120), T4 (75)
+MAX_SHARED = {90: 232448, 80: 166912, 86: 101376, 89: 101376, 100: 232448, 120: 101376, 75: 65536}
 MAX_GRID_YZ = 65535
 # input dtypes by name: (torch dtype, tf32 allowed); "3xtf32" is float32 without tf32 under
 # CT_KERNELS_FP32_3XTF32=1 (split3 dots), "fp32" the exact default ("ieee" dots)
@@ -166,10 +167,11 @@ CHECK_SUPCON = (
 # --check on cards with less shared memory than sm_90's 227 KB a block, where the first candidates
 # can be refused (tuning._first_that_launches takes the next): (arch, input dtype, D, variant, k).
 # sm_89 stands for every 99 KB card (sm_86 / sm_89 / sm_120: RTX 3090 / 4090 / 5090, A10, L4, L40S),
-# sm_80 for the A100's 163 KB. The deepest fallbacks seen (Triton 3.8): bf16 D = 256 takes the
-# sixth candidate on sm_89, the second on sm_80; tf32 D = 128 mined the fourth on sm_89.
+# sm_80 for the A100's 163 KB, sm_75 for the T4's 64 KB. The deepest fallbacks seen (Triton 3.6 and
+# 3.8): bf16 D = 256 takes the sixth candidate on sm_89, the second on sm_80; tf32 D = 128 mined the
+# fourth on sm_89; fp16 D = 128 the third on sm_75.
 CHECK_FIT = [(89, "bf16", 128, "infonce", 0), (89, "bf16", 256, "supcon", 0), (89, "tf32", 128, "supcon", 64),
-             (80, "bf16", 256, "supcon", 0)]
+             (80, "bf16", 256, "supcon", 0), (75, "fp16", 128, "supcon", 0)]
 
 
 def first_fitting_step(arch: int, dtype: str, d: int, variant: str, k: int) -> None:
