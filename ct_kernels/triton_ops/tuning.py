@@ -72,7 +72,8 @@ def interpreter_config(n_pow2: int) -> Config:
 
 
 def gpu_candidates(d: int, dtype: torch.dtype, mined: bool = False, prec: str = "ieee") -> list[Config]:
-    """Candidates timed on a miss; the first is the default (no tuning, and the GPU tests).
+    """Candidates timed on a miss; the first that the device launches is the default (no
+    tuning, and the GPU tests): on an H100 / H200 the first.
     prec: the dots' precision (supcon._dot_precision: "ieee", "tf32" or "split3")."""
     d2 = max(16, next_pow2(d))
     # chunked configurations (the original set; spill-free on sm_90 with 8 warps)
