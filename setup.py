@@ -1,6 +1,7 @@
 """Build ct_kernels and its compiled extension ct_kernels._C.
 
-C++ (CPU kernels) is always built. CUDA kernels are added when torch was built with CUDA, nvcc
+C++ (CPU kernels) is built on Linux (elsewhere only with CT_KERNELS_BUILD_EXT=1; CT_KERNELS_BUILD_EXT=0
+skips it: the package then runs the torch backend). CUDA kernels are added when torch was built with CUDA, nvcc
 is found, and either a GPU is visible or CT_KERNELS_BUILD_CUDA=1 (CI sets it on GPU-less
 machines). CT_KERNELS_BUILD_CUDA=0 forces a CPU-only build. TORCH_CUDA_ARCH_LIST defaults to
 "8.0;9.0+PTX" when unset (torch's build fails with no GPU and no list).
@@ -88,7 +89,22 @@ def _nvidia_includes() -> list[str]:
     return res
 
 
+def _want_extension() -> tuple[bool, str]:
+    flag = os.environ.get("CT_KERNELS_BUILD_EXT", "")
+    if flag in ("0", "1"):
+        return flag == "1", f"CT_KERNELS_BUILD_EXT={flag}"
+    if sys.platform.startswith("linux"):
+        return True, "Linux"
+    # The C++ sources use GCC / Clang attributes, ELF's ifunc and OpenMP (Apple's clang has none):
+    # elsewhere the package installs without them and runs the torch backend (triton where Triton runs).
+    return False, f"built on Linux only, this is {sys.platform}; CT_KERNELS_BUILD_EXT=1 tries anyway"
+
+
 def _extensions():
+    want, why = _want_extension()
+    if not want:
+        print(f"ct_kernels: building the extension ct_kernels._C: False ({why})", flush=True)
+        return []
     with_cuda, why = _want_cuda()
     print(f"ct_kernels: building CUDA kernels: {with_cuda} ({why})", flush=True)
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731

@@ -97,3 +97,31 @@ def test_cpu_sources_compile_for_aarch64():
     with ThreadPoolExecutor(2) as pool:
         failed = [(name, err) for name, rc, err in pool.map(compile_one, sources) if rc != 0]
     assert not failed, failed
+
+
+_EXTENSIONS_ON = r"""
+import sys, torch, setuptools
+platform, flag = sys.argv[1], sys.argv[2]
+import os
+if flag:
+    os.environ["CT_KERNELS_BUILD_EXT"] = flag
+os.environ["CT_KERNELS_BUILD_CUDA"] = "0"
+sys.platform = platform  # after torch's import, which reads it
+setuptools.setup = lambda **kw: print("extensions:", [e.name for e in kw["ext_modules"]])
+sys.argv = ["setup.py", "--version"]
+__file__ = "setup.py"
+exec(compile(open("setup.py").read(), "setup.py", "exec"))
+"""
+
+
+@pytest.mark.parametrize("platform,flag,built", [("linux", "", True), ("darwin", "", False),
+                                                  ("darwin", "1", True), ("linux", "0", False)])
+def test_extension_is_built_on_linux_or_when_asked(platform, flag, built):
+    # Its C++ needs GCC / Clang attributes and OpenMP: on macOS (Apple's clang has no -fopenmp) or
+    # Windows the build failed and so did the install; there the package installs without it.
+    r = subprocess.run([sys.executable, "-c", _EXTENSIONS_ON, platform, flag], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert ("extensions: ['ct_kernels._C']" if built else "extensions: []") in r.stdout, r.stdout
+    if not built:
+        assert "ct_kernels._C: False" in r.stdout
