@@ -12,6 +12,8 @@ hard-mining thresholds [positive side, negative side] (value and column); see cs
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from .backends import anchor_slice
@@ -21,6 +23,8 @@ try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
 except ImportError as exc:  # pragma: no cover - depends on the build
     _LOAD_ERROR = str(exc)
+    if not sys.platform.startswith("linux"):  # setup.py skips it there (CT_KERNELS_BUILD_EXT)
+        _LOAD_ERROR += f" (setup.py builds it on Linux only; on {sys.platform} set CT_KERNELS_BUILD_EXT=1 to try)"
 
 # Largest num_classes the native patch_labels accepts (per-patch histograms live on chip).
 MAX_CLASSES = 1024
