@@ -217,8 +217,11 @@ def main(argv=None) -> int:
     print(f"contrastive loss ran on backend '{c0['backend']}'; {how}")
     tb = np.mean([r["train_s"] for r in base_runs])
     tc = np.mean([r["train_s"] for r in con_runs])
-    print(f"training time per run: baseline {tb:.0f} s ({tb / cfg.steps * 1000:.0f} ms/step), contrastive "
-          f"{tc:.0f} s ({tc / cfg.steps * 1000:.0f} ms/step); total {total_s:.0f} s")
+    sb, sc = (np.mean([r["step_ms"] for r in runs]) for runs in (base_runs, con_runs))
+    warm = base_runs[0]["warm_steps"]
+    after = f" after the first {warm}" if warm else ""
+    print(f"training time per run: baseline {tb:.0f} s, contrastive {tc:.0f} s; ms/step{after}: baseline {sb:.0f}, "
+          f"contrastive {sc:.0f} ({sc / sb:.2f}x); total {total_s:.0f} s")
     print(verdict(summary, len(seeds)))
     # the numbers first: a figure that fails must not lose the runs
     os.makedirs(os.path.dirname(os.path.abspath(out_json)) or ".", exist_ok=True)

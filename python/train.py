@@ -493,7 +493,11 @@ def train(cfg: TrainConfig, data=None, progress=None, desc: str = "train") -> di
     if own_bar:
         progress = progress_bar(cfg.steps, desc)
     backend_ran = None
-    t0 = time.perf_counter()
+    # ms/step from the steps after the first few: those carry one-off costs (allocator and thread
+    # pool warm-up, on a GPU the Triton tuner's timing of its candidates) that would otherwise
+    # read as the contrastive loss's cost in a short run
+    warm_steps = min(10, cfg.steps // 10)
+    t0 = t_warm = time.perf_counter()
     perm = torch.randperm(n_train, generator=gen)
     pos = 0
     for step in range(cfg.steps):
@@ -522,15 +526,27 @@ def train(cfg: TrainConfig, data=None, progress=None, desc: str = "train") -> di
             progress.set_postfix(ce=f"{hist['ce'][-1]:.3f}",
                                  con=("-" if "con" not in out else f"{hist['con'][-1]:.3f}"), refresh=False)
         progress.update(1)
-    train_s = time.perf_counter() - t0
+        if step + 1 == warm_steps:
+            _sync(cfg.device)
+            t_warm = time.perf_counter()
+    _sync(cfg.device)
+    t_end = time.perf_counter()
+    train_s = t_end - t0
+    step_ms = (t_end - t_warm) * 1000 / (cfg.steps - warm_steps)
     if own_bar:
         progress.close()
     t1 = time.perf_counter()
     metrics = evaluate(net.model, val_x, val_y, cfg.device, cfg.eval_batch)
     return {"config": dataclasses.asdict(cfg), "history": hist, "metrics": metrics, "train_s": train_s,
+            "step_ms": step_ms, "warm_steps": warm_steps,
             "eval_s": time.perf_counter() - t1, "backend": backend_ran,
             "patches_per_step": float(np.mean(hist["patches"])) if hist["patches"] else 0.0,
             "rows_per_step": _rows_per_step(net, cfg), "model": net}
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _rows_per_step(net: Segmenter, cfg: TrainConfig) -> int:
@@ -575,7 +591,8 @@ def main(argv=None) -> int:
     except ValueError as exc:
         p.error(str(exc))
     res = train(cfg)
-    print(f"trained {cfg.steps} steps in {res['train_s']:.1f} s (eval {res['eval_s']:.1f} s)")
+    print(f"trained {cfg.steps} steps in {res['train_s']:.1f} s ({res['step_ms']:.0f} ms/step after the first "
+          f"{res['warm_steps']}; eval {res['eval_s']:.1f} s)")
     if cfg.contrastive_weight > 0:
         what = ("kept patches per step, before the confidence selection" if cfg.mining == "confidence"
                 else "patches in the loss per step")
