@@ -75,24 +75,41 @@ def test_source_distribution_holds_every_source_file(tmp_path):
 _CROSS_CXX = "aarch64-linux-gnu-g++"
 
 
+_EXTENSION_ARGS = r"""
+import json, os, sys, setuptools, torch
+os.environ.setdefault("CT_KERNELS_BUILD_CUDA", "1")  # the CUDA host files too, where nvcc is found
+setuptools.setup = lambda **kw: print("EXT", json.dumps([
+    dict(sources=e.sources, include_dirs=e.include_dirs, macros=e.define_macros, cxx=e.extra_compile_args["cxx"])
+    for e in kw["ext_modules"]]))
+sys.argv = ["setup.py", "--version"]
+__file__ = "setup.py"
+exec(compile(open("setup.py").read(), "setup.py", "exec"))
+"""
+
+
 @pytest.mark.skipif(shutil.which(_CROSS_CXX) is None,
                     reason=f"needs the {_CROSS_CXX} cross compiler (Debian: g++-aarch64-linux-gnu; .ci/run installs it)")
-def test_cpu_sources_compile_for_aarch64():
+def test_host_sources_compile_for_aarch64():
     # The C++ half of the extension is built on every machine, Grace Hopper's aarch64 host too:
     # the x86-64 paths (AVX intrinsics, target_clones of the row loops) must stay behind their
     # guards there. A target_clones("arch=x86-64-v4") outside them stopped the build on aarch64.
-    from concurrent.futures import ThreadPoolExecutor
+    # Every .cpp of the extension setup.py builds here (with CUDA: the host files of the CUDA ops
+    # too), with its include directories and macros; device code (.cu) is nvcc's.
+    import json
     import sysconfig
-    from torch.utils.cpp_extension import include_paths
-    includes = [ROOT / "csrc", *include_paths(), sysconfig.get_paths()["include"]]
-    flags = ["-std=c++20", "-O0", "-fopenmp", "-fno-trapping-math", "-fPIC", "-c", "-o", "/dev/null",
-             "-DTORCH_EXTENSION_NAME=_C"] + [f"-I{d}" for d in includes]
-    sources = sorted((ROOT / "csrc").glob("*.cpp")) + sorted((ROOT / "csrc" / "cpu").glob("*.cpp"))
-    assert any(p.name == "row_loops.cpp" for p in sources)
+    from concurrent.futures import ThreadPoolExecutor
+    r = subprocess.run([sys.executable, "-c", _EXTENSION_ARGS], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (ext,) = json.loads(r.stdout.split("EXT ", 1)[1])
+    sources = [src for src in ext["sources"] if src.endswith(".cpp")]
+    assert "csrc/cpu/row_loops.cpp" in sources
+    flags = (["-std=c++20", "-O0", "-fPIC", "-c", "-o", "/dev/null", "-DTORCH_EXTENSION_NAME=_C"] + ext["cxx"]
+             + [f"-D{name}={value}" for name, value in ext["macros"]]
+             + [f"-I{d}" for d in ext["include_dirs"] + [sysconfig.get_paths()["include"]]])
 
     def compile_one(src):
-        r = subprocess.run([_CROSS_CXX, *flags, str(src)], capture_output=True, text=True)
-        return src.relative_to(ROOT).as_posix(), r.returncode, r.stderr[-2000:]
+        r = subprocess.run([_CROSS_CXX, *flags, src], cwd=ROOT, capture_output=True, text=True)
+        return src, r.returncode, r.stderr[-2000:]
 
     with ThreadPoolExecutor(2) as pool:
         failed = [(name, err) for name, rc, err in pool.map(compile_one, sources) if rc != 0]
