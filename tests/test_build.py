@@ -118,12 +118,13 @@ def test_host_sources_compile_for_aarch64():
 
 _EXTENSIONS_ON = r"""
 import sys, torch, setuptools
+import torch.utils.cpp_extension  # noqa: F401 (it reads sysconfig, keyed by the real platform)
 platform, flag = sys.argv[1], sys.argv[2]
 import os
 if flag:
     os.environ["CT_KERNELS_BUILD_EXT"] = flag
 os.environ["CT_KERNELS_BUILD_CUDA"] = "0"
-sys.platform = platform  # after torch's import, which reads it
+sys.platform = platform  # after those imports, which read it
 setuptools.setup = lambda **kw: print("extensions:", [e.name for e in kw["ext_modules"]])
 sys.argv = ["setup.py", "--version"]
 __file__ = "setup.py"
