@@ -585,6 +585,26 @@ def test_autotune_on_gpu(monkeypatch):
     assert len(tuning._CACHE) == 2
 
 
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kp,kn", [(0, 0), (8, 8)])
+def test_untimed_pick_on_a_card_with_99_kb(monkeypatch, kp, kn):
+    # What an RTX 4090 / L40S (99 KB of shared memory a block) meets, on an H100: Triton told the
+    # card has 99 KB refuses the larger candidates at launch (OutOfResources, before they run);
+    # the untimed pick takes the first that launches and the loss is right. D = 200 (padded to
+    # 256, whose first candidates need 108-198 KB) specializes kernels no other test launched,
+    # so Triton checks each one's shared memory afresh.
+    from triton.runtime import driver
+    from ct_kernels.triton_ops import tuning
+    utils = driver.active.utils
+    real = utils.get_device_properties
+    monkeypatch.setattr(utils, "get_device_properties", lambda dev: {**real(dev), "max_shared_mem": 101376})
+    monkeypatch.setattr(tuning, "_CACHE", {})
+    u, labels = exact_batch(333, 200, 5, ignore_every=7, seed=23)
+    check(u.to(torch.bfloat16), labels, "supcon", kp, kn, tol=1e-2)
+    (taken,) = tuning._CACHE.values()
+    assert taken != tuning.gpu_candidates(200, torch.bfloat16, kp > 0)[0]
+
+
 # --- memory: nothing N x N -------------------------------------------------------------------
 
 def test_no_n_by_n_allocation_cpu_record():
