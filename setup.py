@@ -1,10 +1,11 @@
 """Build ct_kernels and its compiled extension ct_kernels._C.
 
-C++ (CPU kernels) is built on Linux (elsewhere only with CT_KERNELS_BUILD_EXT=1; CT_KERNELS_BUILD_EXT=0
-skips it: the package then runs the torch backend). CUDA kernels are added when torch was built with CUDA, nvcc
-is found, and either a GPU is visible or CT_KERNELS_BUILD_CUDA=1 (CI sets it on GPU-less
-machines). CT_KERNELS_BUILD_CUDA=0 forces a CPU-only build. TORCH_CUDA_ARCH_LIST defaults to
-"8.0;9.0+PTX" when unset (torch's build fails with no GPU and no list).
+C++ (CPU kernels) is built on Linux (elsewhere only with CT_KERNELS_BUILD_EXT=1;
+CT_KERNELS_BUILD_EXT=0 skips it: the package then runs the torch backend). CUDA kernels are added
+when torch was built with CUDA, nvcc is found, and either a GPU is visible or
+CT_KERNELS_BUILD_CUDA=1 (CI sets it on GPU-less machines). CT_KERNELS_BUILD_CUDA=0 forces a
+CPU-only build. TORCH_CUDA_ARCH_LIST defaults to "8.0;9.0+PTX" when unset (torch's build fails
+with no GPU and no list).
 
 Device code lives in csrc/cuda/*.cu files that include CUDA headers only (fast to compile);
 thin csrc/**/*.cpp files include ATen and register the ops with TORCH_LIBRARY.

@@ -15,9 +15,9 @@ fails.
     CT_KERNELS_FP32_3XTF32=1 python -m ct_kernels.selfcheck  # float32 (tf32 off) as 3xTF32
     CT_KERNELS_NATIVE_MMA=0 python -m ct_kernels.selfcheck   # native: WMMA tiles, no mma.sync
 
-Each Triton check takes the default configuration, the first the card launches (`--autotune`: the tuner's pick, after timing
-every candidate: with an empty Triton cache that took over 2 minutes on an H200). Timing is
-benchmarks/gpu_bench.py's job.
+Each Triton check takes the default configuration, the first the card launches (`--autotune`: the
+tuner's pick, after timing every candidate: with an empty Triton cache that took over 2 minutes on
+an H200). Timing is benchmarks/gpu_bench.py's job.
 """
 from __future__ import annotations
 
