@@ -174,15 +174,20 @@ CHECK_FIT = [(89, "bf16", 128, "infonce", 0), (89, "bf16", 256, "supcon", 0), (8
              (80, "bf16", 256, "supcon", 0), (75, "fp16", 128, "supcon", 0)]
 
 
+def tuner_candidates(dtype: str, d: int, mined: bool) -> list[tuning.Config]:
+    """tuning.gpu_candidates for an input dtype by name, with the dot precision the wrapper takes."""
+    torch_dtype, tf32 = DTYPES[dtype]
+    with _fp32_mode(dtype):
+        prec = S._dot_precision(torch_dtype, tf32)
+    return tuning.gpu_candidates(d, torch_dtype, mined, prec)
+
+
 def first_fitting_step(arch: int, dtype: str, d: int, variant: str, k: int) -> None:
     """The candidates in the tuner's order, each compiled for sm_<arch> (forward + backward) until
     every kernel of one fits the card's shared memory, as the untimed pick on such a card takes
     them; raises if none does."""
-    torch_dtype, tf32 = DTYPES[dtype]
-    with _fp32_mode(dtype):
-        prec = S._dot_precision(torch_dtype, tf32)
     needs = []
-    for i, cfg in enumerate(tuning.gpu_candidates(d, torch_dtype, k > 0, prec)):
+    for i, cfg in enumerate(tuner_candidates(dtype, d, k > 0)):
         with compiling_launches(arch) as launches:
             supcon_step(dtype, d, variant, k, k, cfg)
         problems = [p for launch in launches for p in launch_problems(launch, arch)]
@@ -272,13 +277,10 @@ def ptxas_report(compiled, arch: int) -> tuple[int, int, int]:
 
 def report(arch: int, d: int, dtype: str, k: int) -> None:
     """Every GPU candidate configuration of the tuner, unmined (supcon, infonce) and mined."""
-    torch_dtype, tf32 = DTYPES[dtype]
-    with _fp32_mode(dtype):
-        prec = S._dot_precision(torch_dtype, tf32)
     print(f"triton {triton.__version__}, sm_{arch}, D={d}, {dtype}, k={k}")
     print(f"{'step':<16} {'kernel':<22} {'config (bm,bn,bd,bdo,warps,stages)':<36} regs  spill st/ld  shared")
     for mined in (False, True):
-        for cfg in tuning.gpu_candidates(d, torch_dtype, mined, prec):
+        for cfg in tuner_candidates(dtype, d, mined):
             for variant in (("supcon",) if mined else ("supcon", "infonce")):
                 step = variant + (" mined" if mined else "")
                 with compiling_launches(arch) as launches:

@@ -75,16 +75,32 @@ def test_source_distribution_holds_every_source_file(tmp_path):
 _CROSS_CXX = "aarch64-linux-gnu-g++"
 
 
-_EXTENSION_ARGS = r"""
-import json, os, sys, setuptools, torch
-os.environ.setdefault("CT_KERNELS_BUILD_CUDA", "1")  # the CUDA host files too, where nvcc is found
+# setup.py run as far as setup(), which prints its extensions as JSON instead of building them;
+# argv[1], where given, is the platform setup.py is told it runs on.
+_SETUP_EXTENSIONS = r"""
+import json, sys, setuptools, torch
+if len(sys.argv) > 1:
+    # it reads sysconfig, keyed by the real platform; imported here, not before setup.py on the
+    # real one, where setup.py must first point CUDA_HOME at the toolkit it finds
+    import torch.utils.cpp_extension  # noqa: F401
+    sys.platform = sys.argv[1]
 setuptools.setup = lambda **kw: print("EXT", json.dumps([
-    dict(sources=e.sources, include_dirs=e.include_dirs, macros=e.define_macros, cxx=e.extra_compile_args["cxx"])
-    for e in kw["ext_modules"]]))
+    dict(name=e.name, sources=e.sources, include_dirs=e.include_dirs, macros=e.define_macros,
+         cxx=e.extra_compile_args["cxx"]) for e in kw["ext_modules"]]))
 sys.argv = ["setup.py", "--version"]
 __file__ = "setup.py"
 exec(compile(open("setup.py").read(), "setup.py", "exec"))
 """
+
+
+def _setup_extensions(env: dict, *platform: str) -> tuple[list[dict], str]:
+    """(the extensions setup.py would build under these environment variables, its stdout)."""
+    import json
+    import os
+    r = subprocess.run([sys.executable, "-c", _SETUP_EXTENSIONS, *platform], cwd=ROOT, capture_output=True,
+                       text=True, env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.split("EXT ", 1)[1]), r.stdout
 
 
 @pytest.mark.skipif(shutil.which(_CROSS_CXX) is None,
@@ -95,12 +111,10 @@ def test_host_sources_compile_for_aarch64():
     # guards there. A target_clones("arch=x86-64-v4") outside them stopped the build on aarch64.
     # Every .cpp of the extension setup.py builds here (with CUDA: the host files of the CUDA ops
     # too), with its include directories and macros; device code (.cu) is nvcc's.
-    import json
     import sysconfig
     from concurrent.futures import ThreadPoolExecutor
-    r = subprocess.run([sys.executable, "-c", _EXTENSION_ARGS], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    (ext,) = json.loads(r.stdout.split("EXT ", 1)[1])
+    # CT_KERNELS_BUILD_CUDA=1: the CUDA host files too, where nvcc is found
+    (ext,), _ = _setup_extensions({"CT_KERNELS_BUILD_CUDA": "1", "CT_KERNELS_BUILD_EXT": ""})
     sources = [src for src in ext["sources"] if src.endswith(".cpp")]
     assert "csrc/cpu/row_loops.cpp" in sources
     flags = (["-std=c++20", "-O0", "-fPIC", "-c", "-o", "/dev/null", "-DTORCH_EXTENSION_NAME=_C"] + ext["cxx"]
@@ -116,30 +130,12 @@ def test_host_sources_compile_for_aarch64():
     assert not failed, failed
 
 
-_EXTENSIONS_ON = r"""
-import sys, torch, setuptools
-import torch.utils.cpp_extension  # noqa: F401 (it reads sysconfig, keyed by the real platform)
-platform, flag = sys.argv[1], sys.argv[2]
-import os
-if flag:
-    os.environ["CT_KERNELS_BUILD_EXT"] = flag
-os.environ["CT_KERNELS_BUILD_CUDA"] = "0"
-sys.platform = platform  # after those imports, which read it
-setuptools.setup = lambda **kw: print("extensions:", [e.name for e in kw["ext_modules"]])
-sys.argv = ["setup.py", "--version"]
-__file__ = "setup.py"
-exec(compile(open("setup.py").read(), "setup.py", "exec"))
-"""
-
-
 @pytest.mark.parametrize("platform,flag,built", [("linux", "", True), ("darwin", "", False),
                                                   ("darwin", "1", True), ("linux", "0", False)])
 def test_extension_is_built_on_linux_or_when_asked(platform, flag, built):
     # Its C++ needs GCC / Clang attributes and OpenMP: on macOS (Apple's clang has no -fopenmp) or
     # Windows the build failed and so did the install; there the package installs without it.
-    r = subprocess.run([sys.executable, "-c", _EXTENSIONS_ON, platform, flag], cwd=ROOT, capture_output=True,
-                       text=True)
-    assert r.returncode == 0, r.stderr
-    assert ("extensions: ['ct_kernels._C']" if built else "extensions: []") in r.stdout, r.stdout
+    exts, out = _setup_extensions({"CT_KERNELS_BUILD_EXT": flag, "CT_KERNELS_BUILD_CUDA": "0"}, platform)
+    assert [e["name"] for e in exts] == (["ct_kernels._C"] if built else []), out
     if not built:
-        assert "ct_kernels._C: False" in r.stdout
+        assert "ct_kernels._C: False" in out
