@@ -8,7 +8,7 @@ CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda-13.0 /usr/local/cuda))
 export CUDA_HOME
 export MAX_JOBS ?= 2
 
-.PHONY: env build build-cuda test test-fast test-torch211 test-torch212 test-torch213 test-compat test-triton39 demo quickstart bench gpu-check clean
+.PHONY: env build build-cuda test test-fast test-torch211 test-torch212 test-torch213 test-torch25 test-torch28 test-compat test-triton39 demo quickstart bench gpu-check clean
 
 $(VENV)/.installed: requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,10 +51,18 @@ test-torch212:
 	$(MAKE) test-compat COMPAT_TORCH=2.12.1 COMPAT_VISION=0.27.1
 test-torch213:
 	$(MAKE) test-compat COMPAT_TORCH=2.13.0 COMPAT_VISION=0.28.0
+# Older torch, the C++ kernels only (their CUDA builds want a CUDA 12 nvcc, which this machine
+# lacks): 2.5 is install_requires' minimum; its Triton (3.1) is too old for the kernels (the
+# backend says so and its tests skip). 2.8 brings Triton 3.4: everything but float64 Triton.
+test-torch25:
+	$(MAKE) test-compat COMPAT_TORCH=2.5.1 COMPAT_VISION=0.20.1 COMPAT_CUDA=0
+test-torch28:
+	$(MAKE) test-compat COMPAT_TORCH=2.8.0 COMPAT_VISION=0.23.0 COMPAT_CUDA=0
 
 COMPAT_NAME = torch$(subst .,,$(basename $(COMPAT_TORCH)))
 COMPAT_VENV = .venv-$(COMPAT_NAME)
 COMPAT_DIR  = build/compat-$(COMPAT_NAME)
+COMPAT_CUDA = 1
 test-compat:
 	test -n "$(COMPAT_TORCH)" -a -n "$(COMPAT_VISION)" || \
 		{ echo "test-compat needs COMPAT_TORCH=2.x.y and COMPAT_VISION=0.x.y" >&2; exit 2; }
@@ -65,7 +73,7 @@ test-compat:
 		setuptools wheel pytorch-metric-learning
 	rm -rf $(COMPAT_DIR) && mkdir -p $(COMPAT_DIR)
 	git ls-files -z | xargs -0 cp --parents -t $(COMPAT_DIR)
-	cd $(COMPAT_DIR) && CT_KERNELS_BUILD_CUDA=1 $(abspath $(COMPAT_VENV))/bin/pip install -q --no-build-isolation \
+	cd $(COMPAT_DIR) && CT_KERNELS_BUILD_CUDA=$(COMPAT_CUDA) $(abspath $(COMPAT_VENV))/bin/pip install -q --no-build-isolation \
 		--no-deps -e .
 	cd $(COMPAT_DIR) && $(abspath $(COMPAT_VENV))/bin/python -m pytest tests -q -ra -p no:cacheprovider
 

@@ -139,7 +139,7 @@ setup(
     description="Fused supervised patch-level contrastive loss kernels for PyTorch (O(N*D) memory)",
     packages=find_packages(include=["ct_kernels", "ct_kernels.*"]),
     python_requires=">=3.10",
-    install_requires=["torch"],
+    install_requires=["torch>=2.5"],  # the oldest checked (make test-torch25: C++ kernels, CPU)
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     zip_safe=False,

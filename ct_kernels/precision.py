@@ -10,6 +10,9 @@ import torch
 # Read at trace time under torch.compile (dynamo cannot trace the fp32_precision getter, a pybind
 # builtin: a graph break, an error with fullgraph=True); like PyTorch's own matmul precision, the
 # setting in force when the graph was compiled is the one it keeps.
+# Call it as an attribute of this module (precision.fp32_matmul_allows_tf32()): torch 2.5's dynamo
+# stores the constant it read in the caller's globals under the name the caller used, so a caller
+# that imported the function by name finds a bool there afterwards ('bool' object is not callable).
 @torch.compiler.assume_constant_result
 def fp32_matmul_allows_tf32() -> bool:
     """True when PyTorch itself would run a CUDA float32 matmul in tf32.

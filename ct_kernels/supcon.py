@@ -9,7 +9,7 @@ import torch
 from . import backends
 from .normalize import normalize_rows
 from .patch import INT64_MAX, as_int, check_integer_labels, check_label_value
-from .precision import fp32_matmul_allows_tf32
+from . import precision
 from .reference import supcon_rows_reference
 
 VARIANTS = ("supcon", "infonce")
@@ -124,7 +124,7 @@ def _reduce(rows: torch.Tensor, npos: torch.Tensor, reduction: str) -> torch.Ten
 def backend_for(device="cpu", backend: str = "auto", op: str = "supcon_loss", dtype=torch.float32) -> str:
     """Name of the backend that ``backend`` resolves to for ``dtype`` tensors on ``device``."""
     device = torch.device(device)
-    tf32 = dtype == torch.float32 and device.type == "cuda" and fp32_matmul_allows_tf32()
+    tf32 = dtype == torch.float32 and device.type == "cuda" and precision.fp32_matmul_allows_tf32()
     return backends.resolve(backend, device, op, dtype, tf32)[0]
 
 
@@ -208,7 +208,7 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float = 0.1,
         from .distributed import check_group
         check_group(process_group)
     extra = _check_contrast(contrast, z)
-    tf32 = z.dtype == torch.float32 and z.is_cuda and fp32_matmul_allows_tf32()
+    tf32 = z.dtype == torch.float32 and z.is_cuda and precision.fp32_matmul_allows_tf32()
     name, kernels = backends.resolve(backend, z.device, "supcon_loss", z.dtype, tf32)
 
     # autocast would move normalize / the reference's matmul to another dtype behind the kernels' back
@@ -286,7 +286,8 @@ def _finite(t: torch.Tensor) -> torch.Tensor:
     MiB at N = 131072, D = 128 in bf16, the step's largest buffers after the normalisation.)"""
     if t.numel() == 0:
         return torch.ones((), dtype=torch.bool, device=t.device)
-    return torch.isfinite(torch.stack(torch.aminmax(t))).all()
+    lo, hi = torch.aminmax(t)  # unpacked: torch 2.5's dynamo cannot iterate aminmax's result
+    return torch.isfinite(torch.stack([lo, hi])).all()
 
 
 def _reduce_distributed(rows: torch.Tensor, anchors: torch.Tensor, world: int, reduction: str) -> torch.Tensor:

@@ -3,7 +3,8 @@ import math
 
 import torch
 
-from ct_kernels.precision import fp32_matmul_allows_tf32, fp32_matmul_precision, half_weight_scale
+from ct_kernels import precision
+from ct_kernels.precision import fp32_matmul_precision, half_weight_scale
 
 
 def test_half_weight_scale_is_a_power_of_two_that_brings_weights_near_one():
@@ -31,14 +32,32 @@ def test_half_weight_scale_without_usable_weights_is_one():
 def test_precision_setting_is_read_at_trace_time_under_torch_compile():
     """torch.compile(fullgraph=True) of code that reads the setting (supcon_loss on CUDA float32
     does): dynamo cannot trace the fp32_precision getter on torch 2.11 (a graph break, an error
-    with fullgraph). The GPU machine's torch.compile test found it; this is its CPU form."""
+    with fullgraph). The GPU machine's torch.compile test found it; this is its CPU form. Called
+    as supcon.py calls it, an attribute of the module: torch 2.5 replaced a global imported by name
+    with the constant it read, and the next eager call raised."""
     @torch.compile(fullgraph=True, backend="eager")
     def scaled(x):
-        return x * 2 if fp32_matmul_allows_tf32() else x * 3
+        return x * 2 if precision.fp32_matmul_allows_tf32() else x * 3
 
     for tf32, factor in ((True, 2.0), (False, 3.0)):
         torch._dynamo.reset()
         with fp32_matmul_precision(tf32):
-            assert fp32_matmul_allows_tf32() is tf32
+            assert precision.fp32_matmul_allows_tf32() is tf32
             assert torch.equal(scaled(torch.ones(2)), torch.full((2,), factor))
+            assert precision.fp32_matmul_allows_tf32() is tf32  # still the function, in eager code
     torch._dynamo.reset()
+
+
+def test_no_module_imports_the_constant_result_by_name():
+    """The CUDA float32 path of supcon_loss reads the setting inside compiled code; on torch 2.5
+    dynamo then overwrote the caller's global of that name with a bool. CPU tests cannot reach
+    that path, so this checks what it depends on: every other module calls it through
+    ``precision``."""
+    import importlib
+    import pkgutil
+
+    import ct_kernels
+    names = [m.name for m in pkgutil.walk_packages(ct_kernels.__path__, "ct_kernels.")]
+    holders = [n for n in names if n != "ct_kernels.precision"
+               and hasattr(importlib.import_module(n), "fp32_matmul_allows_tf32")]
+    assert "ct_kernels.supcon" in names and not holders

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import triton
@@ -17,6 +17,7 @@ from ..precision import fp32_3xtf32, half_weight_scale
 from . import tuning
 from ._select import select_sort_kernel
 from .supcon_kernels import supcon_bwd_kernel, supcon_fwd_kernel, supcon_mine_kernel, supcon_select_kernel
+from .version import fp64_missing_reason
 
 MAX_HARD_K = 256  # per mined side, for the on-chip top-k merge (float64); the counting select has no limit
 # float32 mining by counting (see _select): edges per search pass, passes spaced by value before
@@ -54,6 +55,8 @@ def _check_args(u: torch.Tensor, labels: torch.Tensor, variant: str, kp: int, kn
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if u.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise TypeError(f"unsupported dtype {u.dtype}")
+    if u.dtype == torch.float64 and fp64_missing_reason():
+        raise RuntimeError(fp64_missing_reason())
     for name, k in (("hard_positives", kp), ("hard_negatives", kn)):
         if int(k) < 0:
             raise ValueError(f"{name}={k}: expected a count >= 0 (0: not mined)")
@@ -359,7 +362,7 @@ def _used(variant: str, kp: int, kn: int) -> tuple[bool, ...]:
 
 @torch.library.custom_op("ct_kernels_triton::supcon_forward", mutates_args=())
 def _forward_op(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float, variant: str,
-                kp: int, kn: int, allow_tf32: bool, start: int, count: int) -> list[torch.Tensor]:
+                kp: int, kn: int, allow_tf32: bool, start: int, count: int) -> List[torch.Tensor]:  # noqa: UP006
     with tuning.on_device_of(u):
         call = _Call(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32, start, count)
         loss, npos, saved = call.forward(call.config() if call.r > 0 else None)
@@ -383,7 +386,7 @@ def _forward_fake(u, labels, ignore_index, inv_temp, variant, kp, kn, allow_tf32
 
 @torch.library.custom_op("ct_kernels_triton::supcon_backward", mutates_args=())
 def _backward_op(u: torch.Tensor, labels: torch.Tensor, ignore_index: int, inv_temp: float, variant: str,
-                 kp: int, kn: int, allow_tf32: bool, saved: list[Optional[torch.Tensor]],  # noqa: UP045
+                 kp: int, kn: int, allow_tf32: bool, saved: List[Optional[torch.Tensor]],  # noqa: UP006, UP045
                  grad_rows: torch.Tensor,
                  start: int, count: int) -> torch.Tensor:
     with tuning.on_device_of(u):
