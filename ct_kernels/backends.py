@@ -139,7 +139,7 @@ def resolve(backend: str, device: torch.device, op: str, dtype: torch.dtype | No
         backend = os.environ.get("CT_KERNELS_BACKEND", "auto")
         check_backend_name(backend)
     if backend == "auto":
-        return _auto(device, op, precision_key(dtype, tf32))
+        return _auto(device, op, dtype, precision_key(dtype, tf32))
     if backend == "torch":
         return "torch", None
     if backend == "triton":
@@ -170,12 +170,13 @@ def resolve(backend: str, device: torch.device, op: str, dtype: torch.dtype | No
     return "native", mod
 
 
-def _auto(device: torch.device, op: str, precision: str) -> tuple[str, types.ModuleType | None]:
+def _auto(device: torch.device, op: str, dtype: torch.dtype | None,
+          precision: str) -> tuple[str, types.ModuleType | None]:
     native = _load_native()
     native_ok = native is not None and native.supports(op, device)
     if device.type == "cuda":
         triton_mod = _load_triton()
-        triton_ok = triton_mod is not None and getattr(triton_mod, "supports", lambda o: True)(op)
+        triton_ok = triton_mod is not None and triton_mod.supports(op, dtype)
         ready = {"triton": (triton_ok, triton_mod), "native": (native_ok, native)}
         first = CUDA_PREFERENCE.get(precision, "triton") if op == "supcon_loss" else "triton"
         for name in (first, "native" if first == "triton" else "triton"):

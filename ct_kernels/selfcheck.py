@@ -149,6 +149,9 @@ def precisions_for(backend: str, device: str) -> list[str]:
     names = [p for p, (_, _, devices) in PRECISIONS.items() if device in devices]
     if backend == "triton" and device == "cpu":  # the interpreter mis-computes 16-bit tl.dot
         names = [p for p in names if p in EXACT_LIMIT]
+    if backend == "triton":  # float64 needs Triton 3.5 (the header says so where it is older)
+        from .triton_ops import supports
+        names = [p for p in names if supports("supcon_loss", PRECISIONS[p][0])]
     return names
 
 
@@ -173,6 +176,9 @@ def header(device: str) -> str:
     try:
         import triton
         tri = f"triton {triton.__version__}"
+        from .triton_ops import version
+        if not version.HAS_FP64_DOT:
+            tri += " (no float64 tl.dot before 3.5: its float64 checks are left out)"
     except ImportError:
         tri = "no triton"
     switches = ", ".join(f"{k}={os.environ[k]}" for k in SWITCHES if k in os.environ) or "none"

@@ -10,6 +10,7 @@ import os
 import pytest
 import torch
 
+from cpu_backends import needs_fp64_dot
 from ct_kernels import triton_ops as T
 from ct_kernels.precision import FP32_3XTF32_ENV, FP32_3XTF32_TOLERANCE as TOL_3XTF32, fp32_matmul_precision
 from ct_kernels.reference import supcon_rows_reference
@@ -98,6 +99,7 @@ def test_matches_reference_fp32(variant, kp, kn):
     check(u, labels, variant, kp, kn, tol=1e-5)
 
 
+@needs_fp64_dot
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
 @pytest.mark.parametrize("kp,kn", [(0, 0), (2, 3)])
 @pytest.mark.parametrize("m,d", [(1, 1), (2, 3), (16, 16), (50, 40)])
@@ -142,7 +144,7 @@ def class_run_batch(runs, d, seed, ignored=3):
 
 
 @pytest.mark.parametrize("runs,ignored", [((17, 15, 1, 16), 0), ((14, 17, 15, 1, 16), 2), ((1, 1, 30), 1)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, pytest.param(torch.float64, marks=needs_fp64_dot)])
 def test_infonce_class_runs_at_tile_edges(monkeypatch, runs, ignored, dtype):
     """Unmined infonce takes the rows in class runs and visits only the tiles of a block's runs
     (supcon_kernels, CLASS_RUNS): runs that end one column into a tile, or start at a tile's last
@@ -507,6 +509,7 @@ def test_deterministic():
         assert torch.equal(x, y)
 
 
+@needs_fp64_dot
 @pytest.mark.parametrize("name,kp,kn", [("hard_positives", T.MAX_HARD_K + 1, 0),
                                         ("hard_negatives", 0, T.MAX_HARD_K + 1), ("hard_negatives", 0, -1)])
 def test_k_above_the_merge_limit_raises_for_float64(name, kp, kn):
@@ -516,6 +519,7 @@ def test_k_above_the_merge_limit_raises_for_float64(name, kp, kn):
         T.supcon_forward(u, labels, IGNORE, 10.0, "supcon", kp, kn, False)
 
 
+@needs_fp64_dot
 def test_k_at_the_merge_limit():
     """k = MAX_HARD_K where the merge must drop candidates on both sides: the 280 rows of class 0
     have 279 positives, the 20 of class 1 have 280 negatives."""
@@ -549,6 +553,7 @@ class _TritonRows(torch.autograd.Function):
         return du, None, None, None, None
 
 
+@needs_fp64_dot
 @pytest.mark.parametrize("variant", ["supcon", "infonce"])
 @pytest.mark.parametrize("kp,kn", [(0, 0), (2, 3)])
 def test_gradcheck_fp64(variant, kp, kn):
@@ -560,6 +565,7 @@ def test_gradcheck_fp64(variant, kp, kn):
                                     eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast)
 
 
+@needs_fp64_dot
 def test_through_public_api_if_present():
     ct = pytest.importorskip("ct_kernels")
     if not hasattr(ct, "supcon_loss"):

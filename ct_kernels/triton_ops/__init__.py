@@ -5,6 +5,8 @@ tensors only under ``TRITON_INTERPRET=1`` (set before triton is first imported; 
 """
 from __future__ import annotations
 
+import torch
+
 try:
     import triton  # noqa: F401
     import triton.language  # noqa: F401
@@ -12,15 +14,20 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     AVAILABLE = False
     UNAVAILABLE_REASON = f"triton cannot be imported ({type(exc).__name__}: {exc})"
 else:
-    AVAILABLE = True
-    UNAVAILABLE_REASON = ""
+    from .version import too_old_reason
+    UNAVAILABLE_REASON = too_old_reason()
+    AVAILABLE = not UNAVAILABLE_REASON
 
 _OPS = ("supcon_loss", "supcon", "supcon_forward", "supcon_backward", "patch_labels")
 
 
-def supports(op: str) -> bool:
-    """Whether this backend has a kernel for ``op`` (all of them, when triton imports)."""
-    return AVAILABLE and op in _OPS
+def supports(op: str, dtype=None) -> bool:
+    """Whether this backend has a kernel for ``op`` on ``dtype`` inputs (all of them, when a
+    Triton it supports imports; float64 needs Triton 3.5)."""
+    if not AVAILABLE or op not in _OPS:
+        return False
+    from .version import HAS_FP64_DOT
+    return HAS_FP64_DOT or dtype != torch.float64
 
 
 if AVAILABLE:
