@@ -6,10 +6,9 @@ import numbers
 
 import torch
 
-from . import backends
+from . import backends, precision
 from .normalize import normalize_rows
 from .patch import INT64_MAX, as_int, check_integer_labels, check_label_value
-from . import precision
 from .reference import supcon_rows_reference
 
 VARIANTS = ("supcon", "infonce")

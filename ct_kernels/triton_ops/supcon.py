@@ -55,8 +55,8 @@ def _check_args(u: torch.Tensor, labels: torch.Tensor, variant: str, kp: int, kn
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if u.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise TypeError(f"unsupported dtype {u.dtype}")
-    if u.dtype == torch.float64 and fp64_missing_reason():
-        raise RuntimeError(fp64_missing_reason())
+    if u.dtype == torch.float64 and (reason := fp64_missing_reason()):
+        raise RuntimeError(reason)
     for name, k in (("hard_positives", kp), ("hard_negatives", kn)):
         if int(k) < 0:
             raise ValueError(f"{name}={k}: expected a count >= 0 (0: not mined)")
